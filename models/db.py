@@ -1,0 +1,36 @@
+"""Engine and session factory. Built from settings by each process after start-up (and, in
+Celery's prefork workers, after fork): a connection pool must never cross a fork."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.base import SERVICE_SCHEMA
+from models.settings import Settings
+
+
+def make_engine(settings: Settings, **kwargs) -> Engine:
+    return create_engine(
+        settings.database_url.get_secret_value(),
+        pool_pre_ping=True,
+        # Prisma writes TIMESTAMP(3) values in UTC; make CURRENT_TIMESTAMP defaults agree.
+        connect_args={"options": "-c timezone=UTC", "connect_timeout": 5},
+        execution_options={"schema_translate_map": {SERVICE_SCHEMA: settings.service_schema}},
+        hide_parameters=True,
+        **kwargs,
+    )
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One unit of work: commit when the block ends, roll back if it raises."""
+    with factory.begin() as session:
+        yield session

@@ -1,0 +1,99 @@
+"""Typed configuration read from the environment.
+
+Nothing here runs at import time: processes call `load_settings()` when they start, so a
+missing or malformed variable fails start-up with a message that names the variable and never
+echoes its value (several of them are secrets).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class ConfigError(RuntimeError):
+    """A configuration variable is missing or malformed. The message names it, never its value."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    database_url: SecretStr
+    redis_url: SecretStr
+    clerk_webhook_signing_secret: SecretStr | None = None
+    asaas_webhook_token: SecretStr | None = None
+    asaas_allowed_ips: str = ""
+    trusted_proxy_count: int = Field(default=0, ge=0, le=10)
+    signup_credits: int = Field(default=100, ge=0)
+    service_schema: str = "ingest"
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    sweep_interval_seconds: float = Field(default=30.0, gt=0)
+    sweep_pending_after_seconds: float = Field(default=60.0, gt=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr) -> SecretStr:
+        return SecretStr(normalize_database_url(value.get_secret_value()))
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("service_schema")
+    @classmethod
+    def _schema_name(cls, value: str) -> str:
+        if not _SCHEMA_NAME.match(value) or value == "public":
+            raise ValueError("must be a lower-case SQL identifier other than 'public'")
+        return value
+
+    @cached_property
+    def clerk_secrets(self) -> list[str]:
+        return _split_secret(self.clerk_webhook_signing_secret)
+
+    @cached_property
+    def asaas_tokens(self) -> list[str]:
+        return _split_secret(self.asaas_webhook_token)
+
+    @cached_property
+    def asaas_ip_allowlist(self) -> frozenset[str]:
+        return frozenset(ip.strip() for ip in self.asaas_allowed_ips.split(",") if ip.strip())
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept `postgres://` and `postgresql://` (as Heroku/Prisma write them); use psycopg 3."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    raise ValueError("must be a postgresql:// or postgres:// URL")
+
+
+def _split_secret(value: SecretStr | None) -> list[str]:
+    if value is None:
+        return []
+    return [part.strip() for part in value.get_secret_value().split(",") if part.strip()]
+
+
+def load_settings() -> Settings:
+    """Build the settings from the process environment."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    # Built from the field names and pydantic's message only: `str(exc)` would echo the input.
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        name = str(error["loc"][0]).upper() if error["loc"] else "?"
+        reason = "is not set" if error["type"] == "missing" else error["msg"]
+        problems.append(f"{name} {reason}")
+    return "configuration error: " + "; ".join(problems)

@@ -1,0 +1,45 @@
+"""A real Celery worker in a subprocess, against the test database and Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+from celery import Celery
+
+
+class WorkerProcess:
+    def __init__(self, producer: Celery, queues: str = "webhooks,usage", concurrency: int = 2):
+        self.producer = producer
+        self.name = f"test-{uuid.uuid4().hex[:8]}@localhost"
+        self.command = [
+            sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+            "--loglevel=WARNING", f"--queues={queues}", f"--concurrency={concurrency}",
+            "--pool=prefork", f"--hostname={self.name}", "--without-gossip", "--without-mingle",
+        ]
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30) -> None:
+        self.process = subprocess.Popen(self.command, env=dict(os.environ))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"celery worker exited with {self.process.returncode}")
+            if self.producer.control.ping(destination=[self.name], timeout=0.5):
+                return
+        self.stop()
+        raise RuntimeError("celery worker did not answer a ping in time")
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)  # warm shutdown: finish the running tasks
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

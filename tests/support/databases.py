@@ -1,0 +1,46 @@
+"""Create, migrate and drop uniquely named test databases."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+from psycopg import sql
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
+
+
+def _libpq_url(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def with_database(url: str, name: str) -> str:
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+def create_database(admin_url: str, prefix: str = "pw_test") -> str:
+    """Create an empty database with a unique name; return its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(_libpq_url(admin_url), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return with_database(admin_url, name)
+
+
+def drop_database(admin_url: str, url: str) -> None:
+    name = make_url(url).database
+    with psycopg.connect(_libpq_url(admin_url), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def truncate_all(engine: Engine, service_schema: str) -> None:
+    """Empty every table but Alembic's: isolation for tests whose work a worker committed."""
+    with engine.begin() as conn:
+        tables = conn.execute(
+            text(
+                "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
+                "WHERE schemaname IN ('public', :schema) AND tablename <> 'alembic_version'"
+            ),
+            {"schema": service_schema},
+        ).scalars().all()
+        if tables:
+            conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))

@@ -1,0 +1,57 @@
+"""Find (or start) the PostgreSQL and Redis servers the tests talk to.
+
+Order: TEST_DATABASE_URL / TEST_REDIS_URL when set; else 127.0.0.1:5432 / :6379 when they
+answer; else the embedded servers from pip (the `embedded` extra), in `.local/` of the project.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def postgres_admin_url(stack: ExitStack) -> str:
+    if url := os.environ.get("TEST_DATABASE_URL"):
+        return url
+    if _answers("127.0.0.1", 5432):
+        return "postgresql://postgres@127.0.0.1:5432/postgres"
+    from worker.embedded_servers import EmbeddedPostgres
+
+    server = EmbeddedPostgres(_scratch_dir(stack, "postgres"))
+    url = server.start()
+    stack.callback(server.stop)
+    return url
+
+
+def redis_base_url(stack: ExitStack) -> str:
+    """A Redis URL without a database number."""
+    if url := os.environ.get("TEST_REDIS_URL"):
+        return url.rstrip("/").rsplit("/", 1)[0] if url.count("/") > 2 else url
+    if _answers("127.0.0.1", 6379):
+        return "redis://127.0.0.1:6379"
+    from worker.embedded_servers import EmbeddedRedis
+
+    server = EmbeddedRedis(_scratch_dir(stack, "redis"))
+    url = server.start()
+    stack.callback(server.stop)
+    return url.rsplit("/", 1)[0]
+
+
+def _scratch_dir(stack: ExitStack, name: str) -> Path:
+    path = PROJECT_ROOT / ".local" / f"test-{name}-{uuid.uuid4().hex[:8]}"
+    stack.callback(shutil.rmtree, path, True)
+    return path

@@ -1,0 +1,101 @@
+"""The ORM models write what Prisma reads, and the database keeps Prisma's relations."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import delete, text
+from sqlalchemy.exc import IntegrityError
+
+from models.app import CreditBalance, OperationType, StorageObject, UsageHistory, User
+from models.base import Base, SERVICE_SCHEMA, utcnow
+
+
+def _user(clerk_id: str = "user_1", email: str | None = "a@example.org") -> User:
+    user = User(clerk_id=clerk_id, email=email, name="Ana")
+    user.credit_balance = CreditBalance(clerk_user_id=clerk_id, credits_remaining=42)
+    return user
+
+
+def test_user_with_balance_reads_back_with_prisma_names(session):
+    user = _user()
+    session.add(user)
+    session.commit()
+    row = session.execute(
+        text(
+            'SELECT u."id", u."clerkId", u."email", u."isActive", u."createdAt", u."updatedAt", '
+            'b."creditsRemaining", b."clerkUserId", b."userId" '
+            'FROM "User" u JOIN "CreditBalance" b ON b."userId" = u."id" WHERE u."clerkId" = :c'
+        ),
+        {"c": "user_1"},
+    ).one()
+    assert row.id == user.id and len(row.id) == 25 and row.id.startswith("c")
+    assert (row.clerkId, row.email, row.isActive) == ("user_1", "a@example.org", True)
+    assert (row.creditsRemaining, row.clerkUserId, row.userId) == (42, "user_1", user.id)
+    # Naive UTC, millisecond precision, as Prisma writes TIMESTAMP(3).
+    assert row.createdAt.tzinfo is None and abs(row.createdAt - utcnow()) < timedelta(minutes=1)
+    assert row.createdAt.microsecond % 1000 == 0
+
+
+def test_updated_at_is_set_on_every_update(session):
+    user = _user()
+    session.add(user)
+    session.commit()
+    first = user.updated_at
+    user.name = "Bia"
+    session.commit()
+    assert user.updated_at >= first
+    stored = session.execute(text('SELECT "updatedAt" FROM "User"')).scalar_one()
+    assert stored == user.updated_at
+
+
+def test_deleting_a_user_cascades_to_balance_and_storage(session):
+    user = _user()
+    session.add(user)
+    session.flush()
+    session.add(
+        StorageObject(user_id=user.id, clerk_user_id="user_1", url="https://b/x", pathname="x",
+                      name="x.png", size=10)
+    )
+    session.commit()
+    session.execute(delete(User).where(User.id == user.id))
+    session.commit()
+    counts = session.execute(
+        text('SELECT (SELECT count(*) FROM "CreditBalance"), (SELECT count(*) FROM "StorageObject")')
+    ).one()
+    assert tuple(counts) == (0, 0)
+
+
+def test_deleting_a_user_with_usage_history_is_refused(session):
+    user = _user()
+    session.add(user)
+    session.flush()
+    session.add(
+        UsageHistory(user_id=user.id, credit_balance_id=user.credit_balance.id,
+                     operation_type=OperationType.AI_TEXT_CHAT, credits_used=1)
+    )
+    session.commit()
+    with pytest.raises(IntegrityError, match="UsageHistory_userId_fkey"):
+        session.execute(delete(User).where(User.id == user.id))
+        session.flush()
+    session.rollback()
+    assert session.execute(text('SELECT "operationType"::text FROM "UsageHistory"')).scalar_one() == "AI_TEXT_CHAT"
+
+
+def test_models_match_the_migrated_database(engine, settings):
+    """The models declare exactly what the migrations built (no drift either way)."""
+    with engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn.execution_options(schema_translate_map={SERVICE_SCHEMA: settings.service_schema}),
+            opts={
+                "include_schemas": True,
+                "include_name": lambda name, type_, parent: type_ != "schema"
+                or name in (None, "public", settings.service_schema),
+                "include_object": lambda obj, name, type_, reflected, compare_to: name != "alembic_version",
+            },
+        )
+        diff = compare_metadata(context, Base.metadata)
+    assert diff == []

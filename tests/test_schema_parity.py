@@ -1,0 +1,98 @@
+"""`alembic upgrade head` builds `public` exactly as Prisma's own DDL does, and nothing more."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from models import migrate
+from models.settings import Settings
+from tests.support.catalog import describe_schema
+from tests.support.databases import create_database, drop_database
+
+REFERENCE_DDL = Path(__file__).parent / "fixtures" / "prisma-reference.sql"
+
+
+def _libpq(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def fresh_database(admin_url):
+    created: list[str] = []
+
+    def make() -> str:
+        url = create_database(admin_url, prefix="pw_scratch")
+        created.append(url)
+        return url
+
+    yield make
+    for url in created:
+        drop_database(admin_url, url)
+
+
+def _settings_for(url: str, settings: Settings) -> Settings:
+    return Settings(**{**settings.model_dump(), "database_url": url})
+
+
+@pytest.fixture
+def migrated_and_reference(fresh_database, settings):
+    reference_url = fresh_database()
+    with psycopg.connect(_libpq(reference_url), autocommit=True) as conn:
+        conn.execute(REFERENCE_DDL.read_text())
+    migrated_url = fresh_database()
+    migrate.upgrade(_settings_for(migrated_url, settings))
+    return describe_schema(_libpq(reference_url)), describe_schema(_libpq(migrated_url))
+
+
+@pytest.mark.parametrize(
+    "aspect", ["relations", "columns", "indexes", "constraints", "enums", "types", "functions", "triggers"]
+)
+def test_public_schema_matches_prisma_reference(migrated_and_reference, aspect):
+    reference, migrated = migrated_and_reference
+    if aspect not in ("functions", "triggers"):  # Prisma's DDL creates none of these
+        assert reference[aspect], f"the catalog query for {aspect} found nothing"
+    assert migrated[aspect] == reference[aspect]
+
+
+def test_reference_comparison_sees_foreign_key_actions(migrated_and_reference):
+    reference, _ = migrated_and_reference
+    actions = {row[0]: (row[3], row[4]) for row in reference["constraints"] if row[2] == "f"}
+    # c = CASCADE, r = RESTRICT, n = SET NULL: the comparison above includes these.
+    assert actions["CreditBalance_userId_fkey"] == ("c", "c")
+    assert actions["UsageHistory_userId_fkey"] == ("r", "c")
+    assert actions["SubscriptionEvent_userId_fkey"] == ("n", "c")
+
+
+def test_public_holds_no_alembic_version_table(migrated_and_reference):
+    _, migrated = migrated_and_reference
+    assert "alembic_version" not in {name for name, _ in migrated["relations"]}
+
+
+def test_service_schema_holds_alembic_version_and_inbox(settings, fresh_database):
+    url = fresh_database()
+    migrate.upgrade(_settings_for(url, settings))
+    service = describe_schema(_libpq(url), settings.service_schema)
+    tables = {name for name, kind in service["relations"] if kind == "r"}
+    assert {"alembic_version", "webhook_inbox"} <= tables
+    constraints = {row[0] for row in service["constraints"]}
+    assert "webhook_inbox_source_external_id_key" in constraints
+    indexes = {row[0]: row[4] for row in service["indexes"]}
+    assert "WHERE (status = 'pending'::text)" in indexes["webhook_inbox_pending_received_at_idx"]
+
+
+def test_upgrade_downgrade_upgrade_on_an_empty_database(settings, fresh_database):
+    url = fresh_database()
+    target = _settings_for(url, settings)
+    migrate.upgrade(target)
+    migrate.downgrade(target, "base")
+    emptied = describe_schema(_libpq(url))
+    assert emptied["relations"] == [] and emptied["types"] == [] and emptied["functions"] == []
+    service = describe_schema(_libpq(url), settings.service_schema)
+    # Only Alembic's own (now empty) version table is left behind in the service schema.
+    assert [name for name, kind in service["relations"] if kind == "r"] == ["alembic_version"]
+    migrate.upgrade(target)
+    assert describe_schema(_libpq(url))["relations"]

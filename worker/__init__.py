@@ -1,0 +1,1 @@
+"""Celery app, tasks, and the domain rules they apply. Never imports Flask."""

@@ -1,0 +1,64 @@
+"""Celery configuration for the workers and for every producer (receiver, other services).
+
+Importing this module imports no task: a producer sends tasks by name.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from models.settings import Settings
+
+WEBHOOKS_QUEUE = "webhooks"
+USAGE_QUEUE = "usage"
+
+# The longest a task may run, and the longest countdown a retry may ask for. Redis re-delivers
+# an unacked message after `visibility_timeout`; it must be well above both, or a slow task
+# (or a task waiting out its retry countdown) would be handed to a second worker.
+TASK_HARD_TIME_LIMIT = 120
+MAX_RETRY_COUNTDOWN = 600
+VISIBILITY_TIMEOUT = 3600
+
+TASK_ROUTES = {
+    "webhooks.*": {"queue": WEBHOOKS_QUEUE},
+    "inbox.*": {"queue": WEBHOOKS_QUEUE},
+    "usage.*": {"queue": USAGE_QUEUE},
+    "storage.*": {"queue": USAGE_QUEUE},
+}
+
+
+def celery_config(settings: Settings) -> dict:
+    redis_url = settings.redis_url.get_secret_value()
+    return {
+        "broker_url": redis_url,
+        "result_backend": redis_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT},
+        "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT},
+        "result_expires": 24 * 3600,
+        # At-least-once: ack after the task ran, re-deliver if the worker died mid-task.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_time_limit": TASK_HARD_TIME_LIMIT,
+        "task_soft_time_limit": TASK_HARD_TIME_LIMIT - 20,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_queues": [Queue(WEBHOOKS_QUEUE), Queue(USAGE_QUEUE)],
+        "task_default_queue": WEBHOOKS_QUEUE,
+        "task_routes": TASK_ROUTES,
+        # Events for Flower.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
+
+
+def create_producer(settings: Settings) -> Celery:
+    """A Celery app that only sends tasks by name (the receiver, other services, tests)."""
+    app = Celery("pedro_webhooks", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app

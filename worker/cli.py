@@ -1,0 +1,141 @@
+"""`pedro-webhooks`: database migrations and running the whole service locally."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from models import migrate
+from models.settings import ConfigError, load_settings
+
+
+@click.group()
+def main() -> None:
+    """Pedro AI webhook service."""
+
+
+@main.group()
+def db() -> None:
+    """Schema migrations (Alembic); settings come from the environment."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+@db.command()
+@click.argument("revision", default="head")
+def upgrade(revision: str) -> None:
+    """Migrate up to REVISION (default: head)."""
+    migrate.upgrade(_settings_or_exit(), revision)
+
+
+@db.command()
+@click.argument("revision")
+def downgrade(revision: str) -> None:
+    """Migrate down to REVISION (`base` removes everything the migrations created)."""
+    migrate.downgrade(_settings_or_exit(), revision)
+
+
+@db.command()
+def current() -> None:
+    """Show the revision the database is at."""
+    migrate.current(_settings_or_exit())
+
+
+@main.command()
+@click.option(
+    "--data-dir",
+    default=".local",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the embedded servers keep their data (keep it inside the project).",
+)
+@click.option("--procfile", default="Procfile", show_default=True)
+def run(data_dir: Path, procfile: str) -> None:
+    """Run every Procfile process with honcho, after migrating.
+
+    When DATABASE_URL / REDIS_URL are not set, an embedded PostgreSQL / Redis-compatible server
+    is started first (data in DATA_DIR) and stopped again when this command ends.
+    """
+    started: list = []
+    try:
+        _start_missing_servers(data_dir, started)
+        _ensure_local_secrets(data_dir)
+        migrate.upgrade(_settings_or_exit())
+        _run_honcho(procfile)
+    finally:
+        for server in reversed(started):
+            click.echo(f"stopping {type(server).__name__}", err=True)
+            server.stop()
+
+
+def _start_missing_servers(data_dir: Path, started: list) -> None:
+    from worker.embedded_servers import EmbeddedPostgres, EmbeddedRedis
+
+    for variable, server_class, folder in (
+        ("DATABASE_URL", EmbeddedPostgres, "postgres"),
+        ("REDIS_URL", EmbeddedRedis, "redis"),
+    ):
+        if os.environ.get(variable):
+            continue
+        server = server_class(data_dir / folder)
+        started.append(server)
+        os.environ[variable] = server.start()
+        click.echo(f"started {server_class.__name__} for {variable} on port {server.port}", err=True)
+
+
+def _ensure_local_secrets(data_dir: Path) -> None:
+    """Give a local run webhook secrets of its own when none are configured.
+
+    They are kept in DATA_DIR/local-secrets.env (mode 600) and never printed: point a local
+    sender (or the tests' signer) at that file.
+    """
+    wanted = ("CLERK_WEBHOOK_SIGNING_SECRET", "ASAAS_WEBHOOK_TOKEN")
+    if all(os.environ.get(name) for name in wanted):
+        return
+    path = data_dir / "local-secrets.env"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        clerk = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+        path.write_text(
+            f"CLERK_WEBHOOK_SIGNING_SECRET={clerk}\nASAAS_WEBHOOK_TOKEN={secrets.token_urlsafe(24)}\n"
+        )
+        path.chmod(0o600)
+    for line in path.read_text().splitlines():
+        name, _, value = line.partition("=")
+        if name in wanted and not os.environ.get(name):
+            os.environ[name] = value
+    click.echo(f"webhook secrets not set: using the local ones in {path}", err=True)
+
+
+def _run_honcho(procfile: str) -> None:
+    honcho = subprocess.Popen([sys.executable, "-m", "honcho", "start", "-f", procfile])
+
+    def forward(signum: int, _frame: object) -> None:
+        honcho.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    while True:
+        try:
+            honcho.wait()
+            return
+        except KeyboardInterrupt:
+            # Ctrl-C reached honcho too (same process group); wait for it to stop its children.
+            continue
+
+
+def _settings_or_exit():
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+if __name__ == "__main__":
+    main()
