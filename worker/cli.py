@@ -115,7 +115,11 @@ def _ensure_local_secrets(data_dir: Path) -> None:
 
 
 def _run_honcho(procfile: str) -> None:
-    honcho = subprocess.Popen([sys.executable, "-m", "honcho", "start", "-f", procfile])
+    # The Procfile names console scripts (celery, gunicorn) installed beside this interpreter;
+    # put them on PATH even when the virtualenv is not activated.
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    honcho = subprocess.Popen([sys.executable, "-m", "honcho", "start", "-f", procfile], env=env)
 
     def forward(signum: int, _frame: object) -> None:
         honcho.send_signal(signum)

@@ -10,8 +10,11 @@ import os
 import shutil
 import socket
 import uuid
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+
+import redis
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,6 +52,31 @@ def redis_base_url(stack: ExitStack) -> str:
     url = server.start()
     stack.callback(server.stop)
     return url.rsplit("/", 1)[0]
+
+
+@contextmanager
+def claim_redis_databases(base_url: str, count: int) -> Iterator[list[int]]:
+    """Claim `count` Redis database numbers (1..15) with expiring locks kept in database 0."""
+    client = redis.Redis.from_url(f"{base_url}/0")
+    token = f"{os.getpid()}-{uuid.uuid4().hex}"
+    claimed: list[int] = []
+    try:
+        for number in range(1, 16):
+            if client.set(f"pedro-webhooks:test-db-claim:{number}", token, nx=True, ex=3 * 3600):
+                claimed.append(number)
+                if len(claimed) == count:
+                    break
+        if len(claimed) < count:
+            raise RuntimeError("no free Redis database numbers: too many test runs at once")
+        for number in claimed:
+            redis.Redis.from_url(f"{base_url}/{number}").flushdb()
+        yield claimed
+    finally:
+        for number in claimed:
+            key = f"pedro-webhooks:test-db-claim:{number}"
+            if client.get(key) == token.encode():
+                client.delete(key)
+        client.close()
 
 
 def _scratch_dir(stack: ExitStack, name: str) -> Path:
