@@ -6,9 +6,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import text
 
-from models.app import Base  # noqa: F401  (registers the Prisma tables on the metadata)
 from models.base import SERVICE_SCHEMA
-from models import inbox  # noqa: F401
+from models.tables import metadata
 from models.db import make_engine
 from models.settings import load_settings
 
@@ -35,7 +34,7 @@ def run_migrations_online() -> None:
         )
         context.configure(
             connection=connection,
-            target_metadata=Base.metadata,
+            target_metadata=metadata,
             version_table_schema=schema,
             include_schemas=True,
             transaction_per_migration=True,

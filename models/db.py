@@ -18,7 +18,10 @@ def make_engine(settings: Settings, **kwargs) -> Engine:
         settings.database_url.get_secret_value(),
         pool_pre_ping=True,
         # Prisma writes TIMESTAMP(3) values in UTC; make CURRENT_TIMESTAMP defaults agree.
-        connect_args={"options": "-c timezone=UTC", "connect_timeout": 5},
+        connect_args={
+            "options": f"-c timezone=UTC -c lock_timeout={settings.db_lock_timeout_ms}",
+            "connect_timeout": 5,
+        },
         execution_options={"schema_translate_map": {SERVICE_SCHEMA: settings.service_schema}},
         hide_parameters=True,
         **kwargs,

@@ -8,7 +8,8 @@ from typing import Any
 
 from sqlalchemy import BigInteger, CheckConstraint, Identity, Index, Text, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import TIMESTAMP
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import SERVICE_SCHEMA, Base
 
@@ -56,5 +57,24 @@ class WebhookInbox(Base):
     )
     status: Mapped[str] = mapped_column(Text, server_default=text("'pending'"))
     attempts: Mapped[int] = mapped_column(server_default=text("0"))
-    last_error: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(Text)  # the last failure (dead letter: why)
+    detail: Mapped[str | None] = mapped_column(Text)  # why it ended as it did (unmatched, no plan)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
     processed_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+
+
+def record_delivery(
+    session: Session, *, source: str, external_id: str, event_type: str, payload: dict[str, Any]
+) -> int | None:
+    """Store a verified delivery once. Returns the new row's id, or None for a duplicate.
+
+    One statement, no check-then-insert: concurrent deliveries of one event race on the
+    unique key and exactly one of them gets an id back.
+    """
+    statement = (
+        insert(WebhookInbox)
+        .values(source=source, external_id=external_id, event_type=event_type, payload=payload)
+        .on_conflict_do_nothing(index_elements=["source", "external_id"])
+        .returning(WebhookInbox.id)
+    )
+    return session.execute(statement).scalar_one_or_none()

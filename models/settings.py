@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     sweep_interval_seconds: float = Field(default=30.0, gt=0)
     sweep_pending_after_seconds: float = Field(default=60.0, gt=0)
+    # A worker transaction waits at most this long for a row lock, then retries with backoff.
+    db_lock_timeout_ms: int = Field(default=10_000, ge=0)
 
     @field_validator("database_url")
     @classmethod

@@ -7,7 +7,6 @@ database: rolling back cannot isolate work that a Celery worker process committe
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import ExitStack
 
@@ -20,16 +19,12 @@ from models.db import make_engine, make_session_factory
 from models.settings import Settings, load_settings
 from tests.support.celery_worker import WorkerProcess
 from tests.support.databases import create_database, drop_database, truncate_all
-from tests.support.servers import postgres_admin_url, redis_base_url
+from tests.support.servers import claim_redis_databases, postgres_admin_url, redis_base_url
 from worker.celery_config import create_producer
 
 # Webhook secrets the tests sign with. Test-only values, never used anywhere else.
 CLERK_TEST_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtZm9yLXBlZHJvLXdlYmhvb2tz"
 ASAAS_TEST_TOKEN = "asaas-test-token-0123456789"
-
-
-def _worker_index() -> int:
-    return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 
 
 @pytest.fixture(scope="session")
@@ -44,10 +39,14 @@ def admin_url(servers) -> str:
 
 
 @pytest.fixture(scope="session")
-def redis_urls(servers) -> dict[str, str]:
-    base = servers[1]
-    index = _worker_index()
-    return {"broker": f"{base}/{1 + 2 * index}", "scratch": f"{base}/{2 + 2 * index}"}
+def redis_urls(servers) -> Iterator[dict[str, str]]:
+    """Two Redis database numbers claimed for this run alone (broker, scratch).
+
+    Runs that overlap on one machine (xdist workers, two checkouts) would otherwise share a
+    broker, and one run's Celery worker would take the other's tasks.
+    """
+    with claim_redis_databases(servers[1], count=2) as (broker, scratch):
+        yield {"broker": f"{servers[1]}/{broker}", "scratch": f"{servers[1]}/{scratch}"}
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +60,8 @@ def settings(admin_url, redis_urls) -> Iterator[Settings]:
         env.setenv("CLERK_WEBHOOK_SIGNING_SECRET", CLERK_TEST_SECRET)
         env.setenv("ASAAS_WEBHOOK_TOKEN", ASAAS_TEST_TOKEN)
         env.setenv("SIGNUP_CREDITS", "100")
+        # Short, so tests that hold a lock on purpose see the worker's retry path quickly.
+        env.setenv("DB_LOCK_TIMEOUT_MS", "1000")
         env.delenv("SERVICE_SCHEMA", raising=False)
         loaded = load_settings()
         migrate.upgrade(loaded)

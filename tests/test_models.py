@@ -11,7 +11,8 @@ from sqlalchemy import delete, text
 from sqlalchemy.exc import IntegrityError
 
 from models.app import CreditBalance, OperationType, StorageObject, UsageHistory, User
-from models.base import Base, SERVICE_SCHEMA, utcnow
+from models.base import SERVICE_SCHEMA, utcnow
+from models.tables import metadata
 
 
 def _user(clerk_id: str = "user_1", email: str | None = "a@example.org") -> User:
@@ -97,5 +98,5 @@ def test_models_match_the_migrated_database(engine, settings):
                 "include_object": lambda obj, name, type_, reflected, compare_to: name != "alembic_version",
             },
         )
-        diff = compare_metadata(context, Base.metadata)
+        diff = compare_metadata(context, metadata)
     assert diff == []

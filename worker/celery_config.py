@@ -52,6 +52,9 @@ def celery_config(settings: Settings) -> dict:
         # Events for Flower.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
+        "beat_schedule": {
+            "inbox-sweep": {"task": "inbox.sweep", "schedule": settings.sweep_interval_seconds},
+        },
         "timezone": "UTC",
         "enable_utc": True,
     }

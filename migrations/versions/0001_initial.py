@@ -273,6 +273,8 @@ def upgrade() -> None:
         sa.Column("status", sa.Text, server_default=sa.text("'pending'"), nullable=False),
         sa.Column("attempts", sa.Integer, server_default=sa.text("0"), nullable=False),
         sa.Column("last_error", sa.Text),
+        sa.Column("detail", sa.Text),
+        sa.Column("last_attempt_at", postgresql.TIMESTAMP(timezone=True)),
         sa.Column("processed_at", postgresql.TIMESTAMP(timezone=True)),
         sa.UniqueConstraint("source", "external_id", name="webhook_inbox_source_external_id_key"),
         sa.CheckConstraint("source IN ('clerk', 'asaas')", name="webhook_inbox_source_check"),

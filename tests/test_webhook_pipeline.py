@@ -1,0 +1,108 @@
+"""The inbox pipeline: a real worker processes rows; transient errors retry and end in the dead
+letter; the sweep recovers rows whose message was lost."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+from sqlalchemy import select, text, update
+from sqlalchemy.engine import make_url
+
+from models.inbox import WebhookInbox
+from tests.support.inbox import inbox_row, payload, process, store
+from worker.webhook_tasks import PROCESS_MAX_RETRIES
+
+CLERK_ID = "user_29w83sxmDNGwOuEthce5gg56FcC"
+
+
+def _wait_for_status(factory, inbox_id, wanted=("processed", "ignored", "failed", "unmatched"), timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = inbox_row(factory, inbox_id)
+        if row.status in wanted:
+            return row
+        time.sleep(0.1)
+    raise AssertionError(f"inbox row {inbox_id} still {row.status}")
+
+
+def test_worker_processes_an_enqueued_row(celery_worker, producer, session_factory):
+    inbox_id = store(session_factory, "clerk", payload("clerk/user.created"))
+    result = producer.send_task("webhooks.process", kwargs={"inbox_id": inbox_id})
+    assert result.get(timeout=30) == {"inbox_id": inbox_id, "status": "processed"}
+    row = inbox_row(session_factory, inbox_id)
+    assert row.processed_at is not None and row.attempts == 1
+
+
+def test_a_message_delivered_twice_concurrently_has_one_effect(celery_worker, producer, session_factory, session):
+    inbox_id = store(session_factory, "clerk", payload("clerk/user.created"))
+    results = [producer.send_task("webhooks.process", kwargs={"inbox_id": inbox_id}) for _ in range(4)]
+    statuses = [r.get(timeout=30)["status"] for r in results]
+    assert statuses.count("processed") == 4 - statuses.count("busy_or_missing")
+    assert session.scalar(text("SELECT count(*) FROM ingest.credit_ledger")) == 1
+    assert inbox_row(session_factory, inbox_id).attempts == 1
+
+
+def test_webhooks_ingest_stores_then_processes(celery_worker, producer, session_factory):
+    body = payload("clerk/user.created")
+    args = {"source": "clerk", "external_id": "msg_ingest", "event_type": "user.created", "payload": body}
+    assert producer.send_task("webhooks.ingest", kwargs=args).get(timeout=30)["status"] == "accepted"
+    assert producer.send_task("webhooks.ingest", kwargs=args).get(timeout=30) == {"status": "duplicate"}
+    with session_factory() as session:
+        inbox_id = session.scalar(select(WebhookInbox.id).where(WebhookInbox.external_id == "msg_ingest"))
+    assert _wait_for_status(session_factory, inbox_id).status == "processed"
+
+
+def test_sweep_reenqueues_pending_rows_older_than_the_threshold(celery_worker, producer, session_factory):
+    old = store(session_factory, "clerk", payload("clerk/user.created"))  # its message was "lost"
+    fresh = store(session_factory, "clerk", {"type": "session.created", "data": {}})
+    with session_factory.begin() as session:
+        session.execute(update(WebhookInbox).where(WebhookInbox.id == old)
+                        .values(received_at=text("now() - interval '5 minutes'")))
+    assert producer.send_task("inbox.sweep").get(timeout=30) == {"requeued": 1}
+    assert _wait_for_status(session_factory, old).status == "processed"
+    assert inbox_row(session_factory, fresh).status == "pending"
+
+
+def _hold_sync_state_lock(settings):
+    """Another transaction holding the row the handler must lock: the worker's lock_timeout
+    (DB_LOCK_TIMEOUT_MS) turns the wait into a transient error."""
+    url = make_url(settings.database_url.get_secret_value()).set(drivername="postgresql")
+    conn = psycopg.connect(url.render_as_string(hide_password=False))
+    conn.execute("INSERT INTO ingest.user_sync_state (clerk_user_id, last_updated_at_ms) VALUES (%s, 0)", (CLERK_ID,))
+    conn.commit()
+    conn.execute("SELECT 1 FROM ingest.user_sync_state WHERE clerk_user_id = %s FOR UPDATE", (CLERK_ID,))
+    return conn
+
+
+def test_transient_errors_retry_then_end_in_the_dead_letter(session_factory, settings):
+    inbox_id = store(session_factory, "clerk", payload("clerk/user.created"))
+    holder = _hold_sync_state_lock(settings)
+    try:
+        # Start at the second-to-last retry: one retry, then the last try fails for good.
+        result = process(inbox_id, retries=PROCESS_MAX_RETRIES - 1)
+    finally:
+        holder.close()
+    assert isinstance(result, Exception)
+    row = inbox_row(session_factory, inbox_id)
+    assert (row.status, row.attempts) == ("failed", 2)
+    assert row.last_error.startswith("OperationalError") and "lock timeout" in row.last_error
+    with session_factory() as session:
+        assert session.scalar(text('SELECT count(*) FROM "User"')) == 0  # the effect rolled back
+
+
+def test_a_failed_row_can_be_replayed(session_factory, settings):
+    from worker.webhook_tasks import requeue
+
+    inbox_id = store(session_factory, "clerk", payload("clerk/user.created"))
+    holder = _hold_sync_state_lock(settings)
+    try:
+        process(inbox_id, retries=PROCESS_MAX_RETRIES)
+    finally:
+        holder.close()
+    assert inbox_row(session_factory, inbox_id).status == "failed"
+    with session_factory.begin() as session:
+        session.info["after_commit"] = []  # no broker in this test: run it here instead
+        assert requeue(session, [inbox_id]) == [inbox_id]
+    assert process(inbox_id)["status"] == "processed"
+    assert inbox_row(session_factory, inbox_id).attempts == 2

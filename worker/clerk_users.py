@@ -1,0 +1,139 @@
+"""Clerk `user.created`, `user.updated` and `user.deleted`: the `User` row and its first credits.
+
+Clerk delivers at least once and in no particular order, so:
+- last-write-wins on `data.updated_at` (ms), remembered per user in `user_sync_state`: an older
+  event never overwrites a newer one, and an update that arrives before its create still
+  creates the user;
+- `user.deleted` leaves a tombstone there: nothing that arrives later brings the user back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from models.app import CreditBalance, User
+from models.base import utcnow
+from models.ids import cuid
+from models.user_sync import UserSyncState
+from worker import database
+from worker.errors import PermanentError
+from worker.handlers import Delivery, Outcome, handles
+from worker.ledger import open_credit_balance
+
+
+@handles("clerk", "user.created", "user.updated")
+def sync_user(session: Session, delivery: Delivery) -> Outcome:
+    data = _data(delivery)
+    clerk_id = _required_str(data, "id")
+    version = data.get("updated_at") or data.get("created_at")
+    if not isinstance(version, int):
+        raise PermanentError("data.updated_at (ms) is missing or not an integer")
+    if not _claim_version(session, clerk_id, version):
+        return Outcome.processed("skipped: a newer version was applied, or the user was deleted")
+    email = primary_email(data)
+    if email is not None:
+        _release_email(session, email, clerk_id)
+    user = _upsert_user(session, clerk_id, email=email, name=display_name(data))
+    if session.scalar(select(CreditBalance.id).where(CreditBalance.user_id == user.id)) is None:
+        credits = database.settings().signup_credits
+        open_credit_balance(session, user, credits, reference=f"clerk {delivery.external_id}")
+        return Outcome.processed(f"user created with {credits} signup credits")
+    return Outcome.processed()
+
+
+@handles("clerk", "user.deleted")
+def deactivate_user(session: Session, delivery: Delivery) -> Outcome:
+    clerk_id = _required_str(_data(delivery), "id")
+    tombstone = insert(UserSyncState).values(
+        clerk_user_id=clerk_id, last_updated_at_ms=0, deleted_at=func.now()
+    )
+    session.execute(
+        tombstone.on_conflict_do_update(
+            index_elements=[UserSyncState.clerk_user_id],
+            set_={"deleted_at": func.coalesce(UserSyncState.deleted_at, func.now()), "updated_at": func.now()},
+        )
+    )
+    # Keep every row: UsageHistory's RESTRICT key forbids a hard delete, and history matters.
+    deactivated = session.execute(
+        update(User)
+        .where(User.clerk_id == clerk_id, User.is_active.is_(True))
+        .values(is_active=False, updated_at=utcnow())
+    ).rowcount
+    return Outcome.processed("user deactivated" if deactivated else "no active user to deactivate")
+
+
+def primary_email(data: dict[str, Any]) -> str | None:
+    primary_id = data.get("primary_email_address_id")
+    for address in data.get("email_addresses") or []:
+        if isinstance(address, dict) and address.get("id") == primary_id:
+            value = address.get("email_address")
+            return value if isinstance(value, str) and value else None
+    return None
+
+
+def display_name(data: dict[str, Any]) -> str | None:
+    parts = [data.get("first_name"), data.get("last_name")]
+    full = " ".join(part.strip() for part in parts if isinstance(part, str) and part.strip())
+    username = data.get("username")
+    return full or (username if isinstance(username, str) and username else None)
+
+
+def _claim_version(session: Session, clerk_id: str, version: int) -> bool:
+    """Record `version` as the newest seen for this user; False if it is not newer, or deleted.
+
+    One upsert: its row lock also serialises concurrent events for the same user.
+    """
+    statement = (
+        insert(UserSyncState)
+        .values(clerk_user_id=clerk_id, last_updated_at_ms=version)
+        .on_conflict_do_update(
+            index_elements=[UserSyncState.clerk_user_id],
+            set_={"last_updated_at_ms": version, "updated_at": func.now()},
+            where=(UserSyncState.deleted_at.is_(None))
+            & (UserSyncState.last_updated_at_ms < version),
+        )
+        .returning(UserSyncState.clerk_user_id)
+    )
+    return session.execute(statement).scalar_one_or_none() is not None
+
+
+def _release_email(session: Session, email: str, clerk_id: str) -> None:
+    """Clerk moved this address to another account: clear it from the stale holder."""
+    session.execute(
+        update(User)
+        .where(User.email == email, User.clerk_id != clerk_id)
+        .values(email=None, updated_at=utcnow())
+    )
+
+
+def _upsert_user(session: Session, clerk_id: str, *, email: str | None, name: str | None) -> User:
+    now = utcnow()
+    statement = (
+        insert(User)
+        .values(id=cuid(), clerk_id=clerk_id, email=email, name=name,
+                created_at=now, updated_at=now)
+        .on_conflict_do_update(
+            index_elements=[User.clerk_id],
+            set_={"email": email, "name": name, "updatedAt": now},
+        )
+        .returning(User)
+    )
+    return session.scalars(statement).one()
+
+
+def _data(delivery: Delivery) -> dict[str, Any]:
+    data = delivery.payload.get("data")
+    if not isinstance(data, dict):
+        raise PermanentError("payload has no `data` object")
+    return data
+
+
+def _required_str(data: dict[str, Any], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise PermanentError(f"data.{key} is missing")
+    return value

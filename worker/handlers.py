@@ -1,0 +1,63 @@
+"""The registry that maps a delivery's (source, event type) to the function that applies it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from models.inbox import InboxStatus
+
+
+@dataclass(frozen=True)
+class Delivery:
+    inbox_id: int
+    source: str
+    external_id: str
+    event_type: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: InboxStatus
+    detail: str | None = None  # why, for a person reading the inbox row
+
+    @classmethod
+    def processed(cls, detail: str | None = None) -> Outcome:
+        return cls(InboxStatus.PROCESSED, detail)
+
+    @classmethod
+    def unmatched(cls, detail: str) -> Outcome:
+        return cls(InboxStatus.UNMATCHED, detail)
+
+
+Handler = Callable[[Session, Delivery], Outcome]
+
+_exact: dict[tuple[str, str], Handler] = {}
+_prefixes: list[tuple[str, str, Handler]] = []
+
+
+def handles(source: str, *event_types: str, prefixes: tuple[str, ...] = ()) -> Callable[[Handler], Handler]:
+    """Register the decorated function for these event types (or type prefixes) of `source`."""
+
+    def register(handler: Handler) -> Handler:
+        for event_type in event_types:
+            if (source, event_type) in _exact:
+                raise ValueError(f"two handlers for {source} {event_type}")
+            _exact[(source, event_type)] = handler
+        _prefixes.extend((source, prefix, handler) for prefix in prefixes)
+        return handler
+
+    return register
+
+
+def find_handler(source: str, event_type: str) -> Handler | None:
+    if handler := _exact.get((source, event_type)):
+        return handler
+    for prefix_source, prefix, handler in _prefixes:
+        if prefix_source == source and event_type.startswith(prefix):
+            return handler
+    return None
