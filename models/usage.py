@@ -1,0 +1,32 @@
+"""Idempotency records of usage debits and refunds: the authoritative outcome of each key."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import CheckConstraint, Index, Text, text
+from sqlalchemy.dialects.postgresql import TIMESTAMP
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import SERVICE_SCHEMA, Base
+
+
+class UsageRequest(Base):
+    __tablename__ = "usage_requests"
+    __table_args__ = (
+        CheckConstraint("kind IN ('debit', 'refund')", name="usage_requests_kind_check"),
+        Index("usage_requests_refund_of_idx", "refund_of"),
+        {"schema": SERVICE_SCHEMA},
+    )
+
+    idempotency_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    kind: Mapped[str] = mapped_column(Text)
+    clerk_user_id: Mapped[str] = mapped_column(Text)
+    operation: Mapped[str | None] = mapped_column(Text)
+    credits: Mapped[int | None]  # the cost debited, or the credits refunded
+    refund_of: Mapped[str | None] = mapped_column(Text)  # a refund: the debit's key
+    request: Mapped[dict[str, Any]]  # the arguments as sent
+    result: Mapped[dict[str, Any]]  # the answer given for this key
+    usage_id: Mapped[str | None] = mapped_column(Text)  # the UsageHistory row it wrote
+    created_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=text("now()"))
