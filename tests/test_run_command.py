@@ -11,10 +11,12 @@ import sys
 import time
 import uuid
 
+import httpx
 import psutil
 import pytest
 
 from tests.support.servers import PROJECT_ROOT
+from worker.embedded_servers import free_port
 
 
 @pytest.fixture
@@ -31,10 +33,30 @@ def _descendants(process: psutil.Process) -> list[psutil.Process]:
         return []
 
 
+def _assert_flower_requires_the_local_credentials(port: str, data_dir) -> None:
+    secrets = dict(line.split("=", 1) for line in (data_dir / "local-secrets.env").read_text().splitlines())
+    user, password = secrets["FLOWER_BASIC_AUTH"].split(":", 1)
+    url = f"http://127.0.0.1:{port}/api/workers"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            anonymous = httpx.get(url, timeout=2)
+            break
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+    assert anonymous.status_code == 401
+    assert httpx.get(url, auth=(user, password), timeout=5).status_code == 200
+
+
 def test_run_starts_embedded_servers_and_leaves_nothing_behind(data_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.pop("CLERK_WEBHOOK_SIGNING_SECRET", None)
     env.pop("ASAAS_WEBHOOK_TOKEN", None)
+    env.pop("FLOWER_BASIC_AUTH", None)
+    env["FLOWER_PORT"] = str(free_port())
+    env["PORT"] = str(free_port())  # honcho's base port (web gets it)
     log = tmp_path / "run.log"
     run = subprocess.Popen(
         [sys.executable, "-m", "worker.cli", "run", "--data-dir", str(data_dir)],
@@ -51,6 +73,7 @@ def test_run_starts_embedded_servers_and_leaves_nothing_behind(data_dir, tmp_pat
             time.sleep(0.2)
         text = log.read_text()
         assert "ready." in text, text[-3000:]
+        _assert_flower_requires_the_local_credentials(env["FLOWER_PORT"], data_dir)
         assert "started EmbeddedPostgres" in text and "started EmbeddedRedis" in text
         # Started by pg_ctl (detached): find the embedded postmaster by its data folder.
         postmasters = [p for p in psutil.process_iter(["cmdline"])

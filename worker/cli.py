@@ -91,12 +91,12 @@ def _start_missing_servers(data_dir: Path, started: list) -> None:
 
 
 def _ensure_local_secrets(data_dir: Path) -> None:
-    """Give a local run webhook secrets of its own when none are configured.
+    """Give a local run webhook secrets (and Flower credentials) of its own when none are set.
 
     They are kept in DATA_DIR/local-secrets.env (mode 600) and never printed: point a local
     sender (or the tests' signer) at that file.
     """
-    wanted = ("CLERK_WEBHOOK_SIGNING_SECRET", "ASAAS_WEBHOOK_TOKEN")
+    wanted = ("CLERK_WEBHOOK_SIGNING_SECRET", "ASAAS_WEBHOOK_TOKEN", "FLOWER_BASIC_AUTH")
     if all(os.environ.get(name) for name in wanted):
         return
     path = data_dir / "local-secrets.env"
@@ -104,14 +104,16 @@ def _ensure_local_secrets(data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         clerk = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
         path.write_text(
-            f"CLERK_WEBHOOK_SIGNING_SECRET={clerk}\nASAAS_WEBHOOK_TOKEN={secrets.token_urlsafe(24)}\n"
+            f"CLERK_WEBHOOK_SIGNING_SECRET={clerk}\n"
+            f"ASAAS_WEBHOOK_TOKEN={secrets.token_urlsafe(24)}\n"
+            f"FLOWER_BASIC_AUTH=ops:{secrets.token_urlsafe(12)}\n"
         )
         path.chmod(0o600)
     for line in path.read_text().splitlines():
         name, _, value = line.partition("=")
         if name in wanted and not os.environ.get(name):
             os.environ[name] = value
-    click.echo(f"webhook secrets not set: using the local ones in {path}", err=True)
+    click.echo(f"secrets not set: using the local ones in {path}", err=True)
 
 
 def _run_honcho(procfile: str) -> None:
