@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from sqlalchemy import select, text
 
@@ -89,18 +91,38 @@ def test_email_moved_to_another_account_is_released_by_the_stale_holder(session_
 def test_deleted_user_is_deactivated_kept_and_never_resurrected(session_factory, session):
     deliver(session_factory, "clerk", payload("clerk/user.created"))
     row = deliver(session_factory, "clerk", payload("clerk/user.deleted"))
-    assert row.status == "processed"
-    late = deliver(session_factory, "clerk", clerk_user_event("user.updated", CLERK_ID, 9_999_999_999_999, first_name="Zombie"))
-    assert "skipped" in late.detail
+    assert (row.status, row.detail) == ("processed", "user deactivated")
+    late = deliver(session_factory, "clerk", clerk_user_event("user.updated", CLERK_ID, CREATED_AT + 5, first_name="Late"))
+    assert late.detail == "user deleted in Clerk: kept inactive"
     user = _user(session)
-    assert user.is_active is False and user.name == "Example Example"
+    assert user.is_active is False and user.name == "Late Example"
     assert session.scalar(text('SELECT count(*) FROM "CreditBalance"')) == 1
 
 
-def test_delete_before_create_leaves_no_user(session_factory, session):
-    deliver(session_factory, "clerk", payload("clerk/user.deleted"))
-    deliver(session_factory, "clerk", payload("clerk/user.created"))
-    assert _user(session) is None
+def test_deleted_user_never_takes_an_email_from_a_live_user(session_factory, session):
+    deliver(session_factory, "clerk", clerk_user_event("user.created", "user_gone", 1, email_addresses=[]))
+    deliver(session_factory, "clerk", clerk_user_event("user.deleted", "user_gone", 0))
+    deliver(session_factory, "clerk", clerk_user_event("user.created", "user_live", 1))
+    deliver(session_factory, "clerk", clerk_user_event("user.updated", "user_gone", 2))  # delayed
+    assert _user(session, "user_live").email == "example@example.org"
+    assert _user(session, "user_gone").email is None
+
+
+def _final_state(session) -> tuple:
+    session.expire_all()
+    user = session.execute(text('SELECT "clerkId", email, name, "isActive" FROM "User"')).all()
+    balances = session.execute(text('SELECT "creditsRemaining" FROM "CreditBalance"')).scalars().all()
+    ledger = session.execute(text("SELECT kind, delta FROM ingest.credit_ledger")).all()
+    return [tuple(u) for u in user], balances, [tuple(e) for e in ledger]
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(["user.created", "user.updated", "user.deleted"])))
+def test_every_order_of_created_updated_deleted_ends_in_the_same_state(session_factory, session, order):
+    for event_type in order:
+        deliver(session_factory, "clerk", payload(f"clerk/{event_type}"))
+    assert _final_state(session) == (
+        [(CLERK_ID, "example@example.org", "Changed Example", False)], [100], [("signup", 100)]
+    )
 
 
 @pytest.mark.parametrize(

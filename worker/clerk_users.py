@@ -4,7 +4,9 @@ Clerk delivers at least once and in no particular order, so:
 - last-write-wins on `data.updated_at` (ms), remembered per user in `user_sync_state`: an older
   event never overwrites a newer one, and an update that arrives before its create still
   creates the user;
-- `user.deleted` leaves a tombstone there: nothing that arrives later brings the user back.
+- `user.deleted` leaves a tombstone there: nothing that arrives later brings the user back
+  (delayed events may still complete its data, but it stays inactive), so every order of the
+  same events ends in the same state.
 """
 
 from __future__ import annotations
@@ -32,17 +34,16 @@ def sync_user(session: Session, delivery: Delivery) -> Outcome:
     version = data.get("updated_at") or data.get("created_at")
     if not isinstance(version, int):
         raise PermanentError("data.updated_at (ms) is missing or not an integer")
-    if not _claim_version(session, clerk_id, version):
-        return Outcome.processed("skipped: a newer version was applied, or the user was deleted")
-    email = primary_email(data)
-    if email is not None:
-        _release_email(session, email, clerk_id)
-    user = _upsert_user(session, clerk_id, email=email, name=display_name(data))
+    deleted = _claim_version(session, clerk_id, version)
+    if deleted is None:
+        return Outcome.processed("skipped: a newer version of this user was already applied")
+    email = _claimable_email(session, primary_email(data), clerk_id, deleted=deleted)
+    user = _upsert_user(session, clerk_id, email=email, name=display_name(data), deleted=deleted)
     if session.scalar(select(CreditBalance.id).where(CreditBalance.user_id == user.id)) is None:
         credits = database.settings().signup_credits
         open_credit_balance(session, user, credits, reference=f"clerk {delivery.external_id}")
         return Outcome.processed(f"user created with {credits} signup credits")
-    return Outcome.processed()
+    return Outcome.processed("user deleted in Clerk: kept inactive" if deleted else None)
 
 
 @handles("clerk", "user.deleted")
@@ -82,10 +83,13 @@ def display_name(data: dict[str, Any]) -> str | None:
     return full or (username if isinstance(username, str) and username else None)
 
 
-def _claim_version(session: Session, clerk_id: str, version: int) -> bool:
-    """Record `version` as the newest seen for this user; False if it is not newer, or deleted.
+def _claim_version(session: Session, clerk_id: str, version: int) -> bool | None:
+    """Record `version` as the newest seen for this user.
 
-    One upsert: its row lock also serialises concurrent events for the same user.
+    None if it is not newer than what was applied; otherwise whether the user is deleted (a
+    deleted user's data may still be completed by events that were delayed, but it stays
+    inactive, so every order of the same events ends in the same state). One upsert: its row
+    lock also serialises concurrent events for the same user.
     """
     statement = (
         insert(UserSyncState)
@@ -93,33 +97,37 @@ def _claim_version(session: Session, clerk_id: str, version: int) -> bool:
         .on_conflict_do_update(
             index_elements=[UserSyncState.clerk_user_id],
             set_={"last_updated_at_ms": version, "updated_at": func.now()},
-            where=(UserSyncState.deleted_at.is_(None))
-            & (UserSyncState.last_updated_at_ms < version),
+            where=UserSyncState.last_updated_at_ms < version,
         )
-        .returning(UserSyncState.clerk_user_id)
+        .returning(UserSyncState.deleted_at.is_not(None))
     )
-    return session.execute(statement).scalar_one_or_none() is not None
+    return session.execute(statement).scalar_one_or_none()
 
 
-def _release_email(session: Session, email: str, clerk_id: str) -> None:
-    """Clerk moved this address to another account: clear it from the stale holder."""
-    session.execute(
-        update(User)
-        .where(User.email == email, User.clerk_id != clerk_id)
-        .values(email=None, updated_at=utcnow())
-    )
+def _claimable_email(session: Session, email: str | None, clerk_id: str, *, deleted: bool) -> str | None:
+    """The email this user may hold. Clerk moved an address from another account: clear it from
+    the stale holder. A deleted user never takes an address from a live one."""
+    if email is None:
+        return None
+    held_elsewhere = (User.email == email) & (User.clerk_id != clerk_id)
+    if deleted:
+        return None if session.scalar(select(User.id).where(held_elsewhere)) else email
+    session.execute(update(User).where(held_elsewhere).values(email=None, updated_at=utcnow()))
+    return email
 
 
-def _upsert_user(session: Session, clerk_id: str, *, email: str | None, name: str | None) -> User:
+def _upsert_user(
+    session: Session, clerk_id: str, *, email: str | None, name: str | None, deleted: bool
+) -> User:
     now = utcnow()
+    changes = {"email": email, "name": name, "updatedAt": now}
+    if deleted:
+        changes["isActive"] = False
     statement = (
         insert(User)
-        .values(id=cuid(), clerk_id=clerk_id, email=email, name=name,
+        .values(id=cuid(), clerk_id=clerk_id, email=email, name=name, is_active=not deleted,
                 created_at=now, updated_at=now)
-        .on_conflict_do_update(
-            index_elements=[User.clerk_id],
-            set_={"email": email, "name": name, "updatedAt": now},
-        )
+        .on_conflict_do_update(index_elements=[User.clerk_id], set_=changes)
         .returning(User)
     )
     return session.scalars(statement).one()

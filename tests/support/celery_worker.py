@@ -13,8 +13,15 @@ from celery import Celery
 
 
 class WorkerProcess:
-    def __init__(self, producer: Celery, queues: str = "webhooks,usage", concurrency: int = 2):
+    def __init__(
+        self,
+        producer: Celery,
+        queues: str = "webhooks,usage",
+        concurrency: int = 2,
+        env: dict[str, str] | None = None,
+    ):
         self.producer = producer
+        self.env = {**os.environ, **(env or {})}
         self.name = f"test-{uuid.uuid4().hex[:8]}@localhost"
         self.command = [
             sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
@@ -24,7 +31,7 @@ class WorkerProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30) -> None:
-        self.process = subprocess.Popen(self.command, env=dict(os.environ))
+        self.process = subprocess.Popen(self.command, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -33,6 +40,21 @@ class WorkerProcess:
                 return
         self.stop()
         raise RuntimeError("celery worker did not answer a ping in time")
+
+    def pool_children(self) -> list[int]:
+        """Pids of the prefork pool's child processes (where tasks run)."""
+        import psutil
+
+        return [child.pid for child in psutil.Process(self.process.pid).children()]
+
+    def kill(self) -> None:
+        """SIGKILL the main process and every pool child: no warm shutdown, no ack."""
+        for pid in [*self.pool_children(), self.process.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait()
 
     def stop(self, timeout: float = 20) -> None:
         if self.process is None or self.process.poll() is not None:
