@@ -1,4 +1,9 @@
-"""Idempotency records of usage debits and refunds: the authoritative outcome of each key."""
+"""Idempotency records of usage debits and refunds: the authoritative outcome of each key.
+
+One row per idempotency key, inserted first in the debit's (or refund's) own transaction, so a
+concurrent request with the same key waits on that row and then reads its committed outcome.
+`status` is 'pending' only inside that transaction; no other transaction ever sees it.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ class UsageRequest(Base):
     kind: Mapped[str] = mapped_column(Text)
     clerk_user_id: Mapped[str] = mapped_column(Text)
     operation: Mapped[str | None] = mapped_column(Text)
-    credits: Mapped[int | None]  # the cost debited, or the credits refunded
+    status: Mapped[str] = mapped_column(Text)  # the result's status: 'applied', 'insufficient_credits'...
+    credits: Mapped[int | None]  # the credits debited or refunded (set when applied)
     refund_of: Mapped[str | None] = mapped_column(Text)  # a refund: the debit's key
     request: Mapped[dict[str, Any]]  # the arguments as sent
     result: Mapped[dict[str, Any]]  # the answer given for this key

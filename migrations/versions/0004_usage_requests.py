@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("kind", sa.Text, nullable=False),
         sa.Column("clerk_user_id", sa.Text, nullable=False),
         sa.Column("operation", sa.Text),
+        sa.Column("status", sa.Text, nullable=False),
         sa.Column("credits", sa.Integer),
         sa.Column("refund_of", sa.Text),
         sa.Column("request", postgresql.JSONB, nullable=False),

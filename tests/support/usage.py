@@ -1,0 +1,86 @@
+"""Users, plans and costs for usage tests, and the usage rules run as the tasks run them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.app import AdminSettings, CreditBalance, Plan, User
+from models.billing import UserPlan
+from models.usage import UsageRequest
+from worker import usage
+from worker.ledger import open_credit_balance
+
+Factory = sessionmaker[Session]
+
+
+def make_user(factory: Factory, clerk_id: str = "user_a", credits: int = 100, active: bool = True) -> None:
+    """A user with a balance opened through the ledger (the invariant holds from the start)."""
+    with factory.begin() as session:
+        user = User(clerk_id=clerk_id, is_active=active)
+        session.add(user)
+        session.flush()
+        open_credit_balance(session, user, credits, reference="test")
+
+
+def debit(factory: Factory, key: str, clerk_user_id: str = "user_a", operation: str = "AI_TEXT_CHAT",
+          **fields: Any) -> dict[str, Any]:
+    """One debit in its own transaction, as the `usage.debit` task runs it."""
+    with factory.begin() as session:
+        return usage.debit(session, usage.DebitRequest(clerk_user_id, operation, key, **fields))
+
+
+def refund(factory: Factory, key: str, refund_of: str, clerk_user_id: str = "user_a", **fields: Any) -> dict[str, Any]:
+    with factory.begin() as session:
+        return usage.refund(session, usage.RefundRequest(clerk_user_id, key, refund_of, **fields))
+
+
+def set_feature_costs(factory: Factory, costs: dict[str, Any]) -> None:
+    now = datetime.now(UTC).replace(tzinfo=None)
+    with factory.begin() as session:
+        session.execute(
+            insert(AdminSettings).values(id="singleton", feature_costs=costs, created_at=now, updated_at=now)
+            .on_conflict_do_update(index_elements=[AdminSettings.id], set_={"featureCosts": costs})
+        )
+
+
+def put_on_plan(factory: Factory, clerk_user_id: str, features: dict[str, Any], status: str = "active") -> str:
+    """A Plan with these overrides, made the user's current plan as the billing handlers would."""
+    with factory.begin() as session:
+        plan = Plan(name="Pro", credits=1000, features=features)
+        session.add(plan)
+        session.flush()
+        session.add(UserPlan(clerk_user_id=clerk_user_id, plan_id=plan.id, provider="clerk", status=status,
+                             occurred_at=datetime.now(UTC)))
+        return plan.id
+
+
+def balance(factory: Factory, clerk_user_id: str = "user_a") -> int:
+    with factory() as session:
+        return session.scalar(select(CreditBalance.credits_remaining).where(CreditBalance.clerk_user_id == clerk_user_id))
+
+
+def usage_credits(factory: Factory) -> list[int]:
+    """`creditsUsed` of every UsageHistory row, oldest first."""
+    with factory() as session:
+        return list(session.scalars(text('SELECT "creditsUsed" FROM "UsageHistory" ORDER BY timestamp, id')))
+
+
+def ledger_deltas(factory: Factory, kind: str) -> list[int]:
+    with factory() as session:
+        return list(session.scalars(text("SELECT delta FROM ingest.credit_ledger WHERE kind = :k ORDER BY id"),
+                                    {"k": kind}))
+
+
+def stored_status(factory: Factory, key: str) -> str | None:
+    with factory() as session:
+        return session.scalar(select(UsageRequest.status).where(UsageRequest.idempotency_key == key))
+
+
+def count_rows(factory: Factory, model: type) -> int:
+    with factory() as session:
+        return session.scalar(select(func.count()).select_from(model))

@@ -1,0 +1,90 @@
+"""The Celery tasks other services call (queue `usage`): debits, refunds, storage tracking.
+
+Each run is one transaction (TransactionalTask). Transient database and broker errors retry
+with a short backoff: a debit is on the product's hot path. A debit, refund or storage record
+for a user the Clerk webhook has not created yet (or a refund of a debit still in the queue)
+retries with backoff, 1, 2, 4 ... 30 s, for about `wait_for_user` seconds (default
+USER_WAIT_SECONDS), and only then answers `unknown_user` / `unknown_debit`. Each try rolls
+back, so nothing is recorded for the key until that final answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from worker import storage, usage
+from worker.celery_app import app
+from worker.errors import TRANSIENT_ERRORS
+from worker.task_base import TransactionalTask
+
+USER_WAIT_SECONDS = 300
+MAX_USER_WAIT_SECONDS = 900
+MAX_RETRY_DELAY = 30
+
+TASK_OPTIONS: dict[str, Any] = {
+    "base": TransactionalTask,
+    "bind": True,
+    "autoretry_for": TRANSIENT_ERRORS,
+    # Enough for the longest wait for a user (about 34 tries of up to 30 s for 900 s).
+    "max_retries": 40,
+    "retry_backoff": 1,
+    "retry_backoff_max": MAX_RETRY_DELAY,
+    "retry_jitter": True,
+}
+
+
+def retry_delay(tries: int) -> int:
+    return min(2**tries, MAX_RETRY_DELAY)
+
+
+def waited(tries: int) -> int:
+    """Seconds spent in countdowns before try number `tries` (0-based)."""
+    return sum(retry_delay(n) for n in range(tries))
+
+
+def run_or_wait(task: TransactionalTask, wait_for_user: float, attempt: Callable[[bool], dict]) -> dict:
+    """Run `attempt(final)`; while the wait is not over (final=False), a `NotYetKnown` from it
+    becomes a retry of the task after the next backoff delay."""
+    tries = task.request.retries or 0
+    final = waited(tries) >= min(max(wait_for_user, 0), MAX_USER_WAIT_SECONDS)
+    try:
+        return attempt(final)
+    except usage.NotYetKnown:
+        raise task.retry(countdown=retry_delay(tries)) from None
+
+
+@app.task(name="usage.debit", **TASK_OPTIONS)
+def debit(task: TransactionalTask, clerk_user_id: str, operation: str, idempotency_key: str,
+          cost: int | None = None, details: dict[str, Any] | None = None,
+          wait_for_user: float = USER_WAIT_SECONDS) -> dict[str, Any]:
+    request = usage.DebitRequest(clerk_user_id, operation, idempotency_key, cost, details)
+    return run_or_wait(task, wait_for_user, lambda final: usage.debit(task.session, request, final=final))
+
+
+@app.task(name="usage.refund", **TASK_OPTIONS)
+def refund(task: TransactionalTask, clerk_user_id: str, idempotency_key: str, refund_of: str,
+           credits: int | None = None, details: dict[str, Any] | None = None,
+           wait_for_user: float = USER_WAIT_SECONDS) -> dict[str, Any]:
+    request = usage.RefundRequest(clerk_user_id, idempotency_key, refund_of, credits, details)
+    return run_or_wait(task, wait_for_user, lambda final: usage.refund(task.session, request, final=final))
+
+
+@app.task(name="usage.outcome", **TASK_OPTIONS)
+def outcome(task: TransactionalTask, idempotency_key: str) -> dict[str, Any]:
+    return usage.outcome(task.session, idempotency_key)
+
+
+@app.task(name="storage.record", **TASK_OPTIONS)
+def record_storage(task: TransactionalTask, clerk_user_id: str, url: str, pathname: str, name: str,
+                   size: int, content_type: str | None = None, provider: str = storage.DEFAULT_PROVIDER,
+                   wait_for_user: float = USER_WAIT_SECONDS) -> dict[str, Any]:
+    record = storage.StorageRecord(clerk_user_id, url, pathname, name, size, content_type, provider)
+    return run_or_wait(task, wait_for_user, lambda final: storage.record_object(task.session, record, final=final))
+
+
+@app.task(name="storage.delete", **TASK_OPTIONS)
+def delete_storage(task: TransactionalTask, storage_object_id: str | None = None, pathname: str | None = None,
+                   provider: str = storage.DEFAULT_PROVIDER) -> dict[str, Any]:
+    return storage.delete_object(task.session, storage_object_id=storage_object_id, pathname=pathname,
+                                 provider=provider)
