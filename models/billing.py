@@ -4,8 +4,9 @@ granted and reversed, and each user's current plan."""
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
-from sqlalchemy import CheckConstraint, Index, Text, text
+from sqlalchemy import CheckConstraint, Index, Numeric, Text, text
 from sqlalchemy.dialects.postgresql import TIMESTAMP
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -36,12 +37,21 @@ class ProviderLink(Base):
 
 class PaymentCredit(Base):
     """What one provider payment granted and what was reversed of it: the state that makes each
-    grant and reversal happen exactly once, whatever order the events arrive in."""
+    grant and reversal happen exactly once, whatever order the events arrive in.
+
+    Reversals are kept as money (`refunded_value`, the largest refunded total seen), not credits,
+    so a refund that arrives before its grant is remembered and the late grant nets to what is
+    left: credits reversed = floor(credits_granted x refunded_value / payment_value).
+    """
 
     __tablename__ = "payment_credits"
     __table_args__ = (
         CheckConstraint("credits_granted >= 0", name="payment_credits_granted_check"),
         CheckConstraint("credits_reversed >= 0", name="payment_credits_reversed_check"),
+        # The last guard of "the reversals of a payment never exceed its grant".
+        CheckConstraint(
+            "credits_reversed <= credits_granted", name="payment_credits_reversed_within_grant_check"
+        ),
         Index("payment_credits_clerk_user_id_idx", "clerk_user_id"),
         {"schema": SERVICE_SCHEMA},
     )
@@ -50,12 +60,11 @@ class PaymentCredit(Base):
     payment_id: Mapped[str] = mapped_column(Text, primary_key=True)
     clerk_user_id: Mapped[str | None] = mapped_column(Text)
     plan_id: Mapped[str | None] = mapped_column(Text)
+    payment_value: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))
+    refunded_value: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))  # None: no refund seen
     credits_granted: Mapped[int] = mapped_column(server_default=text("0"))
     credits_reversed: Mapped[int] = mapped_column(server_default=text("0"))
     granted_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
-    # A reversal that arrived before its grant: the share (in 1/1_000_000 of the grant) to take
-    # back when the grant arrives, so the late grant nets to what is left.
-    pending_reversal_ppm: Mapped[int] = mapped_column(server_default=text("0"))
     updated_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=text("now()"))
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from models.inbox import InboxStatus, WebhookInbox, record_delivery
 from worker import clerk_users  # noqa: F401  (registers its handlers)
+from worker import asaas, clerk_billing  # noqa: F401  (register their handlers)
 from worker import database
 from worker.celery_app import app
 from worker.celery_config import MAX_RETRY_COUNTDOWN

@@ -47,13 +47,17 @@ def upgrade() -> None:
         sa.Column("payment_id", sa.Text, primary_key=True),
         sa.Column("clerk_user_id", sa.Text),
         sa.Column("plan_id", sa.Text),
+        sa.Column("payment_value", sa.Numeric(14, 2)),
+        sa.Column("refunded_value", sa.Numeric(14, 2)),
         sa.Column("credits_granted", sa.Integer, server_default=sa.text("0"), nullable=False),
         sa.Column("credits_reversed", sa.Integer, server_default=sa.text("0"), nullable=False),
         _timestamp("granted_at", nullable=True),
-        sa.Column("pending_reversal_ppm", sa.Integer, server_default=sa.text("0"), nullable=False),
         _timestamp("updated_at"),
         sa.CheckConstraint("credits_granted >= 0", name="payment_credits_granted_check"),
         sa.CheckConstraint("credits_reversed >= 0", name="payment_credits_reversed_check"),
+        sa.CheckConstraint(
+            "credits_reversed <= credits_granted", name="payment_credits_reversed_within_grant_check"
+        ),
         schema=schema,
     )
     op.create_index("payment_credits_clerk_user_id_idx", "payment_credits", ["clerk_user_id"], schema=schema)

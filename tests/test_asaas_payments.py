@@ -1,0 +1,228 @@
+"""Asaas payment events through the inbox pipeline: one grant per payment, reversals that never
+exceed it, in any order and however often they are delivered."""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime
+
+import pytest
+from sqlalchemy import text
+
+from models.inbox import record_delivery
+from tests.support.billing import (
+    CLERK_ID,
+    SIGNUP,
+    add_plan,
+    add_user,
+    asaas_event,
+    assert_billing_invariants,
+    balance,
+    count,
+    ledger,
+    subscription_events,
+)
+from tests.support.inbox import deliver, inbox_row, process
+from worker.plans import current_plan
+
+PRO_CREDITS = 500
+GRANT = ("grant", PRO_CREDITS, "asaas payment pay_080225913252 (Pro)")
+REVERSAL_REFERENCE = "refund/chargeback of asaas payment pay_080225913252"
+
+
+@pytest.fixture(autouse=True)
+def invariants(session_factory):
+    yield
+    assert_billing_invariants(session_factory)
+
+
+@pytest.fixture
+def pro(session_factory) -> str:
+    """The plan the fixtures' externalReference (`<user>|pro`) names, and its user."""
+    add_user(session_factory)
+    return add_plan(session_factory, id="pro", name="Pro", credits=PRO_CREDITS, asaas_id="pro")
+
+
+def _deliver_asaas(session_factory, body):
+    return deliver(session_factory, "asaas", body)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_created_confirmed_received_each_twice_in_any_order_grant_once(session_factory, pro, seed):
+    names = ["PAYMENT_CREATED", "PAYMENT_CONFIRMED", "PAYMENT_RECEIVED"] * 2
+    random.Random(seed).shuffle(names)
+    inbox_ids: dict[str, int] = {}
+    for name in names:
+        body = asaas_event(name)
+        with session_factory.begin() as session:
+            # A second delivery of one event id is a duplicate in the inbox; its message may
+            # still be processed again.
+            new_id = record_delivery(session, source="asaas", external_id=body["id"], event_type=name, payload=body)
+        inbox_ids.setdefault(name, new_id)
+        assert process(inbox_ids[name])["status"] == "processed"
+    assert ledger(session_factory) == [GRANT]
+    assert balance(session_factory) == SIGNUP + PRO_CREDITS
+    assert sorted(e.event_type for e in subscription_events(session_factory)) == sorted(set(names))
+
+
+def test_created_never_grants_and_says_so(session_factory, pro):
+    row = _deliver_asaas(session_factory, asaas_event("PAYMENT_CREATED"))
+    assert (row.status, row.detail) == ("processed", "logged; PAYMENT_CREATED moves no credits")
+    assert ledger(session_factory) == []
+
+
+def test_subscription_event_row_has_the_event_in_utc(session_factory, pro):
+    _deliver_asaas(session_factory, asaas_event("PAYMENT_CONFIRMED"))
+    [event] = subscription_events(session_factory)
+    assert (event.clerk_user_id, event.plan_key, event.status, event.event_type) == (
+        CLERK_ID, "pro", "CONFIRMED", "PAYMENT_CONFIRMED")
+    assert event.occurred_at == datetime(2024, 6, 12, 19, 45, 3)  # 16:45:03 in São Paulo (UTC-3)
+    assert event.user_id is not None and event.metadata_["payment"]["id"] == "pay_080225913252"
+
+
+def test_refund_after_the_grant_reverses_it_once(session_factory, pro):
+    _deliver_asaas(session_factory, asaas_event("PAYMENT_CONFIRMED"))
+    refund = _deliver_asaas(session_factory, asaas_event("PAYMENT_REFUNDED"))
+    assert process(refund.id)["status"] == "processed"  # the message delivered again
+    _deliver_asaas(session_factory, asaas_event("PAYMENT_CHARGEBACK_REQUESTED"))  # nothing left
+    assert ledger(session_factory) == [GRANT, ("reversal", -PRO_CREDITS, REVERSAL_REFERENCE)]
+    assert balance(session_factory) == SIGNUP
+    assert refund.detail.startswith(f"reversed {PRO_CREDITS} credits")
+    assert count(session_factory, '"SubscriptionEvent"') == 3
+
+
+def test_partial_refund_then_full_refund(session_factory, pro):
+    _deliver_asaas(session_factory, asaas_event("PAYMENT_RECEIVED"))
+    # 30.00 of 100.00 refunded: floor(500 x 30 / 100) = 150.
+    _deliver_asaas(session_factory, asaas_event("PAYMENT_PARTIALLY_REFUNDED"))
+    _deliver_asaas(session_factory, asaas_event("PAYMENT_REFUNDED"))
+    assert ledger(session_factory) == [
+        GRANT, ("reversal", -150, REVERSAL_REFERENCE), ("reversal", -350, REVERSAL_REFERENCE)]
+    assert balance(session_factory) == SIGNUP
+
+
+def test_partial_refund_rounds_down_and_accumulates(session_factory, pro):
+    payment = {"id": "pay_1_odd", "value": 19.9}
+    _deliver_asaas(session_factory, asaas_event("PAYMENT_CONFIRMED", **payment))
+    first = [{"status": "DONE", "value": 7.0, "dateCreated": "2024-06-18 09:29:41"}]
+    second = first + [{"status": "DONE", "value": 2.5, "dateCreated": "2024-06-19 10:00:00"}]
+    pending = second + [{"status": "PENDING", "value": 5, "dateCreated": "2024-06-20 10:00:00"}]
+    for event_id, refunds in (("evt_p1", first), ("evt_p2", second), ("evt_p3", pending)):
+        _deliver_asaas(session_factory, asaas_event("PAYMENT_PARTIALLY_REFUNDED", event_id=event_id, refunds=refunds, **payment))
+    # floor(500 x 7 / 19.9) = 175, then floor(500 x 9.5 / 19.9) = 238 in total; PENDING counts not.
+    assert [delta for _, delta, _ in ledger(session_factory)] == [PRO_CREDITS, -175, -63]
+
+
+def test_chargeback_reverses_the_grant_even_below_zero(session_factory, pro):
+    _deliver_asaas(session_factory, asaas_event("PAYMENT_CONFIRMED"))
+    with session_factory.begin() as session:  # the app spends credits directly, through Prisma
+        session.execute(text('UPDATE "CreditBalance" SET "creditsRemaining" = 20'))
+    row = _deliver_asaas(session_factory, asaas_event("PAYMENT_CHARGEBACK_REQUESTED"))
+    assert row.status == "processed"
+    assert balance(session_factory) == 20 - PRO_CREDITS
+    assert ledger(session_factory)[-1] == ("reversal", -PRO_CREDITS, REVERSAL_REFERENCE)
+
+
+def test_refund_before_the_grant_is_remembered_and_the_grant_nets_to_zero(session_factory, pro):
+    refund = _deliver_asaas(session_factory, asaas_event("PAYMENT_REFUNDED"))
+    assert refund.status == "processed" and "remembered" in refund.detail
+    confirmed = _deliver_asaas(session_factory, asaas_event("PAYMENT_CONFIRMED"))
+    _deliver_asaas(session_factory, asaas_event("PAYMENT_RECEIVED"))
+    assert "reversed 500 refunded before the grant" in confirmed.detail
+    assert ledger(session_factory) == [GRANT, ("reversal", -PRO_CREDITS, REVERSAL_REFERENCE)]
+    assert balance(session_factory) == SIGNUP
+
+
+def test_partial_refund_before_the_grant_leaves_the_rest(session_factory, pro):
+    _deliver_asaas(session_factory, asaas_event("PAYMENT_PARTIALLY_REFUNDED"))
+    _deliver_asaas(session_factory, asaas_event("PAYMENT_RECEIVED"))
+    assert balance(session_factory) == SIGNUP + PRO_CREDITS - 150
+
+
+def test_deleting_an_unpaid_charge_reverses_nothing_later(session_factory, pro):
+    deleted = _deliver_asaas(session_factory, asaas_event("PAYMENT_DELETED"))
+    assert "never granted" in deleted.detail
+    _deliver_asaas(session_factory, asaas_event("PAYMENT_CONFIRMED"))  # restored and paid
+    assert balance(session_factory) == SIGNUP + PRO_CREDITS
+
+
+def test_deleting_a_granted_payment_reverses_it(session_factory, pro):
+    _deliver_asaas(session_factory, asaas_event("PAYMENT_CONFIRMED"))
+    _deliver_asaas(session_factory, asaas_event("PAYMENT_DELETED"))
+    assert balance(session_factory) == SIGNUP
+
+
+def test_no_plan_logs_the_event_grants_nothing_and_says_why(session_factory):
+    add_user(session_factory)
+    row = _deliver_asaas(session_factory, asaas_event("PAYMENT_CONFIRMED"))
+    assert row.status == "processed"
+    assert row.detail == ("logged; no plan: plan key 'pro', subscription plan key 'pro' and paymentLink None "
+                          "match no Plan; nothing granted")
+    assert ledger(session_factory) == [] and count(session_factory, '"SubscriptionEvent"') == 1
+
+
+def test_plan_by_id_when_no_plan_has_that_asaas_id(session_factory):
+    add_user(session_factory)
+    add_plan(session_factory, id="pro", name="Pro", credits=PRO_CREDITS)
+    _deliver_asaas(session_factory, asaas_event("PAYMENT_CONFIRMED"))
+    assert balance(session_factory) == SIGNUP + PRO_CREDITS
+
+
+def test_plan_from_the_subscription_link_then_from_the_payment_link(session_factory, pro):
+    _deliver_asaas(session_factory, asaas_event("SUBSCRIPTION_CREATED"))  # sub_m5gd... is `pro`
+    renewal = asaas_event("PAYMENT_CONFIRMED", id="pay_renewal", externalReference=None, customer="cus_other",
+                          subscription="sub_m5gdy1upm25fbwgx")
+    row = _deliver_asaas(session_factory, renewal)
+    assert row.detail.startswith(f"granted {PRO_CREDITS} credits of plan pro")
+    add_plan(session_factory, id="pack", name="Credit pack", credits=50, asaas_id="lnk_pack")
+    one_off = asaas_event("PAYMENT_CONFIRMED", event_id="evt_pack", id="pay_pack", externalReference=CLERK_ID,
+                          subscription=None, paymentLink="lnk_pack")
+    _deliver_asaas(session_factory, one_off)
+    assert [delta for _, delta, _ in ledger(session_factory)] == [PRO_CREDITS, 50]
+
+
+def test_customer_link_finds_the_user_of_a_payment_without_reference(session_factory, pro):
+    _deliver_asaas(session_factory, asaas_event("PAYMENT_CREATED"))  # teaches cus_G7Dvo4iphUNk
+    later = asaas_event("PAYMENT_CONFIRMED", id="pay_later", externalReference=None, subscription=None)
+    row = _deliver_asaas(session_factory, later)
+    assert row.status == "processed", row.detail
+    [_, event] = subscription_events(session_factory)
+    assert event.clerk_user_id == CLERK_ID
+
+
+def test_current_plan_starts_when_paid_and_ends_with_the_subscription(session_factory, pro):
+    _deliver_asaas(session_factory, asaas_event("SUBSCRIPTION_CREATED"))
+    with session_factory() as session:
+        assert current_plan(session, CLERK_ID) is None  # created, not paid
+    _deliver_asaas(session_factory, asaas_event("PAYMENT_CONFIRMED", subscription="sub_m5gdy1upm25fbwgx"))
+    with session_factory() as session:
+        assert current_plan(session, CLERK_ID).id == pro
+    _deliver_asaas(session_factory, asaas_event("SUBSCRIPTION_INACTIVATED"))
+    with session_factory() as session:
+        assert current_plan(session, CLERK_ID) is None
+
+
+@pytest.mark.parametrize("event_type", ["PAYMENT_SOMETHING_NEW", "SUBSCRIPTION_PAUSED"])
+def test_undocumented_asaas_types_are_logged_and_ignored(session_factory, pro, event_type):
+    body = asaas_event("PAYMENT_CONFIRMED" if event_type.startswith("PAYMENT") else "SUBSCRIPTION_CREATED",
+                       event_id=f"evt_{event_type}")
+    body["event"] = event_type
+    row = deliver(session_factory, "asaas", body)
+    assert (row.status, row.attempts) == ("ignored", 1)
+    assert row.detail == f"Asaas {event_type} is not a documented type (logged)"
+    assert ledger(session_factory) == [] and count(session_factory, '"SubscriptionEvent"') == 1
+
+
+def test_types_outside_billing_are_stored_and_ignored(session_factory):
+    body = {"id": "evt_transfer&1", "event": "TRANSFER_CREATED", "dateCreated": "2024-06-12 16:45:03",
+            "transfer": {"object": "transfer", "id": "tra_1", "value": 10}}
+    row = deliver(session_factory, "asaas", body)
+    assert (row.status, row.last_error) == ("ignored", None)
+    odd = deliver(session_factory, "asaas", {"id": "evt_odd&2", "event": "CHECKOUT_SOMETHING", "checkout": None})
+    assert (odd.status, odd.last_error) == ("ignored", None)
+
+
+def test_a_documented_event_without_its_object_fails_at_once(session_factory):
+    row = deliver(session_factory, "asaas", {"id": "evt_bad&1", "event": "PAYMENT_CONFIRMED"})
+    assert (row.status, row.last_error) == ("failed", "PermanentError: PAYMENT_CONFIRMED has no `payment` object")
+    assert inbox_row(session_factory, row.id).attempts == 1

@@ -1,0 +1,62 @@
+"""Replay the billing events that ended `unmatched` because their user was not known yet.
+
+Once the user (or the Asaas link) exists, `replay_unmatched_for_user` puts that user's
+unmatched rows back to `pending` and enqueues them after the caller's commit (`requeue`);
+processing them again is safe: the log, grants and reversals are all exactly once.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from models.billing import ProviderLink
+from models.inbox import InboxStatus, WebhookInbox
+
+ASAAS_OBJECTS = ("payment", "subscription", "checkout")
+
+
+def unmatched_inbox_ids_for_user(session: Session, clerk_user_id: str) -> list[int]:
+    """Unmatched rows naming this user: Clerk's payer, an Asaas externalReference, or an Asaas
+    customer/subscription linked to the user."""
+    return list(session.scalars(
+        select(WebhookInbox.id)
+        .where(
+            WebhookInbox.status == InboxStatus.UNMATCHED,
+            or_(_clerk_payer_is(clerk_user_id), _asaas_reference_names(clerk_user_id), _asaas_linked_to(clerk_user_id)),
+        )
+        .order_by(WebhookInbox.id)
+    ))
+
+
+def replay_unmatched_for_user(session: Session, clerk_user_id: str) -> list[int]:
+    from worker.webhook_tasks import requeue  # imported here: webhook_tasks imports the handlers
+
+    return requeue(session, unmatched_inbox_ids_for_user(session, clerk_user_id))
+
+
+def _clerk_payer_is(clerk_user_id: str):
+    return and_(
+        WebhookInbox.source == "clerk",
+        WebhookInbox.payload[("data", "payer", "user_id")].astext == clerk_user_id,
+    )
+
+
+def _asaas_reference_names(clerk_user_id: str):
+    references = [
+        func.split_part(WebhookInbox.payload[(kind, "externalReference")].astext, "|", 1) == clerk_user_id
+        for kind in ASAAS_OBJECTS
+    ]
+    return and_(WebhookInbox.source == "asaas", or_(*references))
+
+
+def _asaas_linked_to(clerk_user_id: str):
+    linked = select(ProviderLink.external_id).where(
+        ProviderLink.provider == "asaas", ProviderLink.clerk_user_id == clerk_user_id
+    )
+    carried = [
+        WebhookInbox.payload[path].astext.in_(linked)
+        for path in (("payment", "customer"), ("payment", "subscription"),
+                     ("subscription", "id"), ("subscription", "customer"), ("checkout", "customer"))
+    ]
+    return and_(WebhookInbox.source == "asaas", or_(*carried))

@@ -1,0 +1,53 @@
+"""Provider times, as naive UTC with millisecond precision (what TIMESTAMP(3) columns hold).
+
+Asaas writes local São Paulo time without an offset: the envelope's `dateCreated` as
+`YYYY-MM-DD HH:MM:SS`, payment objects' dates as `YYYY-MM-DD` and subscription objects' as
+`dd/MM/yyyy`. Clerk writes epoch integers: milliseconds as documented, seconds in some examples.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+SAO_PAULO = ZoneInfo("America/Sao_Paulo")
+_ASAAS_DATE_FORMATS = ("%Y-%m-%d", "%d/%m/%Y")  # payment objects, subscription objects
+# Epoch values below this are seconds: in milliseconds it would be March 1973.
+_EPOCH_SECONDS_BELOW = 100_000_000_000
+
+
+def naive_utc(moment: datetime) -> datetime:
+    utc = moment.astimezone(UTC).replace(tzinfo=None)
+    return utc.replace(microsecond=utc.microsecond // 1000 * 1000)
+
+
+def asaas_timestamp(value: object) -> datetime | None:
+    """An envelope `dateCreated` (São Paulo wall time) in UTC, or None if absent or malformed."""
+    if not isinstance(value, str):
+        return None
+    try:
+        local = datetime.strptime(value.strip(), "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return None
+    return naive_utc(local.replace(tzinfo=SAO_PAULO))
+
+
+def asaas_date(value: object) -> datetime | None:
+    """A payment (`YYYY-MM-DD`) or subscription (`dd/MM/yyyy`) date: São Paulo midnight, in UTC."""
+    if not isinstance(value, str):
+        return None
+    for date_format in _ASAAS_DATE_FORMATS:
+        try:
+            local = datetime.strptime(value.strip(), date_format)
+        except ValueError:
+            continue
+        return naive_utc(local.replace(tzinfo=SAO_PAULO))
+    return None
+
+
+def clerk_epoch(value: object) -> datetime | None:
+    """A Clerk epoch integer (milliseconds, or seconds in some examples) in UTC."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return None
+    seconds = value if value < _EPOCH_SECONDS_BELOW else value / 1000
+    return naive_utc(datetime.fromtimestamp(seconds, UTC))

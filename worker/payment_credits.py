@@ -1,0 +1,123 @@
+"""Credits bought by a payment: granted once, reversed at most down to zero, in any event order.
+
+Each provider payment has one `payment_credits` row, locked for the length of the transaction
+while a grant or reversal is decided, so concurrent events of one payment take turns. The row
+holds money, not intentions: the refunded total (the largest seen) against the payment's value.
+What should be reversed is always `floor(credits_granted x refunded / value)`, and each event
+writes only the difference from what was reversed already, so every event is idempotent and a
+refund that came before the grant is applied the moment the grant lands.
+
+Ledger keys are deterministic: `grant:<provider>:<payment>` and
+`reversal:<provider>:<payment>:<credits reversed in total after this entry>`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import ROUND_FLOOR, Decimal
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from models.app import Plan
+from models.billing import PaymentCredit
+from models.ledger import LedgerKind
+from worker.ledger import change_credits
+
+
+@dataclass(frozen=True)
+class Payment:
+    provider: str  # 'asaas' | 'clerk'
+    payment_id: str
+    reference: str  # names the money behind the credits, e.g. "asaas payment pay_080225913252"
+    value: Decimal | None = None  # the amount paid, in the payment's currency
+
+
+def grant_payment(session: Session, payment: Payment, *, credit_balance_id: str, clerk_user_id: str, plan: Plan) -> str:
+    """Grant the plan's credits for this payment, once. Returns what happened, for the inbox."""
+    state = _locked_state(session, payment)
+    if state.granted_at is not None:
+        return f"{payment.reference} already granted {state.credits_granted} credits"
+    state.clerk_user_id, state.plan_id = clerk_user_id, plan.id
+    state.payment_value = payment.value if payment.value is not None else state.payment_value
+    change_credits(
+        session,
+        credit_balance_id,
+        delta=plan.credits,
+        kind=LedgerKind.GRANT,
+        idempotency_key=f"grant:{payment.provider}:{payment.payment_id}",
+        reference=f"{payment.reference} ({plan.name})",
+    )
+    state.credits_granted, state.granted_at = plan.credits, func.now()
+    reversed_now = _settle_reversal(session, state, payment, credit_balance_id)
+    detail = f"granted {plan.credits} credits of plan {plan.id} for {payment.reference}"
+    return detail + (f"; reversed {reversed_now} refunded before the grant" if reversed_now else "")
+
+
+def reverse_payment(
+    session: Session, payment: Payment, *, credit_balance_id: str, refunded: Decimal | None, only_if_granted: bool = False
+) -> str:
+    """Take back the share of the grant that `refunded` (None: all of it) represents.
+
+    Before the grant the refund is remembered (unless `only_if_granted`), and the grant nets
+    to what is left.
+    """
+    state = _locked_state(session, payment)
+    if state.granted_at is None and only_if_granted:
+        return f"{payment.reference} was never granted: nothing to reverse"
+    if state.granted_at is None and payment.value is not None:
+        state.payment_value = payment.value
+    total = refunded if refunded is not None else (state.payment_value or Decimal(0))
+    state.refunded_value = max(total, state.refunded_value or Decimal(0))
+    if state.granted_at is None:
+        return f"refund of {state.refunded_value} remembered: {payment.reference} is not granted yet"
+    reversed_now = _settle_reversal(session, state, payment, credit_balance_id)
+    return (
+        f"reversed {reversed_now} credits for {payment.reference} "
+        f"({state.credits_reversed} of {state.credits_granted} reversed in total)"
+    )
+
+
+def credits_to_reverse(granted: int, value: Decimal | None, refunded: Decimal | None) -> int:
+    """floor(granted x refunded / value), never more than granted; all of it if value is unknown or 0."""
+    if refunded is None or granted == 0:
+        return 0
+    if not value or value <= 0:
+        return granted
+    share = (Decimal(granted) * refunded / value).to_integral_value(rounding=ROUND_FLOOR)
+    return min(granted, max(0, int(share)))
+
+
+def _settle_reversal(session: Session, state: PaymentCredit, payment: Payment, credit_balance_id: str) -> int:
+    target = credits_to_reverse(state.credits_granted, state.payment_value, state.refunded_value)
+    delta = target - state.credits_reversed
+    if delta <= 0:
+        return 0
+    # No floor: a reversal may take the balance below zero (the user then cannot spend).
+    change_credits(
+        session,
+        credit_balance_id,
+        delta=-delta,
+        kind=LedgerKind.REVERSAL,
+        idempotency_key=f"reversal:{payment.provider}:{payment.payment_id}:{target}",
+        reference=f"refund/chargeback of {payment.reference}",
+    )
+    state.credits_reversed = target
+    return delta
+
+
+def _locked_state(session: Session, payment: Payment) -> PaymentCredit:
+    session.execute(
+        insert(PaymentCredit)
+        .values(provider=payment.provider, payment_id=payment.payment_id)
+        .on_conflict_do_nothing(index_elements=[PaymentCredit.provider, PaymentCredit.payment_id])
+    )
+    state = session.scalars(
+        select(PaymentCredit)
+        .where(PaymentCredit.provider == payment.provider, PaymentCredit.payment_id == payment.payment_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+    state.updated_at = func.now()
+    return state

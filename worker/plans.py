@@ -1,0 +1,104 @@
+"""Which `Plan` a billing event is for, and each user's current plan.
+
+Clerk: `Plan.clerkId` equals the item's plan id, else `Plan.clerkName` equals its slug.
+Asaas: the plan key (from `externalReference`, else the one stored for the Asaas subscription)
+matching `Plan.asaasId` or `Plan.id`, else a `Plan` whose `asaasId` is the payment link.
+
+The current plan lives in `user_plans`, moved by the latest subscription events (by provider
+time: an older event never overwrites a newer one). `current_plan` is what usage costs read.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from models.app import Plan
+from models.billing import UserPlan
+
+
+def plan_for_clerk(session: Session, plan_id: str | None, slug: str | None) -> Plan | None:
+    if plan_id:
+        plan = session.scalar(select(Plan).where(Plan.clerk_id == plan_id))
+        if plan is not None:
+            return plan
+    if slug:
+        # clerkName is not unique: prefer the active plan, then the lowest sortOrder.
+        return session.scalar(
+            select(Plan)
+            .where(Plan.clerk_name == slug)
+            .order_by(Plan.active.desc(), Plan.sort_order, Plan.id)
+            .limit(1)
+        )
+    return None
+
+
+def plan_for_asaas(session: Session, plan_keys: list[str | None], payment_link: str | None) -> Plan | None:
+    """The first of `plan_keys` naming a plan (by `asaasId`, then `id`), else the payment link's."""
+    for key in filter(None, plan_keys):
+        plan = session.scalar(
+            select(Plan)
+            .where(or_(Plan.asaas_id == key, Plan.id == key))
+            .order_by((Plan.asaas_id == key).desc())
+            .limit(1)
+        )
+        if plan is not None:
+            return plan
+    if payment_link:
+        return session.scalar(select(Plan).where(Plan.asaas_id == payment_link))
+    return None
+
+
+class PlanChange(enum.Enum):
+    STARTS = "starts"  # this plan is now the user's plan
+    STATUS = "status"  # the user's plan (if it is this one) changes status, e.g. past due
+    ENDS = "ends"  # the user's plan (if it is this one) ends: no plan
+
+
+def record_plan_change(
+    session: Session,
+    *,
+    clerk_user_id: str,
+    plan_id: str,
+    provider: str,
+    status: str,
+    occurred_at: datetime,
+    change: PlanChange,
+) -> None:
+    """Move the user's current plan, unless a newer event already did.
+
+    STATUS and ENDS touch only the plan they are about, so the end of an old plan never clears
+    the plan that replaced it.
+    """
+    at = occurred_at.replace(tzinfo=UTC)
+    new_plan_id = None if change is PlanChange.ENDS else plan_id
+    statement = insert(UserPlan).values(
+        clerk_user_id=clerk_user_id, plan_id=new_plan_id, provider=provider, status=status, occurred_at=at
+    )
+    newer = UserPlan.occurred_at <= statement.excluded.occurred_at
+    if change is not PlanChange.STARTS:
+        newer = newer & (UserPlan.plan_id == plan_id)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[UserPlan.clerk_user_id],
+            set_={
+                "plan_id": statement.excluded.plan_id,
+                "provider": provider,
+                "status": status,
+                "occurred_at": statement.excluded.occurred_at,
+                "updated_at": func.now(),
+            },
+            where=newer,
+        )
+    )
+
+
+def current_plan(session: Session, clerk_user_id: str) -> Plan | None:
+    """The user's current plan, or None (never subscribed, or the plan ended)."""
+    return session.scalar(
+        select(Plan).join(UserPlan, UserPlan.plan_id == Plan.id).where(UserPlan.clerk_user_id == clerk_user_id)
+    )

@@ -1,0 +1,68 @@
+"""The `SubscriptionEvent` log: one row per delivered billing event, however often it is processed.
+
+The row's id is derived from the inbox row's identity (source and provider event id), so
+processing the same delivery again (a redelivered message, a replay) meets the row it wrote
+before instead of adding one. A later run only fills in `userId` once the user exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from models.app import SubscriptionEvent
+from models.base import utcnow
+from worker.handlers import Delivery
+
+_BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+_ID_LENGTH = 25  # cuid-shaped, like every other Prisma id in the table
+
+
+@dataclass(frozen=True)
+class BillingEvent:
+    clerk_user_id: str
+    plan_key: str | None
+    status: str
+    event_type: str
+    occurred_at: datetime | None  # naive UTC; None: the provider gave no usable time
+    metadata: dict[str, Any]
+
+
+def subscription_event_id(delivery: Delivery) -> str:
+    """'c' + 24 base36 digits of a hash of (source, provider event id): stable across runs."""
+    digest = hashlib.sha256(f"{delivery.source}\x00{delivery.external_id}".encode()).digest()
+    number = int.from_bytes(digest, "big")
+    digits = []
+    for _ in range(_ID_LENGTH - 1):
+        number, rem = divmod(number, 36)
+        digits.append(_BASE36[rem])
+    return "c" + "".join(digits)
+
+
+def log_subscription_event(
+    session: Session, delivery: Delivery, event: BillingEvent, user_id: str | None
+) -> None:
+    now = utcnow()
+    statement = insert(SubscriptionEvent).values(
+        id=subscription_event_id(delivery),
+        user_id=user_id,
+        clerk_user_id=event.clerk_user_id,
+        plan_key=event.plan_key,
+        status=event.status,
+        event_type=event.event_type,
+        occurred_at=event.occurred_at or now,
+        metadata_=event.metadata,
+        created_at=now,
+    )
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[SubscriptionEvent.id],
+            set_={"userId": func.coalesce(SubscriptionEvent.user_id, statement.excluded.userId)},
+        )
+    )
