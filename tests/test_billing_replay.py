@@ -1,0 +1,109 @@
+"""Billing events whose user is not known yet end `unmatched`, and are processed for real (once)
+when replayed after the user or the Asaas link exists."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.billing import (
+    CLERK_ID,
+    SIGNUP,
+    add_plan,
+    add_user,
+    asaas_event,
+    assert_billing_invariants,
+    balance,
+    clerk_event,
+    count,
+    ledger,
+    subscription_events,
+)
+from tests.support.inbox import deliver, inbox_row, process, store
+from worker.billing_replay import replay_unmatched_for_user, unmatched_inbox_ids_for_user
+
+PRO_CREDITS = 500
+
+
+@pytest.fixture(autouse=True)
+def invariants(session_factory):
+    yield
+    assert_billing_invariants(session_factory)
+
+
+@pytest.fixture
+def pro(session_factory) -> str:
+    return add_plan(session_factory, id="pro", name="Pro", credits=PRO_CREDITS, asaas_id="pro", clerk_id="cplan_2xPro")
+
+
+def _replay_here(session_factory, clerk_id=CLERK_ID) -> list[int]:
+    """Replay and process in this process (no broker in these tests)."""
+    with session_factory.begin() as session:
+        ids = replay_unmatched_for_user(session, clerk_id)
+        session.info["after_commit"] = []  # the requeue's messages: processed below instead
+    for inbox_id in ids:
+        process(inbox_id)
+    return ids
+
+
+def test_payment_for_an_unknown_user_is_unmatched_then_replayed_and_granted_once(session_factory, pro):
+    confirmed = deliver(session_factory, "asaas", asaas_event("PAYMENT_CONFIRMED"))
+    received = deliver(session_factory, "asaas", asaas_event("PAYMENT_RECEIVED"))
+    assert (confirmed.status, confirmed.detail) == (
+        "unmatched", f"user {CLERK_ID} has no User and CreditBalance yet (found by externalReference)")
+    assert [e.user_id for e in subscription_events(session_factory)] == [None, None]  # logged, no user yet
+    add_user(session_factory)
+    assert _replay_here(session_factory) == [confirmed.id, received.id]
+    assert [inbox_row(session_factory, i).status for i in (confirmed.id, received.id)] == ["processed"] * 2
+    assert ledger(session_factory) == [("grant", PRO_CREDITS, "asaas payment pay_080225913252 (Pro)")]
+    assert balance(session_factory) == SIGNUP + PRO_CREDITS
+    events = subscription_events(session_factory)
+    assert len(events) == 2 and all(e.user_id for e in events)  # filled in, not duplicated
+    assert _replay_here(session_factory) == []  # nothing left to replay
+
+
+def test_payment_without_reference_waits_for_a_link(session_factory, pro):
+    add_user(session_factory)
+    orphan = asaas_event("PAYMENT_CONFIRMED", id="pay_orphan", externalReference=None, customer="cus_000000008773",
+                         subscription="sub_m5gdy1upm25fbwgx")
+    row = deliver(session_factory, "asaas", orphan)
+    assert row.status == "unmatched"
+    assert row.detail == ("no user: externalReference None names no Clerk user and no link is known for "
+                          "customer cus_000000008773, subscription sub_m5gdy1upm25fbwgx")
+    assert count(session_factory, '"SubscriptionEvent"') == 0  # no user to log it for
+    deliver(session_factory, "asaas", asaas_event("SUBSCRIPTION_CREATED"))  # carries the reference
+    with session_factory() as session:
+        assert unmatched_inbox_ids_for_user(session, CLERK_ID) == [row.id]
+    _replay_here(session_factory)
+    assert inbox_row(session_factory, row.id).detail.startswith(f"granted {PRO_CREDITS} credits of plan pro")
+    assert count(session_factory, '"SubscriptionEvent"') == 2
+
+
+def test_reference_of_another_system_is_not_a_user(session_factory, pro):
+    row = deliver(session_factory, "asaas", asaas_event("PAYMENT_CONFIRMED", externalReference="056984",
+                                                        customer="cus_x", subscription=None))
+    assert row.status == "unmatched" and "'056984' names no Clerk user" in row.detail
+
+
+def test_clerk_paid_attempt_before_the_user_is_replayed_once(session_factory, pro):
+    row = deliver(session_factory, "clerk", clerk_event("paymentAttempt.updated.paid"))
+    assert row.status == "unmatched"
+    deliver(session_factory, "clerk", clerk_event("paymentAttempt.updated.failed"))  # processed: not replayed
+    add_user(session_factory)
+    assert _replay_here(session_factory) == [row.id]
+    assert balance(session_factory) == SIGNUP + PRO_CREDITS
+    assert count(session_factory, '"SubscriptionEvent"') == 2
+
+
+def test_replay_through_a_real_worker(celery_worker, producer, session_factory, pro):
+    inbox_id = store(session_factory, "asaas", asaas_event("PAYMENT_RECEIVED"))
+    producer.send_task("webhooks.process", kwargs={"inbox_id": inbox_id}).get(timeout=30)
+    assert inbox_row(session_factory, inbox_id).status == "unmatched"
+    add_user(session_factory)
+    with session_factory.begin() as session:
+        ids = replay_unmatched_for_user(session, CLERK_ID)
+        session.info["after_commit"] = []  # sent through the test's producer below
+    results = [producer.send_task("webhooks.process", kwargs={"inbox_id": i}).get(timeout=30) for i in ids]
+    assert results == [{"inbox_id": inbox_id, "status": "processed"}]
+    assert balance(session_factory) == SIGNUP + PRO_CREDITS
+    assert count(session_factory, '"SubscriptionEvent"') == 1
+
