@@ -16,7 +16,7 @@ from tests.support.billing import (
     add_plan,
     add_user,
     asaas_event,
-    assert_billing_invariants,
+    billing_invariants,  # noqa: F401  (autouse: the invariants after every test)
     balance,
     count,
     ledger,
@@ -28,12 +28,6 @@ from worker.plans import current_plan
 PRO_CREDITS = 500
 GRANT = ("grant", PRO_CREDITS, "asaas payment pay_080225913252 (Pro)")
 REVERSAL_REFERENCE = "refund/chargeback of asaas payment pay_080225913252"
-
-
-@pytest.fixture(autouse=True)
-def invariants(session_factory):
-    yield
-    assert_billing_invariants(session_factory)
 
 
 @pytest.fixture

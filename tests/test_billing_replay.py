@@ -11,7 +11,7 @@ from tests.support.billing import (
     add_plan,
     add_user,
     asaas_event,
-    assert_billing_invariants,
+    billing_invariants,  # noqa: F401  (autouse: the invariants after every test)
     balance,
     clerk_event,
     count,
@@ -22,12 +22,6 @@ from tests.support.inbox import deliver, inbox_row, process, store
 from worker.billing_replay import replay_unmatched_for_user, unmatched_inbox_ids_for_user
 
 PRO_CREDITS = 500
-
-
-@pytest.fixture(autouse=True)
-def invariants(session_factory):
-    yield
-    assert_billing_invariants(session_factory)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from tests.support.billing import (
     SIGNUP,
     add_plan,
     add_user,
-    assert_billing_invariants,
+    billing_invariants,  # noqa: F401  (autouse: the invariants after every test)
     balance,
     clerk_event,
     count,
@@ -24,12 +24,6 @@ from tests.support.inbox import deliver, process
 from worker.plans import current_plan
 
 PRO_CREDITS = 2000
-
-
-@pytest.fixture(autouse=True)
-def invariants(session_factory):
-    yield
-    assert_billing_invariants(session_factory)
 
 
 @pytest.fixture

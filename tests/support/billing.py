@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -69,6 +70,13 @@ def ledger(factory: sessionmaker[Session]) -> list[tuple[str, int, str | None]]:
 def subscription_events(factory: sessionmaker[Session]) -> list[SubscriptionEvent]:
     with factory() as session:
         return list(session.scalars(select(SubscriptionEvent).order_by(SubscriptionEvent.occurred_at, SubscriptionEvent.event_type)))
+
+
+@pytest.fixture(autouse=True)
+def billing_invariants(session_factory):
+    """Import into a test module: every test there ends by checking the invariants."""
+    yield
+    assert_billing_invariants(session_factory)
 
 
 def assert_billing_invariants(factory: sessionmaker[Session]) -> None:
