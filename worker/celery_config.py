@@ -6,7 +6,7 @@ Importing this module imports no task: a producer sends tasks by name.
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from models.settings import Settings
 
@@ -28,6 +28,12 @@ TASK_ROUTES = {
 }
 
 
+def _queue(name: str) -> Queue:
+    # Explicit exchange and routing key: without them Celery binds every queue to the default
+    # queue's exchange and key, and the worker's banner (and Flower) show misleading routes.
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+
+
 def celery_config(settings: Settings) -> dict:
     redis_url = settings.redis_url.get_secret_value()
     return {
@@ -46,7 +52,7 @@ def celery_config(settings: Settings) -> dict:
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
-        "task_queues": [Queue(WEBHOOKS_QUEUE), Queue(USAGE_QUEUE)],
+        "task_queues": [_queue(WEBHOOKS_QUEUE), _queue(USAGE_QUEUE)],
         "task_default_queue": WEBHOOKS_QUEUE,
         "task_routes": TASK_ROUTES,
         # Events for Flower.
