@@ -3,7 +3,7 @@ exceed it, in any order and however often they are delivered."""
 
 from __future__ import annotations
 
-import random
+import itertools
 from datetime import datetime
 
 import pytest
@@ -22,7 +22,7 @@ from tests.support.billing import (
     ledger,
     subscription_events,
 )
-from tests.support.inbox import deliver, inbox_row, process
+from tests.support.inbox import deliver, inbox_row, process, store
 from worker.plans import current_plan
 
 PRO_CREDITS = 500
@@ -41,22 +41,44 @@ def _deliver_asaas(session_factory, body):
     return deliver(session_factory, "asaas", body)
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_created_confirmed_received_each_twice_in_any_order_grant_once(session_factory, pro, seed):
-    names = ["PAYMENT_CREATED", "PAYMENT_CONFIRMED", "PAYMENT_RECEIVED"] * 2
-    random.Random(seed).shuffle(names)
-    inbox_ids: dict[str, int] = {}
-    for name in names:
-        body = asaas_event(name)
-        with session_factory.begin() as session:
-            # A second delivery of one event id is a duplicate in the inbox; its message may
-            # still be processed again.
-            new_id = record_delivery(session, source="asaas", external_id=body["id"], event_type=name, payload=body)
-        inbox_ids.setdefault(name, new_id)
-        assert process(inbox_ids[name])["status"] == "processed"
-    assert ledger(session_factory) == [GRANT]
-    assert balance(session_factory) == SIGNUP + PRO_CREDITS
-    assert sorted(e.event_type for e in subscription_events(session_factory)) == sorted(set(names))
+def _orderings() -> list[tuple[str, ...]]:
+    """Every distinct order of CREATED, CONFIRMED and RECEIVED, each delivered twice (90)."""
+    return sorted(set(itertools.permutations(["PAYMENT_CREATED", "PAYMENT_CONFIRMED", "PAYMENT_RECEIVED"] * 2)))
+
+
+def test_created_confirmed_received_each_twice_in_any_order_grant_once(session_factory, pro):
+    orderings = _orderings()
+    for number, names in enumerate(orderings):
+        payment_id = f"pay_order_{number}"
+        inbox_ids: dict[str, int] = {}
+        for name in names:
+            body = asaas_event(name, event_id=f"evt_{number}&{name}", id=payment_id)
+            with session_factory.begin() as session:
+                # The second delivery of an event id is a duplicate in the inbox (None); its
+                # message may still be processed again.
+                new_id = record_delivery(session, source="asaas", external_id=body["id"], event_type=name, payload=body)
+            inbox_ids.setdefault(name, new_id)
+            assert process(inbox_ids[name])["status"] == "processed"
+    grants = [reference for kind, _, reference in ledger(session_factory) if kind == "grant"]
+    assert sorted(grants) == sorted(f"asaas payment pay_order_{n} (Pro)" for n in range(len(orderings)))
+    assert balance(session_factory) == SIGNUP + len(orderings) * PRO_CREDITS
+    assert count(session_factory, '"SubscriptionEvent"') == 3 * len(orderings)
+
+
+def test_concurrent_events_of_many_payments_on_a_real_worker(celery_worker, producer, session_factory, pro):
+    """CONFIRMED, RECEIVED and REFUNDED of each payment processed at once by two worker
+    processes: the payment's row lock makes one grant and one reversal of each."""
+    payments = [f"pay_concurrent_{n}" for n in range(10)]
+    inbox_ids = [
+        store(session_factory, "asaas", asaas_event(name, event_id=f"evt_{payment}&{name}", id=payment))
+        for payment in payments
+        for name in ("PAYMENT_CONFIRMED", "PAYMENT_RECEIVED", "PAYMENT_REFUNDED")
+    ]
+    results = [producer.send_task("webhooks.process", kwargs={"inbox_id": i}) for i in inbox_ids]
+    assert {r.get(timeout=60)["status"] for r in results} == {"processed"}
+    kinds = [kind for kind, _, _ in ledger(session_factory)]
+    assert (kinds.count("grant"), kinds.count("reversal")) == (len(payments), len(payments))
+    assert balance(session_factory) == SIGNUP
 
 
 def test_created_never_grants_and_says_so(session_factory, pro):
