@@ -1,0 +1,166 @@
+"""The Flask receiver: verify, store once in the inbox, enqueue, answer 200. No business rules.
+
+Served by gunicorn (`gunicorn "receiver.app:create_app()"`). Nothing is read from the
+environment at import: `create_app()` loads the settings, so a missing variable stops start-up
+with a message that names it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from celery import Celery
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from sqlalchemy import Engine
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from models.db import make_engine, make_session_factory
+from models.inbox import Source
+from models.settings import Settings, load_settings
+from receiver.errors import Rejected, error_response, register_error_handlers
+from receiver.health import Readiness
+from receiver.ingest import Delivery, Inbox, make_producer, parse_object, read_body
+from receiver.metrics import Metrics
+from receiver.verification import AsaasVerifier, ClerkVerifier
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "pedro_receiver"
+
+bp = Blueprint("receiver", __name__)
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """What one app instance (one gunicorn worker) holds, kept in `app.extensions`."""
+
+    settings: Settings
+    clerk: ClerkVerifier
+    asaas: AsaasVerifier
+    inbox: Inbox
+    readiness: Readiness
+    metrics: Metrics
+    engine: Engine
+    producer: Celery
+
+    def close(self) -> None:
+        self.readiness.close()
+        self.producer.close()
+        self.engine.dispose()
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    if settings is None:
+        settings = load_settings()
+    # Secrets first: a receiver that could authenticate nothing must not start at all.
+    clerk = ClerkVerifier(settings.clerk_secrets)
+    asaas = AsaasVerifier(settings.asaas_tokens, settings.asaas_ip_allowlist)
+    # Built here, per process; neither connects before its first use, so a gunicorn master
+    # that preloads the app forks no open connection.
+    engine = make_engine(settings)
+    producer = make_producer(settings)
+
+    app = Flask(__name__)
+    app.extensions[EXTENSION] = Receiver(
+        settings=settings,
+        clerk=clerk,
+        asaas=asaas,
+        inbox=Inbox(make_session_factory(engine), producer),
+        readiness=Readiness(settings, engine),
+        metrics=Metrics(),
+        engine=engine,
+        producer=producer,
+    )
+    register_error_handlers(app)
+    app.register_blueprint(bp)
+    if settings.trusted_proxy_count:
+        # Only the last `trusted_proxy_count` X-Forwarded-For entries were written by our own
+        # proxies; anything left of them is whatever the client claimed. With no trusted
+        # proxy the header is ignored and the socket's address is the client.
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=settings.trusted_proxy_count, x_proto=0, x_host=0, x_port=0, x_prefix=0
+        )
+    return app
+
+
+def _receiver() -> Receiver:
+    return current_app.extensions[EXTENSION]
+
+
+@bp.post("/webhooks/clerk")
+def clerk_webhook() -> tuple[Response, int]:
+    receiver = _receiver()
+
+    def verified_delivery() -> Delivery:
+        body = _read_body(receiver)
+        # Svix signs the exact bytes sent: verify before anything parses them.
+        svix_id = receiver.clerk.verify(body, request.headers)
+        return Delivery.from_clerk(parse_object(body), svix_id)
+
+    return _receive(receiver, Source.CLERK, verified_delivery)
+
+
+@bp.post("/webhooks/asaas")
+def asaas_webhook() -> tuple[Response, int]:
+    receiver = _receiver()
+
+    def verified_delivery() -> Delivery:
+        body = _read_body(receiver)
+        receiver.asaas.check_source(request.remote_addr)
+        receiver.asaas.check_token(request.headers)
+        return Delivery.from_asaas(parse_object(body))
+
+    return _receive(receiver, Source.ASAAS, verified_delivery)
+
+
+def _read_body(receiver: Receiver) -> bytes:
+    return read_body(request.content_length, request.stream, receiver.settings.max_body_bytes)
+
+
+def _receive(receiver: Receiver, source: Source, verified_delivery: Callable[[], Delivery]) -> tuple[Response, int]:
+    started = time.perf_counter()
+    outcome = "error"  # what the metrics record if something unexpected escapes below
+    try:
+        delivery = verified_delivery()
+        result = receiver.inbox.accept(delivery)
+        outcome = result.status
+    except Rejected as exc:
+        outcome = exc.code
+        # Reason only: header values, tokens and bodies never reach the log.
+        log.warning("webhook.rejected source=%s reason=%s status=%s", source.value, exc.code, exc.status)
+        raise
+    finally:
+        receiver.metrics.observe(source.value, outcome, time.perf_counter() - started)
+    log.info(
+        "webhook.%s source=%s event_type=%s inbox_id=%s",
+        result.status,
+        source.value,
+        delivery.event_type,
+        result.inbox_id,
+    )
+    # Exactly 200, for a duplicate too: Asaas counts any other status (201/202/204 included)
+    # as a failed delivery and pauses its queue after 15 failures in a row.
+    return jsonify(result.body()), 200
+
+
+@bp.get("/healthz")
+def healthz() -> tuple[Response, int]:
+    return jsonify({"status": "ok"}), 200
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    checks = _receiver().readiness.check()
+    down = [name for name, state in checks.items() if state != "ok"]
+    if down:
+        return error_response(503, "not_ready", "unreachable: " + ", ".join(down), checks=checks)
+    return jsonify({"status": "ready", "checks": checks}), 200
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    body, content_type = _receiver().metrics.exposition()
+    return Response(body, status=200, content_type=content_type)

@@ -1,0 +1,81 @@
+"""Gunicorn settings for the receiver:
+`gunicorn --config python:receiver.gunicorn_conf "receiver.app:create_app()"`.
+
+Gunicorn imports this module when it starts, so reading the environment here is reading it at
+start-up. PORT and WEB_CONCURRENCY follow the Heroku/Procfile convention.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from models.settings import ConfigError
+
+
+def _int_from_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"configuration error: {name} must be an integer") from None
+    if value <= 0:
+        raise ConfigError(f"configuration error: {name} must be positive")
+    return value
+
+
+bind = f"0.0.0.0:{_int_from_env('PORT', 8000)}"
+workers = _int_from_env("WEB_CONCURRENCY", 4)
+# Sync workers: one request per process, each answered in milliseconds (an insert and an
+# LPUSH); a worker stuck on a dead dependency is killed and replaced after `timeout`.
+worker_class = "sync"
+timeout = 30
+graceful_timeout = 20
+
+# Access log without query strings, referrers or user agents: nothing a client sent in a
+# header (or a token someone put in a URL) is written anywhere.
+accesslog = "-"
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
+
+_GENERIC_FORMATTER = {
+    "format": "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+    "datefmt": "[%Y-%m-%d %H:%M:%S %z]",
+}
+# Gunicorn's defaults plus the receiver's own loggers (INFO, to stderr). Given in full
+# because gunicorn replaces each top-level key of its defaults with ours.
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "root": {"level": "WARNING", "handlers": ["error_console"]},
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
+        "receiver": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "generic", "stream": "ext://sys.stdout"},
+        "error_console": {"class": "logging.StreamHandler", "formatter": "generic", "stream": "ext://sys.stderr"},
+    },
+    "formatters": {"generic": _GENERIC_FORMATTER},
+}
+
+_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
+
+
+def on_starting(server) -> None:
+    """Start from empty metric files: counts left by a previous run would be added to ours."""
+    if _MULTIPROC_DIR:
+        folder = Path(_MULTIPROC_DIR)
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):
+            stale.unlink(missing_ok=True)
+
+
+def child_exit(server, worker) -> None:
+    """Fold an exited worker's live gauges away (its counters and histograms are kept)."""
+    if _MULTIPROC_DIR:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

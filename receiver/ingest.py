@@ -1,0 +1,263 @@
+"""From raw bytes to a stored, enqueued delivery: size limit, JSON parsing, inbox, queue.
+
+The promise to a provider is "200 means we have it": an answer of 200 is given only once the
+delivery is in PostgreSQL (the inbox) or, with PostgreSQL down, in Redis (a `webhooks.ingest`
+message whose task stores it first). Anything else is an error the provider retries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from typing import IO, Any
+
+from celery import Celery
+from kombu.exceptions import KombuError
+from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.orm import Session, sessionmaker
+from werkzeug.exceptions import ClientDisconnected
+
+from models.db import transaction
+from models.inbox import Source, record_delivery
+from models.settings import Settings
+from receiver.errors import Rejected
+from worker.celery_config import create_producer
+
+log = logging.getLogger(__name__)
+
+PROCESS_TASK = "webhooks.process"
+INGEST_TASK = "webhooks.ingest"
+
+_READ_CHUNK = 64 * 1024
+
+# A provider waits on our answer and gunicorn kills a worker stuck past its timeout, so an
+# unreachable Redis must fail in about a second, not after kombu's default reconnect loop.
+BROKER_SOCKET_TIMEOUT = 1.0
+_SEND_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+# What a failed publish raises: kombu wraps most connection errors in its OperationalError,
+# redis-py's own errors and bare socket errors can still escape from some code paths.
+BROKER_ERRORS = (KombuError, RedisError, OSError)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    source: str
+    external_id: str
+    event_type: str
+    payload: dict[str, Any]
+
+    @classmethod
+    def from_clerk(cls, payload: dict[str, Any], svix_id: str) -> Delivery:
+        # Svix keeps `svix-id` across retries of one message: it is the deduplication key.
+        return cls(
+            source=Source.CLERK.value,
+            external_id=require_text(svix_id, "missing_id", "the svix-id header"),
+            event_type=require_text(payload.get("type"), "missing_type", "the body's `type`"),
+            payload=payload,
+        )
+
+    @classmethod
+    def from_asaas(cls, payload: dict[str, Any]) -> Delivery:
+        # Asaas event ids are opaque (they contain `&`): stored exactly as sent.
+        return cls(
+            source=Source.ASAAS.value,
+            external_id=require_text(payload.get("id"), "missing_id", "the body's `id`"),
+            event_type=require_text(payload.get("event"), "missing_type", "the body's `event`"),
+            payload=payload,
+        )
+
+    def task_kwargs(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "external_id": self.external_id,
+            "event_type": self.event_type,
+            "payload": self.payload,
+        }
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # accepted | duplicate | queued: also the metrics outcome label
+    inbox_id: int | None = None
+
+    def body(self) -> dict[str, Any]:
+        if self.inbox_id is None:
+            return {"status": self.status}
+        return {"status": self.status, "inbox_id": self.inbox_id}
+
+
+def read_body(content_length: int | None, stream: IO[bytes], limit: int) -> bytes:
+    """The raw body, or 413 without reading more than `limit + 1` bytes of it."""
+    if content_length is not None and content_length > limit:
+        raise _too_large(limit)
+    # A chunked body has no Content-Length: read in bounded chunks (a single read may return
+    # less than asked) and stop one byte past the limit.
+    body = bytearray()
+    try:
+        while len(body) <= limit:
+            chunk = stream.read(min(_READ_CHUNK, limit + 1 - len(body)))
+            if not chunk:
+                break
+            body += chunk
+    except ClientDisconnected:
+        raise Rejected(400, "malformed", "the body ended before its Content-Length") from None
+    if len(body) > limit:
+        raise _too_large(limit)
+    return bytes(body)
+
+
+def _too_large(limit: int) -> Rejected:
+    return Rejected(413, "too_large", f"the body exceeds {limit} bytes")
+
+
+def parse_object(body: bytes) -> dict[str, Any]:
+    """Parse an authenticated body as a JSON object PostgreSQL's jsonb can hold, or 400."""
+    try:
+        # Decoded explicitly: json.loads(bytes) would also accept UTF-16 and UTF-32.
+        value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
+    # UnicodeDecodeError: not UTF-8; ValueError: not JSON (or an integer beyond Python's digit
+    # limit); RecursionError: nesting deeper than the parser can follow.
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise Rejected(400, "malformed", "the body is not a UTF-8 JSON document") from None
+    if not isinstance(value, dict):
+        raise Rejected(400, "malformed", "the body must be a JSON object")
+    if not _storable(value):
+        raise Rejected(400, "malformed", "the body holds text PostgreSQL cannot store (NUL or a lone surrogate)")
+    return value
+
+
+def require_text(value: Any, code: str, what: str) -> str:
+    if not isinstance(value, str) or not value.strip() or not _storable_text(value):
+        raise Rejected(400, code, f"{what} must be a non-empty string")
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON, and jsonb refuses them.
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses as inf, which jsonb cannot hold
+        raise ValueError("number out of range")
+    return value
+
+
+def _storable(value: Any) -> bool:
+    # Iterative: a recursive walk of a deeply nested document could overflow the stack.
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if not _storable_text(item):
+                return False
+        elif isinstance(item, dict):
+            if not all(_storable_text(key) for key in item):
+                return False
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return True
+
+
+def _storable_text(text: str) -> bool:
+    # PostgreSQL text and jsonb hold no NUL character; `\ud800` (a lone surrogate, legal in a
+    # JSON string escape) is not Unicode text and jsonb refuses it too.
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def make_producer(settings: Settings) -> Celery:
+    """The shared producer configuration, with broker timeouts short enough to answer on time."""
+    producer = create_producer(settings)
+    producer.conf.update(
+        broker_connection_timeout=BROKER_SOCKET_TIMEOUT,
+        broker_transport_options={
+            **producer.conf.broker_transport_options,
+            "socket_connect_timeout": BROKER_SOCKET_TIMEOUT,
+            "socket_timeout": BROKER_SOCKET_TIMEOUT,
+        },
+    )
+    return producer
+
+
+class Inbox:
+    """Store a verified delivery once, then hand it to the workers."""
+
+    def __init__(self, sessions: sessionmaker[Session], producer: Celery) -> None:
+        self._sessions = sessions
+        self._producer = producer
+
+    def accept(self, delivery: Delivery) -> Outcome:
+        try:
+            with transaction(self._sessions) as session:
+                inbox_id = record_delivery(session, **delivery.task_kwargs())
+        except (DBAPIError, PoolTimeoutError) as exc:
+            if not _database_unavailable(exc):
+                raise
+            log.warning(
+                "webhook.database_unavailable source=%s error=%s", delivery.source, type(exc).__name__
+            )
+            return self._queue_for_ingest(delivery)
+
+        if inbox_id is None:
+            return Outcome("duplicate")
+        # Enqueued only after the commit: a worker must never look for a row that is not there.
+        try:
+            self._send(PROCESS_TASK, {"inbox_id": inbox_id})
+        except BROKER_ERRORS as exc:
+            # Still a 200: the row is committed as `pending` and `inbox.sweep` re-enqueues it.
+            log.warning(
+                "webhook.enqueue_failed source=%s inbox_id=%s error=%s",
+                delivery.source,
+                inbox_id,
+                type(exc).__name__,
+            )
+        return Outcome("accepted", inbox_id)
+
+    def _queue_for_ingest(self, delivery: Delivery) -> Outcome:
+        try:
+            self._send(INGEST_TASK, delivery.task_kwargs())
+        except BROKER_ERRORS as exc:
+            log.error(
+                "webhook.unavailable source=%s error=%s", delivery.source, type(exc).__name__
+            )
+            # Stored nowhere: the provider must keep it and retry.
+            raise Rejected(
+                503, "unavailable", "the delivery could not be stored or queued; retry later"
+            ) from None
+        return Outcome("queued")
+
+    def _send(self, task_name: str, kwargs: dict[str, Any]) -> None:
+        # By name: the receiver never imports worker code. `ignore_result`: nobody here waits
+        # for a result, and without it Celery's Redis backend subscribes this process to a
+        # result channel for every task it sends.
+        self._producer.send_task(
+            task_name,
+            kwargs=kwargs,
+            ignore_result=True,
+            retry=True,
+            retry_policy=_SEND_RETRY_POLICY,
+        )
+
+
+def _database_unavailable(exc: Exception) -> bool:
+    """A connection-level failure (server down, connection lost, pool exhausted).
+
+    Other database errors (a constraint, a bad value) would fail the same way in the worker:
+    they are bugs, and surface as a 500 rather than being queued to fail forever.
+    """
+    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeoutError)):
+        return True
+    return bool(getattr(exc, "connection_invalidated", False))
+

@@ -1,0 +1,65 @@
+"""Receiver and worker together: what the receiver enqueues (task names, kwargs) is what the
+worker's tasks accept. These use the run's broker database and the real Celery worker."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.inbox import WebhookInbox
+from tests.support.receiver_fixtures import receiver_apps
+from tests.support.receiver_support import (
+    asaas_headers,
+    clerk_headers,
+    down_database_url,
+    inbox_rows,
+    payload_bytes,
+)
+
+pytestmark = pytest.mark.celery_worker
+
+SETTLED = {"processed", "ignored", "unmatched", "failed"}
+
+
+@pytest.fixture
+def make_broker_app(settings, session_factory):
+    with receiver_apps(settings) as make:
+        yield make
+
+
+def _settled_row(factory: sessionmaker[Session], external_id: str, timeout: float = 30) -> WebhookInbox:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = [row for row in inbox_rows(factory) if row.external_id == external_id]
+        if rows and rows[0].status in SETTLED:
+            return rows[0]
+        time.sleep(0.1)
+    raise AssertionError(f"no settled inbox row for {external_id}: {[(r.external_id, r.status) for r in inbox_rows(factory)]}")
+
+
+def test_an_accepted_clerk_delivery_is_processed_by_the_worker(celery_worker, make_broker_app, session_factory):
+    client = make_broker_app().test_client()
+    body = payload_bytes("clerk/user.created")
+    headers = clerk_headers(body)
+
+    response = client.post("/webhooks/clerk", data=body, headers=headers)
+
+    assert response.json["status"] == "accepted"
+    row = _settled_row(session_factory, headers["svix-id"])
+    assert row.id == response.json["inbox_id"]
+    assert row.status == "processed", (row.status, row.last_error, row.detail)
+
+
+def test_a_delivery_queued_while_postgresql_was_down_is_stored_and_processed(celery_worker, make_broker_app, session_factory):
+    # The receiver could not reach PostgreSQL (its own URL points nowhere); the worker can.
+    client = make_broker_app(database_url=down_database_url()).test_client()
+    body = payload_bytes("asaas/PAYMENT_CREATED")
+
+    response = client.post("/webhooks/asaas", data=body, headers=asaas_headers())
+
+    assert response.json == {"status": "queued"}
+    row = _settled_row(session_factory, json.loads(body)["id"])
+    assert (row.source, row.event_type) == ("asaas", "PAYMENT_CREATED")
