@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from sqlalchemy import text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.inbox import WebhookInbox
-from tests.support.receiver_fixtures import receiver_apps
+from tests.support.receiver_fixtures import make_app, receiver_apps, receiver_settings  # noqa: F401
 from tests.support.receiver_support import (
     asaas_headers,
     clerk_headers,
@@ -63,3 +65,41 @@ def test_a_delivery_queued_while_postgresql_was_down_is_stored_and_processed(cel
     assert response.json == {"status": "queued"}
     row = _settled_row(session_factory, json.loads(body)["id"])
     assert (row.source, row.event_type) == ("asaas", "PAYMENT_CREATED")
+
+
+def test_ten_concurrent_copies_of_one_delivery_have_one_effect(celery_worker, make_broker_app, session_factory):
+    app = make_broker_app()
+    body = payload_bytes("clerk/user.created")
+    headers = clerk_headers(body)
+
+    def post(_):
+        return app.test_client().post("/webhooks/clerk", data=body, headers=headers)
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        responses = list(pool.map(post, range(10)))
+
+    assert [r.status_code for r in responses] == [200] * 10
+    assert sorted(r.json["status"] for r in responses) == ["accepted"] + ["duplicate"] * 9
+    assert _settled_row(session_factory, headers["svix-id"]).status == "processed"
+    with session_factory() as session:
+        effects = session.execute(text(
+            'SELECT (SELECT count(*) FROM ingest.webhook_inbox), (SELECT count(*) FROM "User"), '
+            "(SELECT count(*) FROM ingest.credit_ledger)")).one()
+    assert tuple(effects) == (1, 1, 1)
+
+
+def test_the_sweep_recovers_a_delivery_whose_message_redis_lost(
+    celery_worker, producer, receiver_settings, make_app, redis_client, session_factory
+):
+    # This receiver's broker (the scratch database) has no worker: flush it, as a Redis restart
+    # without persistence would, and the stored row is all that is left.
+    body = payload_bytes("clerk/user.created")
+    headers = clerk_headers(body)
+    response = make_app().test_client().post("/webhooks/clerk", data=body, headers=headers)
+    assert response.json["status"] == "accepted"
+    redis_client.flushdb()
+    with session_factory.begin() as session:  # older than the sweep threshold
+        session.execute(update(WebhookInbox).values(received_at=text("now() - interval '5 minutes'")))
+
+    assert producer.send_task("inbox.sweep").get(timeout=30) == {"requeued": 1}
+    assert _settled_row(session_factory, headers["svix-id"]).status == "processed"
