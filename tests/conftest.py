@@ -20,6 +20,7 @@ from models.settings import Settings, load_settings
 from tests.support.celery_worker import WorkerProcess
 from tests.support.databases import create_database, drop_database, truncate_all
 from tests.support.servers import claim_redis_databases, postgres_admin_url, redis_base_url
+from worker.celery_app import app as worker_app
 from worker.celery_config import create_producer
 
 # Webhook secrets the tests sign with. Test-only values, never used anywhere else.
@@ -65,6 +66,9 @@ def settings(admin_url, redis_urls) -> Iterator[Settings]:
         env.delenv("SERVICE_SCHEMA", raising=False)
         loaded = load_settings()
         migrate.upgrade(loaded)
+        # Tasks run in this process (`task.apply()`) send their follow-ups (e.g. a replay's
+        # `webhooks.process`) eagerly here too, instead of to a broker no test is reading.
+        worker_app.conf.task_always_eager = True
         try:
             yield loaded
         finally:

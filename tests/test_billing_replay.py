@@ -3,6 +3,8 @@ when replayed after the user or the Asaas link exists."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.support.billing import (
@@ -18,7 +20,7 @@ from tests.support.billing import (
     ledger,
     subscription_events,
 )
-from tests.support.inbox import deliver, inbox_row, process, store
+from tests.support.inbox import clerk_user_event, deliver, inbox_row, process, store
 from worker.billing_replay import replay_unmatched_for_user, unmatched_inbox_ids_for_user
 
 PRO_CREDITS = 500
@@ -45,8 +47,7 @@ def test_payment_for_an_unknown_user_is_unmatched_then_replayed_and_granted_once
     assert (confirmed.status, confirmed.detail) == (
         "unmatched", f"user {CLERK_ID} has no User and CreditBalance yet (found by externalReference)")
     assert [e.user_id for e in subscription_events(session_factory)] == [None, None]  # logged, no user yet
-    add_user(session_factory)
-    assert _replay_here(session_factory) == [confirmed.id, received.id]
+    add_user(session_factory)  # user.created replays the user's unmatched events by itself
     assert [inbox_row(session_factory, i).status for i in (confirmed.id, received.id)] == ["processed"] * 2
     assert ledger(session_factory) == [("grant", PRO_CREDITS, "asaas payment pay_080225913252 (Pro)")]
     assert balance(session_factory) == SIGNUP + PRO_CREDITS
@@ -82,22 +83,23 @@ def test_clerk_paid_attempt_before_the_user_is_replayed_once(session_factory, pr
     row = deliver(session_factory, "clerk", clerk_event("paymentAttempt.updated.paid"))
     assert row.status == "unmatched"
     deliver(session_factory, "clerk", clerk_event("paymentAttempt.updated.failed"))  # processed: not replayed
-    add_user(session_factory)
-    assert _replay_here(session_factory) == [row.id]
+    add_user(session_factory)  # replays the unmatched attempt
+    assert inbox_row(session_factory, row.id).status == "processed"
+    assert _replay_here(session_factory) == []
     assert balance(session_factory) == SIGNUP + PRO_CREDITS
     assert count(session_factory, '"SubscriptionEvent"') == 2
 
 
-def test_replay_through_a_real_worker(celery_worker, producer, session_factory, pro):
-    inbox_id = store(session_factory, "asaas", asaas_event("PAYMENT_RECEIVED"))
-    producer.send_task("webhooks.process", kwargs={"inbox_id": inbox_id}).get(timeout=30)
-    assert inbox_row(session_factory, inbox_id).status == "unmatched"
-    add_user(session_factory)
-    with session_factory.begin() as session:
-        ids = replay_unmatched_for_user(session, CLERK_ID)
-        session.info["after_commit"] = []  # sent through the test's producer below
-    results = [producer.send_task("webhooks.process", kwargs={"inbox_id": i}).get(timeout=30) for i in ids]
-    assert results == [{"inbox_id": inbox_id, "status": "processed"}]
+def test_user_created_replays_waiting_payments_through_a_real_worker(celery_worker, producer, session_factory, pro):
+    payment = store(session_factory, "asaas", asaas_event("PAYMENT_RECEIVED"))
+    producer.send_task("webhooks.process", kwargs={"inbox_id": payment}).get(timeout=30)
+    assert inbox_row(session_factory, payment).status == "unmatched"
+    user = store(session_factory, "clerk", clerk_user_event("user.created", CLERK_ID, 1, email_addresses=[]))
+    producer.send_task("webhooks.process", kwargs={"inbox_id": user}).get(timeout=30)
+    assert "replaying 1 unmatched billing event" in inbox_row(session_factory, user).detail
+    deadline = time.monotonic() + 30
+    while inbox_row(session_factory, payment).status != "processed" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert inbox_row(session_factory, payment).status == "processed"
     assert balance(session_factory) == SIGNUP + PRO_CREDITS
     assert count(session_factory, '"SubscriptionEvent"') == 1
-

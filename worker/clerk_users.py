@@ -22,6 +22,7 @@ from models.base import utcnow
 from models.ids import cuid
 from models.user_sync import UserSyncState
 from worker import database
+from worker.billing_replay import replay_unmatched_for_user
 from worker.errors import PermanentError
 from worker.handlers import Delivery, Outcome, handles
 from worker.ledger import open_credit_balance
@@ -42,7 +43,10 @@ def sync_user(session: Session, delivery: Delivery) -> Outcome:
     if session.scalar(select(CreditBalance.id).where(CreditBalance.user_id == user.id)) is None:
         credits = database.settings().signup_credits
         open_credit_balance(session, user, credits, reference=f"clerk {delivery.external_id}")
-        return Outcome.processed(f"user created with {credits} signup credits")
+        # Billing events that arrived before the user waited as `unmatched`: run them now.
+        replayed = replay_unmatched_for_user(session, clerk_id)
+        note = f"; replaying {len(replayed)} unmatched billing event(s)" if replayed else ""
+        return Outcome.processed(f"user created with {credits} signup credits{note}")
     return Outcome.processed("user deleted in Clerk: kept inactive" if deleted else None)
 
 
