@@ -8,6 +8,7 @@ start-up. PORT and WEB_CONCURRENCY follow the Heroku/Procfile convention.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from models.settings import ConfigError
@@ -62,6 +63,12 @@ logconfig_dict = {
 }
 
 _MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
+if not _MULTIPROC_DIR:
+    # Every worker process counts its own requests: without a shared folder /metrics would show
+    # whichever worker answered the scrape. Set here, before gunicorn forks its workers (the
+    # app, and prometheus_client with it, is imported in each worker after the fork).
+    _MULTIPROC_DIR = tempfile.mkdtemp(prefix="pedro-webhooks-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _MULTIPROC_DIR
 
 
 def on_starting(server) -> None:

@@ -50,6 +50,19 @@ def _assert_flower_requires_the_local_credentials(port: str, data_dir) -> None:
     assert httpx.get(url, auth=(user, password), timeout=5).status_code == 200
 
 
+def _assert_receiver_ready(port: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            response = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+            break
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+    assert response.json() == {"checks": {"postgresql": "ok", "redis": "ok"}, "status": "ready"}
+
+
 def test_run_starts_embedded_servers_and_leaves_nothing_behind(data_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.pop("CLERK_WEBHOOK_SIGNING_SECRET", None)
@@ -74,6 +87,7 @@ def test_run_starts_embedded_servers_and_leaves_nothing_behind(data_dir, tmp_pat
         text = log.read_text()
         assert "ready." in text, text[-3000:]
         _assert_flower_requires_the_local_credentials(env["FLOWER_PORT"], data_dir)
+        _assert_receiver_ready(env["PORT"])
         assert "started EmbeddedPostgres" in text and "started EmbeddedRedis" in text
         # Started by pg_ctl (detached): find the embedded postmaster by its data folder.
         postmasters = [p for p in psutil.process_iter(["cmdline"])

@@ -42,12 +42,14 @@ def stalled_task(settings, session_factory, producer, queue_name):
     holder.commit()
     holder.execute("SELECT 1 FROM ingest.user_sync_state WHERE clerk_user_id = %s FOR UPDATE", (CLERK_ID,))
     worker = WorkerProcess(producer, queues=queue_name, concurrency=1, env={"DB_LOCK_TIMEOUT_MS": "60000"})
-    worker.start()
-    producer.send_task("webhooks.process", kwargs={"inbox_id": inbox_id}, queue=queue_name)
-    _wait_for_a_lock_waiter(settings)
-    yield inbox_id, worker, holder
-    holder.close()
-    worker.stop()
+    try:
+        worker.start()
+        producer.send_task("webhooks.process", kwargs={"inbox_id": inbox_id}, queue=queue_name)
+        _wait_for_a_lock_waiter(settings)
+        yield inbox_id, worker, holder
+    finally:  # also when the set-up fails: never leave a worker process behind
+        holder.close()
+        worker.stop()
 
 
 def _wait_for_a_lock_waiter(settings, timeout=30):

@@ -66,8 +66,9 @@ def run(data_dir: Path, procfile: str) -> None:
     started: list = []
     try:
         _start_missing_servers(data_dir, started)
-        _ensure_local_secrets(data_dir)
+        secrets_file = _ensure_local_secrets(data_dir)
         migrate.upgrade(_settings_or_exit())
+        _print_where_to_look(secrets_file)
         _run_honcho(procfile)
     finally:
         for server in reversed(started):
@@ -90,7 +91,7 @@ def _start_missing_servers(data_dir: Path, started: list) -> None:
         click.echo(f"started {server_class.__name__} for {variable} on port {server.port}", err=True)
 
 
-def _ensure_local_secrets(data_dir: Path) -> None:
+def _ensure_local_secrets(data_dir: Path) -> Path | None:
     """Give a local run webhook secrets (and Flower credentials) of its own when none are set.
 
     They are kept in DATA_DIR/local-secrets.env (mode 600) and never printed: point a local
@@ -98,7 +99,7 @@ def _ensure_local_secrets(data_dir: Path) -> None:
     """
     wanted = ("CLERK_WEBHOOK_SIGNING_SECRET", "ASAAS_WEBHOOK_TOKEN", "FLOWER_BASIC_AUTH")
     if all(os.environ.get(name) for name in wanted):
-        return
+        return None
     path = data_dir / "local-secrets.env"
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -114,6 +115,15 @@ def _ensure_local_secrets(data_dir: Path) -> None:
         if name in wanted and not os.environ.get(name):
             os.environ[name] = value
     click.echo(f"secrets not set: using the local ones in {path}", err=True)
+    return path
+
+
+def _print_where_to_look(secrets_file: Path | None) -> None:
+    port = os.environ.get("PORT", "5000")  # honcho gives the first process (web) this port
+    flower = f"http://{os.environ.get('FLOWER_ADDRESS', '127.0.0.1')}:{os.environ.get('FLOWER_PORT', '5555')}"
+    login = f"FLOWER_BASIC_AUTH in {secrets_file}" if secrets_file else "FLOWER_BASIC_AUTH"
+    click.echo(f"receiver: http://127.0.0.1:{port}/webhooks/clerk and /webhooks/asaas", err=True)
+    click.echo(f"Flower: {flower} (log in with the user:password of {login})", err=True)
 
 
 def _run_honcho(procfile: str) -> None:

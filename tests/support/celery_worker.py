@@ -49,7 +49,13 @@ class WorkerProcess:
 
     def kill(self) -> None:
         """SIGKILL the main process and every pool child: no warm shutdown, no ack."""
-        for pid in [*self.pool_children(), self.process.pid]:
+        import psutil
+
+        try:
+            children = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []
+        for pid in [*(child.pid for child in children), self.process.pid]:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -63,5 +69,4 @@ class WorkerProcess:
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            self.kill()
