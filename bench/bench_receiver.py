@@ -32,10 +32,7 @@ import httpx  # noqa: E402
 import psutil  # noqa: E402
 from svix.webhooks import Webhook  # noqa: E402
 
-from models import migrate  # noqa: E402
-from models.settings import load_settings  # noqa: E402
-from tests.support.databases import create_database, drop_database  # noqa: E402
-from tests.support.servers import claim_redis_databases, postgres_admin_url, redis_base_url  # noqa: E402
+from tests.support.databases import scratch_environment  # noqa: E402
 from worker.embedded_servers import free_port  # noqa: E402
 
 SECRET = "whsec_" + "YmVuY2gtc2VjcmV0LWZvci1wZWRyby13ZWJob29rcw=="
@@ -108,14 +105,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8)
     args = parser.parse_args()
     with ExitStack() as stack:
-        admin_url, redis_base = postgres_admin_url(stack), redis_base_url(stack)
-        broker_db, _ = stack.enter_context(claim_redis_databases(redis_base, 2))
-        database_url = create_database(admin_url, prefix="pw_bench")
-        stack.callback(drop_database, admin_url, database_url)
-        env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": f"{redis_base}/{broker_db}",
-               "CLERK_WEBHOOK_SIGNING_SECRET": SECRET, "ASAAS_WEBHOOK_TOKEN": uuid.uuid4().hex}
-        os.environ.update(env)
-        migrate.upgrade(load_settings())
+        scratch_environment(stack, CLERK_WEBHOOK_SIGNING_SECRET=SECRET, ASAAS_WEBHOOK_TOKEN=uuid.uuid4().hex)
+        env = dict(os.environ)
 
         figures = {}
         for name, app, chdir in (("bare Flask route", "bare_flask_app:app", ROOT / "bench"),

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
 import time
 from contextlib import ExitStack
@@ -26,13 +25,10 @@ sys.path.insert(0, str(ROOT))
 import psutil  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
-from models import migrate  # noqa: E402
 from models.db import make_engine, make_session_factory  # noqa: E402
 from models.inbox import WebhookInbox, record_delivery  # noqa: E402
-from models.settings import load_settings  # noqa: E402
 from tests.support.celery_worker import WorkerProcess  # noqa: E402
-from tests.support.databases import create_database, drop_database  # noqa: E402
-from tests.support.servers import claim_redis_databases, postgres_admin_url, redis_base_url  # noqa: E402
+from tests.support.databases import scratch_environment  # noqa: E402
 from worker.celery_config import create_producer  # noqa: E402
 
 EXAMPLE = json.loads((ROOT / "tests/fixtures/payloads/clerk/user.created.json").read_text())
@@ -78,14 +74,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=2000)
     args = parser.parse_args()
     with ExitStack() as stack:
-        admin_url, redis_base = postgres_admin_url(stack), redis_base_url(stack)
-        broker_db, _ = stack.enter_context(claim_redis_databases(redis_base, 2))
-        database_url = create_database(admin_url, prefix="pw_bench")
-        stack.callback(drop_database, admin_url, database_url)
-        os.environ.update(DATABASE_URL=database_url, REDIS_URL=f"{redis_base}/{broker_db}",
-                          SIGNUP_CREDITS="100")
-        settings = load_settings()
-        migrate.upgrade(settings)
+        settings, _, _ = scratch_environment(stack, SIGNUP_CREDITS="100")
         engine = make_engine(settings)
         stack.callback(engine.dispose)
         factory = make_session_factory(engine)

@@ -27,7 +27,7 @@ from worker.task_base import TransactionalTask, send_after_commit
 
 log = logging.getLogger(__name__)
 
-PROCESS_MAX_RETRIES = 8  # backoff 2, 4, ... capped at MAX_RETRY_COUNTDOWN, with jitter
+PROCESS_MAX_RETRIES = 8
 SWEEP_BATCH = 1000
 
 
@@ -45,15 +45,17 @@ class InboxTask(TransactionalTask):
         _record_failed_try(kwargs["inbox_id"], exc, final=True)
 
 
+# Transient errors retry with exponential backoff (2, 4, 8 ... s), capped, with jitter.
+RETRY_TRANSIENT_ERRORS = {
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": 2,
+    "retry_backoff_max": MAX_RETRY_COUNTDOWN,
+    "retry_jitter": True,
+}
+
+
 @app.task(
-    name="webhooks.process",
-    base=InboxTask,
-    bind=True,
-    autoretry_for=TRANSIENT_ERRORS,
-    max_retries=PROCESS_MAX_RETRIES,
-    retry_backoff=2,
-    retry_backoff_max=MAX_RETRY_COUNTDOWN,
-    retry_jitter=True,
+    name="webhooks.process", base=InboxTask, bind=True, max_retries=PROCESS_MAX_RETRIES, **RETRY_TRANSIENT_ERRORS
 )
 def process_webhook(task: TransactionalTask, inbox_id: int) -> dict[str, Any]:
     session = task.session
@@ -101,17 +103,8 @@ def _record_failed_try(inbox_id: int, error: BaseException, *, final: bool) -> N
         log.exception("could not record the failed try of inbox row %s", inbox_id)
 
 
-@app.task(
-    name="webhooks.ingest",
-    base=TransactionalTask,
-    bind=True,
-    autoretry_for=TRANSIENT_ERRORS,
-    # The delivery lives only in this message until it is stored: keep trying.
-    max_retries=None,
-    retry_backoff=2,
-    retry_backoff_max=MAX_RETRY_COUNTDOWN,
-    retry_jitter=True,
-)
+# The delivery lives only in this message until it is stored: keep trying (max_retries=None).
+@app.task(name="webhooks.ingest", base=TransactionalTask, bind=True, max_retries=None, **RETRY_TRANSIENT_ERRORS)
 def ingest_webhook(
     task: TransactionalTask, source: str, external_id: str, event_type: str, payload: dict[str, Any]
 ) -> dict[str, Any]:

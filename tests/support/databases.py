@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import uuid
+from contextlib import ExitStack
 
 import psycopg
 from psycopg import sql
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
+
+from models import migrate
+from models.settings import Settings, load_settings
 
 
 def _libpq_url(url: str) -> str:
@@ -44,3 +49,19 @@ def truncate_all(engine: Engine, service_schema: str) -> None:
         ).scalars().all()
         if tables:
             conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+
+
+def scratch_environment(stack: ExitStack, **environ: str) -> tuple[Settings, str, str]:
+    """For scripts (bench/): a migrated database and a Redis database number of their own,
+    released when `stack` closes. Sets DATABASE_URL, REDIS_URL and `environ` in os.environ;
+    returns the settings, the Redis base URL and the database URL."""
+    from tests.support.servers import claim_redis_databases, postgres_admin_url, redis_base_url
+
+    admin_url, redis_base = postgres_admin_url(stack), redis_base_url(stack)
+    broker_db, _ = stack.enter_context(claim_redis_databases(redis_base, 2))
+    database_url = create_database(admin_url, prefix="pw_bench")
+    stack.callback(drop_database, admin_url, database_url)
+    os.environ.update(DATABASE_URL=database_url, REDIS_URL=f"{redis_base}/{broker_db}", **environ)
+    settings = load_settings()
+    migrate.upgrade(settings)
+    return settings, redis_base, database_url
