@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ARRAY, ColumnElement, Text, any_, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -60,10 +60,17 @@ class TtlCache:
 cache = TtlCache(CACHE_SECONDS)
 
 
-def resolve_cost(session: Session, clerk_user_id: str, operation: OperationType, explicit: int | None) -> int:
+READ_PLAN: Any = object()  # resolve_cost's default: read the user's current plan itself
+
+
+def resolve_cost(session: Session, clerk_user_id: str, operation: OperationType, explicit: int | None,
+                 *, plan_id: str | None = READ_PLAN) -> int:
+    """`plan_id`: the user's current plan as the caller already read it (`current_plan_query`,
+    in the same transaction), to spare a round trip; by default it is read here."""
     if explicit is not None:
         return explicit
-    plan_id = current_plan_id(session, clerk_user_id)
+    if plan_id is READ_PLAN:
+        plan_id = current_plan_id(session, clerk_user_id)
     if plan_id is not None:
         features = cache.get(("plan", plan_id), lambda: _plan_features(session, plan_id))
         if operation.value in features:
@@ -74,14 +81,24 @@ def resolve_cost(session: Session, clerk_user_id: str, operation: OperationType,
     raise UnknownCost(f"no cost configured for {operation.value}")
 
 
-def current_plan_id(session: Session, clerk_user_id: str) -> str | None:
-    return session.scalar(
-        select(UserPlan.plan_id).where(
-            UserPlan.clerk_user_id == clerk_user_id,
-            UserPlan.plan_id.is_not(None),
-            func.lower(UserPlan.status).in_(ACTIVE_PLAN_STATUSES),
-        )
+def current_plan_query(clerk_user_id: ColumnElement[str]):
+    """SELECT the user's current plan id (at most one row: one `user_plans` row per user), as a
+    Core statement on the table, so a caller can embed it in a statement of its own."""
+    plans = UserPlan.__table__
+    return select(plans.c.plan_id).where(
+        plans.c.clerk_user_id == clerk_user_id,
+        plans.c.plan_id.is_not(None),
+        # = ANY(array) rather than IN (...): one bound value, no per-call expansion of the SQL.
+        func.lower(plans.c.status) == any_(bindparam("active_plan_statuses", list(ACTIVE_PLAN_STATUSES),
+                                                     type_=ARRAY(Text))),
     )
+
+
+_CURRENT_PLAN = current_plan_query(bindparam("clerk_user_id", type_=Text))
+
+
+def current_plan_id(session: Session, clerk_user_id: str) -> str | None:
+    return session.scalar(_CURRENT_PLAN, {"clerk_user_id": clerk_user_id})
 
 
 def feature_costs(session: Session) -> dict[str, Any]:

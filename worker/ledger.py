@@ -3,16 +3,17 @@
 Every grant, reversal, debit and refund calls `change_credits`. It marks the transaction as the
 service's own (so the database trigger on "CreditBalance", which records the Next.js app's direct
 changes as `external` entries, does not count it twice), moves the balance with one conditional
-UPDATE, and appends the ledger entry with the balance it left.
+UPDATE, and appends the ledger entry with the balance it left: one statement, one round trip.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Integer, Text, bindparam, func, inspect, select, true, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from models.app import CreditBalance, User
 from models.base import utcnow
@@ -28,6 +29,63 @@ class LedgerChange:
     credit_balance_id: str
     delta: int
     balance_after: int
+
+
+def _change_statement(*, with_floor: bool):
+    """The balance move and its ledger entry as one statement, built once (Core constructs on the
+    mapped tables, so the engine's schema_translate_map applies and the compiled form is cached).
+
+        WITH moved AS (UPDATE "CreditBalance" SET ... WHERE id = :id AND <mark> = 'on'
+                       [AND "creditsRemaining" + :delta >= :floor] RETURNING ...),
+             entry AS (INSERT INTO credit_ledger (...) SELECT ... FROM moved
+                       ON CONFLICT (idempotency_key) DO NOTHING RETURNING id)
+        SELECT moved."creditsRemaining", entry.id FROM moved LEFT JOIN entry ON true
+
+    No row: the floor refused the change (nothing written). A row whose entry id is NULL: the
+    ledger key exists already (the balance moved; the caller's transaction must roll back).
+    """
+    balance = CreditBalance.__table__
+    ledger = CreditLedgerEntry.__table__
+    delta = bindparam("delta", type_=Integer)
+    # Marks the transaction as the service's within the same statement (an InitPlan, run once
+    # before any row changes; set_config(..., true) lasts until the transaction ends), so the
+    # trigger (an AFTER ROW trigger, fired when the statement ends) skips this change, at no
+    # extra round trip, and no savepoint rollback can separate the mark from the write.
+    mark = select(func.set_config(LEDGER_WRITE_SETTING, "on", True)).scalar_subquery()
+    moved = (
+        update(balance)
+        .where(balance.c.id == bindparam("credit_balance_id", type_=Text), mark == "on")
+        .values({
+            balance.c.creditsRemaining: balance.c.creditsRemaining + delta,
+            balance.c.lastSyncedAt: bindparam("now", type_=balance.c.lastSyncedAt.type),
+            balance.c.updatedAt: bindparam("now", type_=balance.c.updatedAt.type),
+        })
+        .returning(balance.c.userId, balance.c.clerkUserId, balance.c.creditsRemaining)
+    )
+    if with_floor:
+        moved = moved.where(balance.c.creditsRemaining + delta >= bindparam("floor", type_=Integer))
+    moved = moved.cte("moved")
+    entry = (
+        insert(ledger)
+        .from_select(
+            ["user_id", "clerk_user_id", "credit_balance_id", "delta", "balance_after", "kind",
+             "idempotency_key", "reference"],
+            select(
+                moved.c.userId, moved.c.clerkUserId, bindparam("credit_balance_id", type_=Text), delta,
+                moved.c.creditsRemaining, bindparam("kind", type_=Text),
+                bindparam("idempotency_key", type_=Text), bindparam("reference", type_=Text),
+            ),
+        )
+        .on_conflict_do_nothing(index_elements=[ledger.c.idempotency_key])
+        .returning(ledger.c.id)
+        .cte("entry")
+    )
+    return select(moved.c.creditsRemaining, entry.c.id).select_from(moved.outerjoin(entry, true()))
+
+
+_CHANGE = _change_statement(with_floor=False)
+_CHANGE_WITH_FLOOR = _change_statement(with_floor=True)
+_BALANCE_MAPPER = inspect(CreditBalance)
 
 
 def change_credits(
@@ -48,45 +106,37 @@ def change_credits(
     the unique `idempotency_key` is the last guard: a concurrent duplicate raises
     `LedgerKeyConflict` and the transaction rolls back.
     """
+    if session.autoflush:
+        session.flush()  # what an ORM statement's autoflush did: pending changes go first
     now = utcnow()
-    # Marks the transaction as the service's within the same statement (an InitPlan, run once
-    # before any row changes; set_config(..., true) lasts until the transaction ends), so the
-    # trigger skips this change, at no extra round trip, and no savepoint rollback can separate
-    # the mark from the write.
-    mark = select(func.set_config(LEDGER_WRITE_SETTING, "on", True)).scalar_subquery()
-    statement = (
-        update(CreditBalance)
-        .where(CreditBalance.id == credit_balance_id, mark == "on")
-        .values(
-            credits_remaining=CreditBalance.credits_remaining + delta,
-            last_synced_at=now,
-            updated_at=now,
-        )
-        .returning(CreditBalance.user_id, CreditBalance.clerk_user_id, CreditBalance.credits_remaining)
-    )
-    if floor is not None:
-        statement = statement.where(CreditBalance.credits_remaining + delta >= floor)
-    row = session.execute(statement).one_or_none()
+    params = {
+        "credit_balance_id": credit_balance_id, "delta": delta, "now": now, "kind": kind.value,
+        "idempotency_key": idempotency_key, "reference": reference,
+    }
+    if floor is None:
+        statement = _CHANGE
+    else:
+        statement, params["floor"] = _CHANGE_WITH_FLOOR, floor
+    row = session.execute(statement, params).one_or_none()
     if row is None:
         return None
-    entry_id = session.execute(
-        insert(CreditLedgerEntry)
-        .values(
-            user_id=row.user_id,
-            clerk_user_id=row.clerk_user_id,
-            credit_balance_id=credit_balance_id,
-            delta=delta,
-            balance_after=row.credits_remaining,
-            kind=kind.value,
-            idempotency_key=idempotency_key,
-            reference=reference,
-        )
-        .on_conflict_do_nothing(index_elements=["idempotency_key"])
-        .returning(CreditLedgerEntry.id)
-    ).scalar_one_or_none()
+    balance_after, entry_id = row
+    _sync_loaded_balance(session, credit_balance_id, balance_after, now)
     if entry_id is None:
         raise LedgerKeyConflict(idempotency_key)
-    return LedgerChange(entry_id, credit_balance_id, delta, row.credits_remaining)
+    return LedgerChange(entry_id, credit_balance_id, delta, balance_after)
+
+
+def _sync_loaded_balance(session: Session, credit_balance_id: str, balance_after: int, now) -> None:
+    """Keep a `CreditBalance` object this session holds in step with the row, as an ORM-enabled
+    UPDATE would (it synchronised the identity map): callers may read it after the change."""
+    if not session.identity_map:
+        return
+    balance = session.identity_map.get(_BALANCE_MAPPER.identity_key_from_primary_key((credit_balance_id,)))
+    if balance is not None:
+        set_committed_value(balance, "credits_remaining", balance_after)
+        set_committed_value(balance, "last_synced_at", now)
+        set_committed_value(balance, "updated_at", now)
 
 
 def open_credit_balance(session: Session, user: User, credits: int, *, reference: str) -> LedgerChange:

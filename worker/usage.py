@@ -5,6 +5,12 @@ request with the same key waits on that row, then reads the first one's committe
 the user's balance, resolve the cost, take it with one conditional UPDATE (`change_credits` with
 floor 0: never an overdraft), write the `UsageHistory` row, and store the answer on the key.
 
+The hot path is three statements: the claim together with the account and its current plan (one
+statement: a data-modifying CTE), `change_credits` (one statement), and the `UsageHistory` row
+together with the stored answer (one statement). They are Core statements on the mapped tables,
+built once at import with bound parameters: the compiled form is cached, nothing is rebuilt per
+debit, and the engine's schema_translate_map still names the configured service schema.
+
 Answers are JSON: `{"status", "remaining", "usage_id"}` plus `"error"` for error results.
 - `applied`, `insufficient_credits`, `unknown_user`, `unknown_debit`, `over_refund` are final
   and stored on the key; the same key again answers `duplicate` (with the stored `remaining`
@@ -20,7 +26,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, literal_column, select, true, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -29,7 +35,7 @@ from models.base import utcnow
 from models.ids import cuid
 from models.ledger import LedgerKind
 from models.usage import UsageRequest
-from worker.costs import UnknownCost, resolve_cost
+from worker.costs import UnknownCost, current_plan_query, resolve_cost
 from worker.errors import LedgerKeyConflict
 from worker.ledger import change_credits
 
@@ -67,6 +73,84 @@ class Account:
     credits_remaining: int
 
 
+def _param(column, name: str | None = None):
+    """A bound parameter typed as the column (so JSONB, enums... are converted as the ORM did)."""
+    return bindparam(name or column.key, type_=column.type)
+
+
+_requests = UsageRequest.__table__
+_history = UsageHistory.__table__
+_users = User.__table__
+_balances = CreditBalance.__table__
+
+# INSERT the key as pending; RETURNING it only if this transaction now owns it.
+_CLAIM = (
+    insert(_requests)
+    .values({
+        **{column: _param(column) for column in (
+            _requests.c.idempotency_key, _requests.c.kind, _requests.c.clerk_user_id, _requests.c.operation,
+            _requests.c.refund_of, _requests.c.request)},
+        _requests.c.status: PENDING,
+        _requests.c.result: {"status": PENDING},
+    })
+    .on_conflict_do_nothing(index_elements=[_requests.c.idempotency_key])
+    .returning(_requests.c.idempotency_key)
+)
+
+
+def _claim_and_find_account():
+    """The claim, the user's account and the user's current plan, in one statement:
+
+        WITH claim AS (INSERT ... ON CONFLICT DO NOTHING RETURNING idempotency_key)
+        SELECT (SELECT idempotency_key FROM claim), account.*, (<current plan>)
+        FROM (SELECT 1) AS one LEFT JOIN (<User JOIN CreditBalance>) AS account ON true
+
+    One row always; `claimed` is NULL when the key was there already (the rest is then unused:
+    the stored answer is read in a statement of its own, which sees the committed row). The
+    account and plan are read in the statement's snapshot, taken before the claim may wait on a
+    concurrent insert of the same key; when that one rolls back and this debit owns the key, it
+    reads them as of just before the wait, as if it had arrived a moment earlier. The balance
+    itself is re-read by `change_credits`' UPDATE, which always sees the latest committed row."""
+    claim = _CLAIM.cte("claim")
+    clerk_user_id = _param(_requests.c.clerk_user_id)
+    account = (
+        select(_users.c.id.label("user_id"), _users.c.isActive.label("is_active"),
+               _balances.c.id.label("credit_balance_id"), _balances.c.creditsRemaining.label("credits_remaining"))
+        .select_from(_users.join(_balances, _balances.c.userId == _users.c.id))
+        .where(_users.c.clerkId == clerk_user_id)
+        .subquery("account")
+    )
+    one = select(literal_column("1").label("one")).subquery("one")
+    return select(
+        select(claim.c.idempotency_key).scalar_subquery().label("claimed"),
+        account.c.user_id, account.c.is_active, account.c.credit_balance_id, account.c.credits_remaining,
+        current_plan_query(clerk_user_id).scalar_subquery().label("plan_id"),
+    ).select_from(one.outerjoin(account, true()))
+
+
+_CLAIM_AND_FIND_ACCOUNT = _claim_and_find_account()
+
+_FINISH_VALUES = {
+    column: _param(column) for column in (
+        _requests.c.status, _requests.c.result, _requests.c.credits, _requests.c.usage_id)
+}
+# The key's parameter is named "key": a column's own name is reserved for its SET value.
+_FINISH = update(_requests).where(_requests.c.idempotency_key == _param(_requests.c.idempotency_key, "key")).values(
+    _FINISH_VALUES)
+
+# The `UsageHistory` row and the stored answer that names it, in one statement.
+_ADD_USAGE = insert(_history).values({
+    _history.c.id: _param(_history.c.id, "usage_id"),
+    **{column: _param(column) for column in (
+        _history.c.userId, _history.c.creditBalanceId, _history.c.operationType, _history.c.creditsUsed,
+        _history.c.details, _history.c.timestamp)},
+})
+_FINISH_WITH_USAGE = _FINISH.add_cte(_ADD_USAGE.cte("usage"))
+
+_FORGET = delete(_requests).where(_requests.c.idempotency_key == _param(_requests.c.idempotency_key, "key"))
+_REMAINING = select(_balances.c.creditsRemaining).where(_balances.c.id == _param(_balances.c.id))
+
+
 def answer(status: str, remaining: int | None = None, usage_id: str | None = None, **extra: Any) -> dict[str, Any]:
     return {"status": status, "remaining": remaining, "usage_id": usage_id, **extra}
 
@@ -83,13 +167,18 @@ def debit(session: Session, request: DebitRequest, *, final: bool = True) -> dic
         return error("unknown_operation", f"{request.operation!r} is not an OperationType")
     if request.cost is not None and not _is_amount(request.cost, minimum=0):
         return error("invalid_cost", "cost must be a non-negative integer")
-    stored = claim_key(session, request.idempotency_key, "debit", request.clerk_user_id,
-                       operation=operation.value, request=asdict(request))
-    if stored is not None:
+    _autoflush(session)
+    found = session.execute(_CLAIM_AND_FIND_ACCOUNT, {
+        "idempotency_key": request.idempotency_key, "kind": "debit", "clerk_user_id": request.clerk_user_id,
+        "operation": operation.value, "refund_of": None, "request": asdict(request),
+    }).one()
+    if found.claimed is None:
+        stored = stored_request(session, request.idempotency_key)
         same = (stored.kind, stored.clerk_user_id, stored.operation, stored.request.get("cost")) == (
             "debit", request.clerk_user_id, operation.value, request.cost)
         return repeat_answer(stored, same)
-    account = find_account(session, request.clerk_user_id)
+    account = None if found.user_id is None else Account(
+        found.user_id, found.is_active, found.credit_balance_id, found.credits_remaining)
     if account is None:
         if not final:
             raise NotYetKnown(request.clerk_user_id)
@@ -98,7 +187,7 @@ def debit(session: Session, request: DebitRequest, *, final: bool = True) -> dic
         refused = answer("insufficient_credits", account.credits_remaining, reason="inactive_user")
         return finish(session, request.idempotency_key, refused)
     try:
-        cost = resolve_cost(session, request.clerk_user_id, operation, request.cost)
+        cost = resolve_cost(session, request.clerk_user_id, operation, request.cost, plan_id=found.plan_id)
     except UnknownCost as exc:
         forget_key(session, request.idempotency_key)
         return error("unknown_cost", str(exc))
@@ -113,13 +202,11 @@ def _take(session: Session, request: DebitRequest, account: Account, operation: 
     )
     if change is None:
         # Read after the refused UPDATE: it waited for any concurrent debit of this balance.
-        remaining = session.scalar(
-            select(CreditBalance.credits_remaining).where(CreditBalance.id == account.credit_balance_id))
+        remaining = session.scalar(_REMAINING, {"id": account.credit_balance_id})
         return finish(session, request.idempotency_key, answer("insufficient_credits", remaining))
-    usage_id = add_usage_history(session, account.user_id, account.credit_balance_id, operation, cost,
-                                 request.details)
-    applied = answer("applied", change.balance_after, usage_id)
-    return finish(session, request.idempotency_key, applied, credits=cost, usage_id=usage_id)
+    return finish_applied(session, request.idempotency_key, change.balance_after, credits=cost,
+                          user_id=account.user_id, credit_balance_id=account.credit_balance_id,
+                          operation=operation, credits_used=cost, details=request.details)
 
 
 def refund(session: Session, request: RefundRequest, *, final: bool = True) -> dict[str, Any]:
@@ -127,6 +214,7 @@ def refund(session: Session, request: RefundRequest, *, final: bool = True) -> d
     debit key not seen yet raises `NotYetKnown` (the debit may still be in the queue)."""
     if request.credits is not None and not _is_amount(request.credits, minimum=1):
         return error("invalid_credits", "credits must be a positive integer")
+    _autoflush(session)
     stored = claim_key(session, request.idempotency_key, "refund", request.clerk_user_id,
                        refund_of=request.refund_of, request=asdict(request))
     if stored is not None:
@@ -152,10 +240,9 @@ def _give_back(session: Session, request: RefundRequest, debited: UsageRequest, 
         idempotency_key=f"refund:{request.idempotency_key}",
         reference=f"refund of usage {request.refund_of}",
     )
-    usage_id = add_usage_history(session, usage.user_id, usage.credit_balance_id, usage.operation_type,
-                                 -credits, request.details)
-    applied = answer("applied", change.balance_after, usage_id)
-    return finish(session, request.idempotency_key, applied, credits=credits, usage_id=usage_id)
+    return finish_applied(session, request.idempotency_key, change.balance_after, credits=credits,
+                          user_id=usage.user_id, credit_balance_id=usage.credit_balance_id,
+                          operation=usage.operation_type, credits_used=-credits, details=request.details)
 
 
 def _lock_debit(session: Session, request: RefundRequest) -> UsageRequest | None:
@@ -192,15 +279,18 @@ def outcome(session: Session, idempotency_key: str) -> dict[str, Any]:
 def claim_key(session: Session, key: str, kind: str, clerk_user_id: str, *, request: dict[str, Any],
               operation: str | None = None, refund_of: str | None = None) -> UsageRequest | None:
     """Insert the key as pending; None if this transaction now owns it, else the stored row."""
-    claimed = session.execute(
-        insert(UsageRequest)
-        .values(idempotency_key=key, kind=kind, clerk_user_id=clerk_user_id, operation=operation,
-                refund_of=refund_of, status=PENDING, request=request, result={"status": PENDING})
-        .on_conflict_do_nothing(index_elements=[UsageRequest.idempotency_key])
-        .returning(UsageRequest.idempotency_key)
-    ).scalar_one_or_none()
+    claimed = session.execute(_CLAIM, {
+        "idempotency_key": key, "kind": kind, "clerk_user_id": clerk_user_id, "operation": operation,
+        "refund_of": refund_of, "request": request,
+    }).scalar_one_or_none()
     if claimed is not None:
         return None
+    return stored_request(session, key)
+
+
+def stored_request(session: Session, key: str) -> UsageRequest:
+    """The row of a key this transaction could not claim: read in a statement of its own, after
+    the claim waited for the transaction that inserted it, so it sees that one's committed row."""
     stored = session.scalar(
         select(UsageRequest).where(UsageRequest.idempotency_key == key).execution_options(populate_existing=True))
     if stored is None:
@@ -216,41 +306,37 @@ def repeat_answer(stored: UsageRequest, same_request: bool) -> dict[str, Any]:
     return {**stored.result, "status": "duplicate", "original_status": stored.result["status"]}
 
 
-def finish(session: Session, key: str, result: dict[str, Any], *, credits: int | None = None,
-           usage_id: str | None = None) -> dict[str, Any]:
-    session.execute(
-        update(UsageRequest)
-        .where(UsageRequest.idempotency_key == key)
-        .values(status=result["status"], result=result, credits=credits, usage_id=usage_id)
-    )
+def finish(session: Session, key: str, result: dict[str, Any]) -> dict[str, Any]:
+    """Store a final answer that applied nothing on the key this transaction claimed."""
+    session.execute(_FINISH, {"key": key, "status": result["status"], "result": result,
+                              "credits": None, "usage_id": None})
     return result
+
+
+def finish_applied(session: Session, key: str, remaining: int, *, credits: int, user_id: str,
+                   credit_balance_id: str, operation: OperationType, credits_used: int,
+                   details: dict[str, Any] | None) -> dict[str, Any]:
+    """Write the `UsageHistory` row the Next.js app shows (`creditsUsed` > 0 for usage, < 0 for a
+    refund) and store the `applied` answer naming it on the key, in one statement."""
+    usage_id = cuid()
+    applied = answer("applied", remaining, usage_id)
+    session.execute(_FINISH_WITH_USAGE, {
+        "key": key, "status": applied["status"], "result": applied, "credits": credits,
+        "usage_id": usage_id, "userId": user_id, "creditBalanceId": credit_balance_id,
+        "operationType": operation, "creditsUsed": credits_used, "details": details, "timestamp": utcnow(),
+    })
+    return applied
 
 
 def forget_key(session: Session, key: str) -> None:
     """Release a key claimed by this transaction for a request that stores no answer."""
-    session.execute(delete(UsageRequest).where(UsageRequest.idempotency_key == key))
+    session.execute(_FORGET, {"key": key})
 
 
-def find_account(session: Session, clerk_user_id: str) -> Account | None:
-    row = session.execute(
-        select(User.id, User.is_active, CreditBalance.id, CreditBalance.credits_remaining)
-        .join(CreditBalance, CreditBalance.user_id == User.id)
-        .where(User.clerk_id == clerk_user_id)
-    ).one_or_none()
-    return None if row is None else Account(*row)
-
-
-def add_usage_history(session: Session, user_id: str, credit_balance_id: str, operation: OperationType,
-                      credits: int, details: dict[str, Any] | None) -> str:
-    """The row the Next.js app shows: `creditsUsed` > 0 for usage, < 0 for a refund."""
-    usage_id = cuid()
-    session.execute(
-        insert(UsageHistory).values(
-            id=usage_id, user_id=user_id, credit_balance_id=credit_balance_id,
-            operation_type=operation, credits_used=credits, details=details, timestamp=utcnow(),
-        )
-    )
-    return usage_id
+def _autoflush(session: Session) -> None:
+    """What an ORM statement's autoflush did before these Core statements: pending changes first."""
+    if session.autoflush:
+        session.flush()
 
 
 def _operation(name: Any) -> OperationType | None:
