@@ -42,12 +42,19 @@ def test_an_applied_debit_is_three_statements(session_factory, engine):
     assert_ledger_matches_balances(session_factory)
 
 
+def _open_balance(session, clerk_id: str) -> tuple[User, CreditBalance]:
+    """A user and the `CreditBalance` object this session holds for it, opened with 100 credits."""
+    user = User(clerk_id=clerk_id)
+    session.add(user)
+    session.flush()
+    change = open_credit_balance(session, user, 100, reference="test")
+    return user, session.get(CreditBalance, change.credit_balance_id)
+
+
 def test_a_reused_ledger_key_raises_and_the_rollback_undoes_the_balance_move(session_factory):
     with session_factory.begin() as session:
-        user = User(clerk_id="user_k")
-        session.add(user)
-        session.flush()
-        balance_id = open_credit_balance(session, user, 100, reference="test").credit_balance_id
+        user, opened = _open_balance(session, "user_k")
+        balance_id = opened.id
         change_credits(session, balance_id, delta=-10, kind=LedgerKind.USAGE, idempotency_key="k", reference="x")
     with pytest.raises(LedgerKeyConflict), session_factory.begin() as session:
         change_credits(session, balance_id, delta=-10, kind=LedgerKind.USAGE, idempotency_key="k", reference="x")
@@ -59,11 +66,7 @@ def test_a_reused_ledger_key_raises_and_the_rollback_undoes_the_balance_move(ses
 
 def test_a_balance_the_session_holds_shows_the_change(session_factory):
     with session_factory.begin() as session:
-        user = User(clerk_id="user_s")
-        session.add(user)
-        session.flush()
-        change = open_credit_balance(session, user, 100, reference="test")
-        held = session.get(CreditBalance, change.credit_balance_id)
+        _, held = _open_balance(session, "user_s")
         assert held.credits_remaining == 100
         after = change_credits(session, held.id, delta=-7, kind=LedgerKind.USAGE, idempotency_key="u",
                                reference="x", floor=0)
