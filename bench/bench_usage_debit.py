@@ -2,7 +2,7 @@
 
     python bench/bench_usage_debit.py [--debits 2000] [--users 20] [--concurrency 2]
 
-Creates its own database (migrated) and claims its own Redis database number, starts one
+Creates its own database (migrated) and claims its own Redis database numbers, starts one
 `celery worker` (prefork) on the `usage` queue, measures, and removes everything again:
 1. usage.debit through the broker, spread over users, and on one user (row contention);
 2. a no-op Celery task (`celery.accumulate`) with the same settings: Celery's own per-task cost;
@@ -18,10 +18,10 @@ import argparse
 import os
 import sys
 import time
-from datetime import UTC, datetime
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -32,13 +32,10 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models import migrate  # noqa: E402
-from models.ids import cuid  # noqa: E402
 from models.db import make_engine, make_session_factory  # noqa: E402
-from models.settings import load_settings  # noqa: E402
+from models.ids import cuid  # noqa: E402
 from tests.support.celery_worker import WorkerProcess  # noqa: E402
-from tests.support.databases import create_database, drop_database  # noqa: E402
-from tests.support.servers import claim_redis_databases, postgres_admin_url, redis_base_url  # noqa: E402
+from tests.support.databases import scratch_environment  # noqa: E402
 from tests.support.usage import make_user  # noqa: E402
 from worker import usage  # noqa: E402
 from worker.celery_config import USAGE_QUEUE, create_producer  # noqa: E402
@@ -182,13 +179,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2)
     args = parser.parse_args()
     with ExitStack() as stack:
-        admin_url = postgres_admin_url(stack)
-        (number,) = stack.enter_context(claim_redis_databases(redis_base_url(stack), count=1))
-        database_url = create_database(admin_url, prefix="pw_bench")
-        stack.callback(drop_database, admin_url, database_url)
-        os.environ.update(DATABASE_URL=database_url, REDIS_URL=f"{redis_base_url(stack)}/{number}")
-        settings = load_settings()
-        migrate.upgrade(settings)
+        settings, _, _ = scratch_environment(stack)
         engine = make_engine(settings)
         stack.callback(engine.dispose)
         producer = create_producer(settings)
