@@ -48,6 +48,67 @@ def current() -> None:
     migrate.current(_settings_or_exit())
 
 
+@main.group()
+def inbox() -> None:
+    """The webhook inbox: what arrived, and replaying it."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@inbox.command()
+def status() -> None:
+    """Count inbox rows by source and status."""
+    from sqlalchemy import func, select
+
+    from models.inbox import WebhookInbox
+
+    with _session_factory().begin() as session:
+        rows = session.execute(
+            select(WebhookInbox.source, WebhookInbox.status, func.count())
+            .group_by(WebhookInbox.source, WebhookInbox.status)
+            .order_by(WebhookInbox.source, WebhookInbox.status)
+        ).all()
+    for source, state, count in rows:
+        click.echo(f"{source:6s} {state:10s} {count}")
+
+
+@inbox.command()
+@click.argument("inbox_ids", nargs=-1, type=int)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(["unmatched", "failed", "ignored"]),
+    help="Replay every row with this status (repeatable).",
+)
+def replay(inbox_ids: tuple[int, ...], statuses: tuple[str, ...]) -> None:
+    """Put `unmatched`, `failed` or `ignored` rows back to pending and enqueue them.
+
+    Processing is idempotent: a replayed row changes nothing that was already applied.
+    """
+    from sqlalchemy import select
+
+    from models.inbox import WebhookInbox
+    from worker.task_base import send_follow_ups
+    from worker.webhook_tasks import requeue
+
+    if not inbox_ids and not statuses:
+        raise click.UsageError("name inbox ids or --status")
+    with _session_factory()() as session:
+        with session.begin():
+            ids = list(inbox_ids)
+            if statuses:
+                ids += session.scalars(select(WebhookInbox.id).where(WebhookInbox.status.in_(statuses))).all()
+            replayed = requeue(session, sorted(set(ids)))
+        sent = send_follow_ups(session)
+    click.echo(f"replayed {len(replayed)} row(s), enqueued {sent}: {replayed}")
+
+
+def _session_factory():
+    from models.db import make_engine, make_session_factory
+
+    return make_session_factory(make_engine(_settings_or_exit()))
+
+
 @main.command()
 @click.option(
     "--data-dir",

@@ -27,6 +27,21 @@ def send_after_commit(session: Session, signature: Signature) -> None:
     session.info.setdefault(_AFTER_COMMIT, []).append(signature)
 
 
+def send_follow_ups(session: Session) -> int:
+    """Send the tasks handed to `send_after_commit`; call once the transaction committed.
+    Returns how many went out."""
+    sent = 0
+    for signature in session.info.pop(_AFTER_COMMIT, []):
+        try:
+            signature.apply_async()
+            sent += 1
+        except Exception:
+            # The work is committed; a lost follow-up for an inbox row is recovered by
+            # inbox.sweep, which re-enqueues rows left pending.
+            log.exception("could not enqueue follow-up task %s", signature.task)
+    return sent
+
+
 _current_session: ContextVar[Session] = ContextVar("task_session")
 
 
@@ -46,15 +61,5 @@ class TransactionalTask(Task):
                     result = super().__call__(*args, **kwargs)
             finally:
                 _current_session.reset(token)
-            self._send_follow_ups(session)
+            send_follow_ups(session)
         return result
-
-    @staticmethod
-    def _send_follow_ups(session: Session) -> None:
-        for signature in session.info.pop(_AFTER_COMMIT, []):
-            try:
-                signature.apply_async()
-            except Exception:
-                # The work is committed; a lost follow-up for an inbox row is recovered by
-                # inbox.sweep, which re-enqueues rows left pending.
-                log.exception("could not enqueue follow-up task %s", signature.task)
