@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from models.app import AdminSettings
+from sqlalchemy import update
+
+from models.app import AdminSettings, Plan
+from models.billing import UserPlan
+from tests.support.inbox import deliver, payload
 from tests.support.usage import balance, debit, make_user, put_on_plan, set_feature_costs
 from worker import costs
 
@@ -42,11 +46,24 @@ def test_current_plan_override_beats_feature_costs(session_factory):
     assert spent(session_factory, "k2", operation="AI_IMAGE_GENERATION") == 10  # not overridden
 
 
-@pytest.mark.parametrize("status", ["canceled", "past_due", "ended"])
-def test_a_plan_that_is_not_current_does_not_apply(session_factory, status):
+def test_a_plan_that_ended_does_not_apply(session_factory):
     set_feature_costs(session_factory, {"AI_TEXT_CHAT": 5})
-    put_on_plan(session_factory, "user_a", {"AI_TEXT_CHAT": 2}, status=status)
+    put_on_plan(session_factory, "user_a", {"AI_TEXT_CHAT": 2})
+    with session_factory.begin() as session:  # what the billing handlers do when it ends
+        session.execute(update(UserPlan).values(plan_id=None, status="ended"))
     assert spent(session_factory, "k1") == 5
+
+
+def test_a_plan_started_by_an_asaas_payment_sets_the_cost(session_factory):
+    """End to end with the billing handlers: the plan an Asaas payment started (status
+    CONFIRMED, Asaas's spelling) is the one whose features price the debit."""
+    set_feature_costs(session_factory, {"AI_TEXT_CHAT": 5})
+    with session_factory.begin() as session:
+        session.add(Plan(id="pro", asaas_id="pro", name="Pro", credits=0, features={"AI_TEXT_CHAT": 3}))
+    body = payload("asaas/PAYMENT_CONFIRMED")
+    body["payment"]["externalReference"] = "user_a|pro"
+    assert deliver(session_factory, "asaas", body).status == "processed"
+    assert spent(session_factory, "k1") == 3
 
 
 def test_no_cost_anywhere_is_an_unknown_cost_error(session_factory):

@@ -1,9 +1,11 @@
 """What an operation costs a user: the explicit cost, else the user's current plan's override
 (`Plan.features[operation]`), else `AdminSettings.featureCosts[operation]`, else `UnknownCost`.
 
-A user's plan is current when `user_plans` (written by the billing handlers) has a row with a
-`plan_id` and a status in ACTIVE_PLAN_STATUSES (compared in lower case). Any other status
-(past due, canceled, ended...) falls back to the admin costs.
+A user's plan is current while `user_plans` (written by the billing handlers, worker/plans.py)
+holds a `plan_id` for them: the billing handlers are the one place that decides when a plan
+starts and ends (they clear it when a subscription ends; a past-due or canceled-until-period-end
+subscription keeps its plan), whatever the provider's status spelling (Clerk `active`, Asaas
+`CONFIRMED`...).
 
 The cost tables change rarely and every debit reads them, so `Plan.features` and
 `AdminSettings.featureCosts` are cached in the process for CACHE_SECONDS: an edit made in the
@@ -17,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import ARRAY, ColumnElement, Text, any_, bindparam, func, select
+from sqlalchemy import ColumnElement, Text, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -25,7 +27,6 @@ from models.app import AdminSettings, OperationType, Plan
 from models.base import utcnow
 from models.billing import UserPlan
 
-ACTIVE_PLAN_STATUSES = ("active", "trialing")
 CACHE_SECONDS = 30.0
 ADMIN_SETTINGS_ID = "singleton"
 # What a missing AdminSettings row is created with: the seed's documented example costs.
@@ -88,9 +89,6 @@ def current_plan_query(clerk_user_id: ColumnElement[str]):
     return select(plans.c.plan_id).where(
         plans.c.clerk_user_id == clerk_user_id,
         plans.c.plan_id.is_not(None),
-        # = ANY(array) rather than IN (...): one bound value, no per-call expansion of the SQL.
-        func.lower(plans.c.status) == any_(bindparam("active_plan_statuses", list(ACTIVE_PLAN_STATUSES),
-                                                     type_=ARRAY(Text))),
     )
 
 
