@@ -65,11 +65,12 @@ def test_payment_without_reference_waits_for_a_link(session_factory, pro):
     assert row.detail == ("no user: externalReference None names no Clerk user and no link is known for "
                           "customer cus_000000008773, subscription sub_m5gdy1upm25fbwgx")
     assert count(session_factory, '"SubscriptionEvent"') == 0  # no user to log it for
-    deliver(session_factory, "asaas", asaas_event("SUBSCRIPTION_CREATED"))  # carries the reference
     with session_factory() as session:
-        assert unmatched_inbox_ids_for_user(session, CLERK_ID) == [row.id]
-    _replay_here(session_factory)
+        assert unmatched_inbox_ids_for_user(session, CLERK_ID) == []  # nothing links it to the user yet
+    # Carries the reference: the link it teaches replays the waiting payment by itself.
+    deliver(session_factory, "asaas", asaas_event("SUBSCRIPTION_CREATED"))
     assert inbox_row(session_factory, row.id).detail.startswith(f"granted {PRO_CREDITS} credits of plan pro")
+    assert _replay_here(session_factory) == []
     assert count(session_factory, '"SubscriptionEvent"') == 2
 
 

@@ -20,6 +20,7 @@ from models.app import Plan
 from models.inbox import InboxStatus
 from worker.asaas_links import Owner, describe_unresolved, resolve_owner
 from worker.billing_accounts import Account, find_account
+from worker.billing_replay import replay_unmatched_for_user
 from worker.billing_times import asaas_date, asaas_timestamp
 from worker.errors import PermanentError
 from worker.handlers import Delivery, Outcome, handles
@@ -91,6 +92,9 @@ def apply_asaas_event(session: Session, delivery: Delivery) -> Outcome:
         if not documented:
             return _ignored(delivery, describe_unresolved(obj, kind))
         return Outcome.unmatched(describe_unresolved(obj, kind))
+    if owner.learned_link:
+        # Events that carried only this customer/subscription id waited as `unmatched`.
+        replay_unmatched_for_user(session, owner.clerk_user_id)
     account = find_account(session, owner.clerk_user_id)
     plan = plan_for_asaas(session, [owner.plan_key, owner.subscription_plan_key], obj.get("paymentLink"))
     event = _billing_event(delivery, obj, owner, plan)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, literal_column, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -32,6 +32,7 @@ class Owner:
     plan_key: str | None  # from the reference
     subscription_plan_key: str | None  # stored for the Asaas subscription
     found_by: str  # how, for the inbox row's detail
+    learned_link: bool = False  # this event taught a customer/subscription link not known before
 
 
 def parse_external_reference(value: object) -> Reference | None:
@@ -57,13 +58,13 @@ def resolve_owner(session: Session, obj: dict[str, Any], object_kind: str) -> Ow
     ids = asaas_ids(obj, object_kind)
     reference = parse_external_reference(obj.get("externalReference"))
     if reference is not None:
-        for kind, external_id in ids.items():
-            _remember_link(session, kind, external_id, reference)
+        learned = [_remember_link(session, kind, external_id, reference) for kind, external_id in ids.items()]
         return Owner(
             reference.clerk_user_id,
             reference.plan_key,
             _subscription_plan_key(session, ids.get("subscription")),
             "externalReference",
+            learned_link=any(learned),
         )
     for kind in ("subscription", "customer"):
         link = _link(session, kind, ids.get(kind))
@@ -85,7 +86,8 @@ def describe_unresolved(obj: dict[str, Any], object_kind: str) -> str:
     )
 
 
-def _remember_link(session: Session, kind: str, external_id: str, reference: Reference) -> None:
+def _remember_link(session: Session, kind: str, external_id: str, reference: Reference) -> bool:
+    """Store (or refresh) the link; True if it was not known before."""
     statement = insert(ProviderLink).values(
         provider=PROVIDER,
         kind=kind,
@@ -93,7 +95,7 @@ def _remember_link(session: Session, kind: str, external_id: str, reference: Ref
         clerk_user_id=reference.clerk_user_id,
         plan_key=reference.plan_key,
     )
-    session.execute(
+    inserted = session.execute(
         statement.on_conflict_do_update(
             index_elements=[ProviderLink.provider, ProviderLink.kind, ProviderLink.external_id],
             set_={
@@ -102,8 +104,9 @@ def _remember_link(session: Session, kind: str, external_id: str, reference: Ref
                 "plan_key": func.coalesce(statement.excluded.plan_key, ProviderLink.plan_key),
                 "updated_at": func.now(),
             },
-        )
-    )
+        ).returning(literal_column("xmax = 0"))  # PostgreSQL: true for an inserted row
+    ).scalar_one()
+    return bool(inserted)
 
 
 def _link(session: Session, kind: str, external_id: str | None) -> ProviderLink | None:
