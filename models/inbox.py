@@ -44,6 +44,8 @@ class WebhookInbox(Base):
             "received_at",
             postgresql_where=text("status = 'pending'"),
         ),
+        # Serves replays, which look for a user's unmatched rows (migration 0003).
+        Index("webhook_inbox_unmatched_idx", "id", postgresql_where=text("status = 'unmatched'")),
         {"schema": SERVICE_SCHEMA},
     )
 

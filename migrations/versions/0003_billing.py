@@ -40,6 +40,12 @@ def upgrade() -> None:
         sa.CheckConstraint("kind IN ('customer', 'subscription')", name="provider_links_kind_check"),
         schema=schema,
     )
+    # Replays look for a user's `unmatched` rows on every new user and every new link: keep that
+    # to the unmatched rows, not the whole (ever-growing) inbox.
+    op.create_index(
+        "webhook_inbox_unmatched_idx", "webhook_inbox", ["id"], schema=schema,
+        postgresql_where=sa.text("status = 'unmatched'"),
+    )
     op.create_index("provider_links_clerk_user_id_idx", "provider_links", ["clerk_user_id"], schema=schema)
     op.create_table(
         "payment_credits",
@@ -75,6 +81,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     schema = service_schema()
+    op.drop_index("webhook_inbox_unmatched_idx", "webhook_inbox", schema=schema)
     op.drop_table("user_plans", schema=schema)
     op.drop_table("payment_credits", schema=schema)
     op.drop_table("provider_links", schema=schema)
