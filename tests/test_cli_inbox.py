@@ -38,3 +38,19 @@ def test_replay_by_status_enqueues_and_the_worker_processes(celery_worker, sessi
 def test_replay_needs_ids_or_a_status(session_factory):
     result = CliRunner().invoke(main, ["inbox", "replay"])
     assert result.exit_code == 2 and "name inbox ids or --status" in result.output
+
+
+def test_a_payment_logged_before_its_plan_is_granted_once_replayed_by_id(session_factory):
+    from models.app import Plan
+    from tests.support.billing import add_user, asaas_event, balance
+
+    add_user(session_factory)
+    row = deliver(session_factory, "asaas", asaas_event("PAYMENT_CONFIRMED"))
+    assert row.status == "processed" and "nothing granted" in row.detail
+    with session_factory.begin() as session:
+        session.add(Plan(id="pro", asaas_id="pro", name="Pro", credits=500))
+    for _ in range(2):  # replayed twice: granted once
+        result = CliRunner().invoke(main, ["inbox", "replay", str(row.id)])
+        assert result.exit_code == 0 and f"[{row.id}]" in result.output, result.output
+    assert inbox_row(session_factory, row.id).detail.startswith("asaas payment pay_080225913252 already granted")
+    assert balance(session_factory) == 100 + 500

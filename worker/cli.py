@@ -81,7 +81,8 @@ def status() -> None:
     help="Replay every row with this status (repeatable).",
 )
 def replay(inbox_ids: tuple[int, ...], statuses: tuple[str, ...]) -> None:
-    """Put `unmatched`, `failed` or `ignored` rows back to pending and enqueue them.
+    """Put rows back to pending and enqueue them: INBOX_IDS (any status but pending, processed
+    included) and every row with a --status (unmatched, failed or ignored).
 
     Processing is idempotent: a replayed row changes nothing that was already applied.
     """
@@ -95,10 +96,10 @@ def replay(inbox_ids: tuple[int, ...], statuses: tuple[str, ...]) -> None:
         raise click.UsageError("name inbox ids or --status")
     with _session_factory()() as session:
         with session.begin():
-            ids = list(inbox_ids)
+            replayed = requeue(session, list(inbox_ids), include_processed=True)
             if statuses:
-                ids += session.scalars(select(WebhookInbox.id).where(WebhookInbox.status.in_(statuses))).all()
-            replayed = requeue(session, sorted(set(ids)))
+                ids = session.scalars(select(WebhookInbox.id).where(WebhookInbox.status.in_(statuses))).all()
+                replayed += requeue(session, list(ids))
         sent = send_follow_ups(session)
     click.echo(f"replayed {len(replayed)} row(s), enqueued {sent}: {replayed}")
 

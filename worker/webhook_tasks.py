@@ -146,15 +146,20 @@ def sweep_inbox(task: TransactionalTask) -> dict[str, int]:
     return {"requeued": len(ids)}
 
 
-def requeue(session: Session, inbox_ids: list[int]) -> list[int]:
-    """Replay: put `ignored`, `unmatched` and `failed` rows back to `pending` and enqueue them
-    after the commit. Returns the ids that were put back."""
+REPLAYABLE = (InboxStatus.IGNORED, InboxStatus.UNMATCHED, InboxStatus.FAILED)
+
+
+def requeue(session: Session, inbox_ids: list[int], *, include_processed: bool = False) -> list[int]:
+    """Replay: put `ignored`, `unmatched` and `failed` rows (and, asked by id, `processed` ones)
+    back to `pending` and enqueue them after the commit. Returns the ids that were put back.
+
+    Replaying a processed row is safe (every handler is idempotent: nothing applied is applied
+    again) and is how a row processed without effect, e.g. a payment logged before its Plan
+    existed, gets its effect once the cause is fixed."""
+    statuses = [*REPLAYABLE, InboxStatus.PROCESSED] if include_processed else list(REPLAYABLE)
     ids = session.scalars(
         update(WebhookInbox)
-        .where(
-            WebhookInbox.id.in_(inbox_ids),
-            WebhookInbox.status.in_([InboxStatus.IGNORED, InboxStatus.UNMATCHED, InboxStatus.FAILED]),
-        )
+        .where(WebhookInbox.id.in_(inbox_ids), WebhookInbox.status.in_(statuses))
         .values(status=InboxStatus.PENDING.value, last_error=None)
         .returning(WebhookInbox.id)
     ).all()
