@@ -7,7 +7,7 @@ processing them again is safe: the log, grants and reversals are all exactly onc
 
 from __future__ import annotations
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Text, and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from models.billing import ProviderLink
@@ -19,14 +19,7 @@ ASAAS_OBJECTS = ("payment", "subscription", "checkout")
 def unmatched_inbox_ids_for_user(session: Session, clerk_user_id: str) -> list[int]:
     """Unmatched rows naming this user: Clerk's payer, an Asaas externalReference, or an Asaas
     customer/subscription linked to the user."""
-    return list(session.scalars(
-        select(WebhookInbox.id)
-        .where(
-            WebhookInbox.status == InboxStatus.UNMATCHED,
-            or_(_clerk_payer_is(clerk_user_id), _asaas_reference_names(clerk_user_id), _asaas_linked_to(clerk_user_id)),
-        )
-        .order_by(WebhookInbox.id)
-    ))
+    return list(session.scalars(_UNMATCHED_FOR_USER, {"clerk_user_id": clerk_user_id}))
 
 
 def replay_unmatched_for_user(session: Session, clerk_user_id: str) -> list[int]:
@@ -35,14 +28,14 @@ def replay_unmatched_for_user(session: Session, clerk_user_id: str) -> list[int]
     return requeue(session, unmatched_inbox_ids_for_user(session, clerk_user_id))
 
 
-def _clerk_payer_is(clerk_user_id: str):
+def _clerk_payer_is(clerk_user_id):
     return and_(
         WebhookInbox.source == "clerk",
         WebhookInbox.payload[("data", "payer", "user_id")].astext == clerk_user_id,
     )
 
 
-def _asaas_reference_names(clerk_user_id: str):
+def _asaas_reference_names(clerk_user_id):
     references = [
         func.split_part(WebhookInbox.payload[(kind, "externalReference")].astext, "|", 1) == clerk_user_id
         for kind in ASAAS_OBJECTS
@@ -50,7 +43,7 @@ def _asaas_reference_names(clerk_user_id: str):
     return and_(WebhookInbox.source == "asaas", or_(*references))
 
 
-def _asaas_linked_to(clerk_user_id: str):
+def _asaas_linked_to(clerk_user_id):
     linked = select(ProviderLink.external_id).where(
         ProviderLink.provider == "asaas", ProviderLink.clerk_user_id == clerk_user_id
     )
@@ -60,3 +53,16 @@ def _asaas_linked_to(clerk_user_id: str):
                      ("subscription", "id"), ("subscription", "customer"), ("checkout", "customer"))
     ]
     return and_(WebhookInbox.source == "asaas", or_(*carried))
+
+
+# Built once, with the user as a bound parameter: every new user and every new Asaas link asks
+# this, and building the expression each time cost more than running it.
+_USER = bindparam("clerk_user_id", type_=Text)
+_UNMATCHED_FOR_USER = (
+    select(WebhookInbox.id)
+    .where(
+        WebhookInbox.status == InboxStatus.UNMATCHED.value,  # the partial index on unmatched rows
+        or_(_clerk_payer_is(_USER), _asaas_reference_names(_USER), _asaas_linked_to(_USER)),
+    )
+    .order_by(WebhookInbox.id)
+)

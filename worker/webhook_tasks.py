@@ -156,6 +156,8 @@ def requeue(session: Session, inbox_ids: list[int], *, include_processed: bool =
     Replaying a processed row is safe (every handler is idempotent: nothing applied is applied
     again) and is how a row processed without effect, e.g. a payment logged before its Plan
     existed, gets its effect once the cause is fixed."""
+    if not inbox_ids:
+        return []
     statuses = [*REPLAYABLE, InboxStatus.PROCESSED] if include_processed else list(REPLAYABLE)
     ids = session.scalars(
         update(WebhookInbox)
