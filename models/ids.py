@@ -12,7 +12,8 @@ _BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 _counter = itertools.count(secrets.randbelow(36**4))
 
 
-def _base36(number: int, width: int) -> str:
+def base36(number: int, width: int) -> str:
+    """The last `width` base-36 digits of `number`, zero-padded."""
     digits = []
     while number:
         number, rem = divmod(number, 36)
@@ -22,15 +23,15 @@ def _base36(number: int, width: int) -> str:
 
 def _fingerprint() -> str:
     host = sum(socket.gethostname().encode()) + 36
-    return _base36(os.getpid(), 2) + _base36(host, 2)
+    return base36(os.getpid(), 2) + base36(host, 2)
 
 
 def cuid() -> str:
     """25 characters: 'c', time (ms), counter, host fingerprint, randomness, as cuid v1 lays them out."""
     return (
         "c"
-        + _base36(int(time.time() * 1000), 8)
-        + _base36(next(_counter), 4)
+        + base36(int(time.time() * 1000), 8)
+        + base36(next(_counter), 4)
         + _fingerprint()
-        + _base36(secrets.randbits(64), 8)
+        + base36(secrets.randbits(64), 8)
     )

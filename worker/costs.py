@@ -1,11 +1,8 @@
 """What an operation costs a user: the explicit cost, else the user's current plan's override
 (`Plan.features[operation]`), else `AdminSettings.featureCosts[operation]`, else `UnknownCost`.
 
-A user's plan is current while `user_plans` (written by the billing handlers, worker/plans.py)
-holds a `plan_id` for them: the billing handlers are the one place that decides when a plan
-starts and ends (they clear it when a subscription ends; a past-due or canceled-until-period-end
-subscription keeps its plan), whatever the provider's status spelling (Clerk `active`, Asaas
-`CONFIRMED`...).
+A user's current plan is `worker.plans.current_plan_query`: the billing handlers are the one
+place that decides when a plan starts and ends, whatever the provider's status spelling.
 
 The cost tables change rarely and every debit reads them, so `Plan.features` and
 `AdminSettings.featureCosts` are cached in the process for CACHE_SECONDS: an edit made in the
@@ -19,13 +16,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import ColumnElement, Text, bindparam, func, select
+from sqlalchemy import Text, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from models.app import AdminSettings, OperationType, Plan
 from models.base import utcnow
-from models.billing import UserPlan
+from worker.plans import current_plan_query
 
 CACHE_SECONDS = 30.0
 ADMIN_SETTINGS_ID = "singleton"
@@ -80,16 +77,6 @@ def resolve_cost(session: Session, clerk_user_id: str, operation: OperationType,
     if operation.value in costs:
         return _valid_cost(costs[operation.value], f"AdminSettings.featureCosts[{operation.value}]")
     raise UnknownCost(f"no cost configured for {operation.value}")
-
-
-def current_plan_query(clerk_user_id: ColumnElement[str]):
-    """SELECT the user's current plan id (at most one row: one `user_plans` row per user), as a
-    Core statement on the table, so a caller can embed it in a statement of its own."""
-    plans = UserPlan.__table__
-    return select(plans.c.plan_id).where(
-        plans.c.clerk_user_id == clerk_user_id,
-        plans.c.plan_id.is_not(None),
-    )
 
 
 _CURRENT_PLAN = current_plan_query(bindparam("clerk_user_id", type_=Text))

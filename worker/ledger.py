@@ -159,11 +159,3 @@ def open_credit_balance(session: Session, user: User, credits: int, *, reference
     assert change is not None  # no floor: always applies
     return change
 
-
-def ledger_sum(session: Session, user_id: str) -> int:
-    """What the ledger says the user's balance is (the invariant's right-hand side)."""
-    total = select(func.coalesce(func.sum(CreditLedgerEntry.delta), 0)).where(
-        CreditLedgerEntry.user_id == user_id
-    )
-    return session.execute(total).scalar_one()
-

@@ -5,7 +5,7 @@ Asaas: the plan key (from `externalReference`, else the one stored for the Asaas
 matching `Plan.asaasId` or `Plan.id`, else a `Plan` whose `asaasId` is the payment link.
 
 The current plan lives in `user_plans`, moved by the latest subscription events (by provider
-time: an older event never overwrites a newer one). `current_plan` is what usage costs read.
+time: an older event never overwrites a newer one). `current_plan_query` is what usage costs read.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 from datetime import UTC, datetime
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -97,8 +97,15 @@ def record_plan_change(
     )
 
 
+def current_plan_query(clerk_user_id: ColumnElement[str]):
+    """SELECT the user's current plan id: set while the plan is in effect (cleared when it
+    ends; a past-due or canceled-until-period-end subscription keeps it), whatever the
+    provider's status spelling (Clerk `active`, Asaas `CONFIRMED`...). A Core statement on the
+    table, so the debit can embed it in a statement of its own (worker.usage, worker.costs)."""
+    plans = UserPlan.__table__
+    return select(plans.c.plan_id).where(plans.c.clerk_user_id == clerk_user_id, plans.c.plan_id.is_not(None))
+
+
 def current_plan(session: Session, clerk_user_id: str) -> Plan | None:
     """The user's current plan, or None (never subscribed, or the plan ended)."""
-    return session.scalar(
-        select(Plan).join(UserPlan, UserPlan.plan_id == Plan.id).where(UserPlan.clerk_user_id == clerk_user_id)
-    )
+    return session.scalar(select(Plan).where(Plan.id == current_plan_query(clerk_user_id).scalar_subquery()))

@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 
 from models.app import SubscriptionEvent
 from models.base import utcnow
+from models.ids import base36
 from worker.handlers import Delivery
 
-_BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 _ID_LENGTH = 25  # cuid-shaped, like every other Prisma id in the table
 
 
@@ -37,12 +37,7 @@ class BillingEvent:
 def subscription_event_id(delivery: Delivery) -> str:
     """'c' + 24 base36 digits of a hash of (source, provider event id): stable across runs."""
     digest = hashlib.sha256(f"{delivery.source}\x00{delivery.external_id}".encode()).digest()
-    number = int.from_bytes(digest, "big")
-    digits = []
-    for _ in range(_ID_LENGTH - 1):
-        number, rem = divmod(number, 36)
-        digits.append(_BASE36[rem])
-    return "c" + "".join(digits)
+    return "c" + base36(int.from_bytes(digest, "big"), _ID_LENGTH - 1)
 
 
 def log_subscription_event(

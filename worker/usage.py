@@ -35,7 +35,8 @@ from models.base import utcnow
 from models.ids import cuid
 from models.ledger import LedgerKind
 from models.usage import UsageRequest
-from worker.costs import UnknownCost, current_plan_query, resolve_cost
+from worker.costs import UnknownCost, resolve_cost
+from worker.plans import current_plan_query
 from worker.errors import LedgerKeyConflict
 from worker.ledger import change_credits
 

@@ -8,10 +8,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.inbox import WebhookInbox, record_delivery
+from models.ledger import CreditLedgerEntry
 
 PAYLOADS = Path(__file__).resolve().parents[1] / "fixtures" / "payloads"
 
@@ -56,6 +57,12 @@ def deliver(factory: sessionmaker[Session], source: str, body: dict[str, Any], e
 def inbox_row(factory: sessionmaker[Session], inbox_id: int) -> WebhookInbox:
     with factory() as session:
         return session.execute(select(WebhookInbox).where(WebhookInbox.id == inbox_id)).scalar_one()
+
+
+def ledger_sum(session: Session, user_id: str) -> int:
+    """What the ledger says the user's balance is (the invariant's right-hand side)."""
+    total = select(func.coalesce(func.sum(CreditLedgerEntry.delta), 0)).where(CreditLedgerEntry.user_id == user_id)
+    return session.execute(total).scalar_one()
 
 
 def assert_ledger_matches_balances(factory: sessionmaker[Session]) -> None:
