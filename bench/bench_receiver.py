@@ -12,7 +12,6 @@ the ratio receiver/bare, latency percentiles, and the receiver workers' memory.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics

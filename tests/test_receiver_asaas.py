@@ -17,8 +17,8 @@ from tests.support.receiver_support import (
     json_body,
     payload_bytes,
     payload_names,
-    settings_copy,
 )
+from tests.support.databases import settings_copy
 
 URL = "/webhooks/asaas"
 ALLOWED = "203.0.113.5"

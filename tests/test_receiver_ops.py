@@ -19,8 +19,8 @@ from tests.support.receiver_support import (
     down_redis_url,
     json_body,
     payload_bytes,
-    settings_copy,
 )
+from tests.support.databases import settings_copy
 
 
 def test_healthz_answers_while_the_process_is_alive(make_app, session_factory):

@@ -19,10 +19,9 @@ import httpx
 import psutil
 import psycopg
 from alembic.script import ScriptDirectory
-from sqlalchemy.engine import make_url
 import pytest
 
-from tests.support.databases import create_database, drop_database
+from tests.support.databases import create_database, drop_database, libpq_url
 from tests.support.servers import PROJECT_ROOT
 from worker.embedded_servers import free_port
 
@@ -32,10 +31,6 @@ def data_dir():
     path = PROJECT_ROOT / ".local" / f"test-run-{uuid.uuid4().hex[:8]}"
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-def _libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def _descendants(process: psutil.Process) -> list[psutil.Process]:
@@ -141,7 +136,7 @@ def test_run_uses_the_servers_it_is_given_and_migrates(data_dir, tmp_path, admin
         with _running(env, data_dir, log) as seen:
             assert "started Embedded" not in log.read_text()
         _assert_none_alive(seen)
-        with psycopg.connect(_libpq(database_url)) as conn:
+        with psycopg.connect(libpq_url(database_url)) as conn:
             heads = conn.execute("SELECT version_num FROM ingest.alembic_version").fetchall()
         assert heads == [(ScriptDirectory(str(PROJECT_ROOT / "migrations")).get_current_head(),)]
     finally:

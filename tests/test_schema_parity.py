@@ -6,18 +6,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from sqlalchemy.engine import make_url
 
 from models import migrate
-from models.settings import Settings
 from tests.support.catalog import describe_schema
-from tests.support.databases import create_database, drop_database
+from tests.support.databases import create_database, drop_database, libpq_url, settings_copy
 
 REFERENCE_DDL = Path(__file__).parent / "fixtures" / "prisma-reference.sql"
-
-
-def _libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 @pytest.fixture
@@ -34,18 +28,14 @@ def fresh_database(admin_url):
         drop_database(admin_url, url)
 
 
-def _settings_for(url: str, settings: Settings) -> Settings:
-    return Settings(**{**settings.model_dump(), "database_url": url})
-
-
 @pytest.fixture
 def migrated_and_reference(fresh_database, settings):
     reference_url = fresh_database()
-    with psycopg.connect(_libpq(reference_url), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(reference_url), autocommit=True) as conn:
         conn.execute(REFERENCE_DDL.read_text())
     migrated_url = fresh_database()
-    migrate.upgrade(_settings_for(migrated_url, settings))
-    return describe_schema(_libpq(reference_url)), describe_schema(_libpq(migrated_url))
+    migrate.upgrade(settings_copy(settings, database_url=migrated_url))
+    return describe_schema(libpq_url(reference_url)), describe_schema(libpq_url(migrated_url))
 
 
 @pytest.mark.parametrize(
@@ -83,8 +73,8 @@ def test_public_holds_no_alembic_version_table(migrated_and_reference):
 
 def test_service_schema_holds_alembic_version_and_inbox(settings, fresh_database):
     url = fresh_database()
-    migrate.upgrade(_settings_for(url, settings))
-    service = describe_schema(_libpq(url), settings.service_schema)
+    migrate.upgrade(settings_copy(settings, database_url=url))
+    service = describe_schema(libpq_url(url), settings.service_schema)
     tables = {name for name, kind in service["relations"] if kind == "r"}
     assert {"alembic_version", "webhook_inbox"} <= tables
     constraints = {row[0] for row in service["constraints"]}
@@ -95,13 +85,13 @@ def test_service_schema_holds_alembic_version_and_inbox(settings, fresh_database
 
 def test_upgrade_downgrade_upgrade_on_an_empty_database(settings, fresh_database):
     url = fresh_database()
-    target = _settings_for(url, settings)
+    target = settings_copy(settings, database_url=url)
     migrate.upgrade(target)
     migrate.downgrade(target, "base")
-    emptied = describe_schema(_libpq(url))
+    emptied = describe_schema(libpq_url(url))
     assert emptied["relations"] == [] and emptied["types"] == [] and emptied["functions"] == []
-    service = describe_schema(_libpq(url), settings.service_schema)
+    service = describe_schema(libpq_url(url), settings.service_schema)
     # Only Alembic's own (now empty) version table is left behind in the service schema.
     assert [name for name, kind in service["relations"] if kind == "r"] == ["alembic_version"]
     migrate.upgrade(target)
-    assert describe_schema(_libpq(url))["relations"]
+    assert describe_schema(libpq_url(url))["relations"]

@@ -7,9 +7,9 @@ import time
 
 import psycopg
 from sqlalchemy import select, text, update
-from sqlalchemy.engine import make_url
 
 from models.inbox import WebhookInbox
+from tests.support.databases import libpq_url
 from tests.support.inbox import inbox_row, payload, process, store
 from worker.webhook_tasks import PROCESS_MAX_RETRIES
 
@@ -67,8 +67,7 @@ def test_sweep_reenqueues_pending_rows_older_than_the_threshold(celery_worker, p
 def _hold_sync_state_lock(settings):
     """Another transaction holding the row the handler must lock: the worker's lock_timeout
     (DB_LOCK_TIMEOUT_MS) turns the wait into a transient error."""
-    url = make_url(settings.database_url.get_secret_value()).set(drivername="postgresql")
-    conn = psycopg.connect(url.render_as_string(hide_password=False))
+    conn = psycopg.connect(libpq_url(settings.database_url.get_secret_value()))
     conn.execute("INSERT INTO ingest.user_sync_state (clerk_user_id, last_updated_at_ms) VALUES (%s, 0)", (CLERK_ID,))
     conn.commit()
     conn.execute("SELECT 1 FROM ingest.user_sync_state WHERE clerk_user_id = %s FOR UPDATE", (CLERK_ID,))

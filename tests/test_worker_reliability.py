@@ -10,18 +10,13 @@ import uuid
 import psycopg
 import pytest
 from sqlalchemy import text, update
-from sqlalchemy.engine import make_url
 
 from models.inbox import WebhookInbox
 from tests.support.celery_worker import WorkerProcess
+from tests.support.databases import libpq_url
 from tests.support.inbox import inbox_row, payload, process, store
 
 CLERK_ID = "user_29w83sxmDNGwOuEthce5gg56FcC"
-
-
-def _libpq(settings) -> str:
-    url = make_url(settings.database_url.get_secret_value()).set(drivername="postgresql")
-    return url.render_as_string(hide_password=False)
 
 
 @pytest.fixture
@@ -37,7 +32,7 @@ def stalled_task(settings, session_factory, producer, queue_name):
     DB_LOCK_TIMEOUT_MS here), so the task is mid-flight when the test kills the worker.
     """
     inbox_id = store(session_factory, "clerk", payload("clerk/user.created"))
-    holder = psycopg.connect(_libpq(settings))
+    holder = psycopg.connect(libpq_url(settings.database_url.get_secret_value()))
     holder.execute("INSERT INTO ingest.user_sync_state (clerk_user_id, last_updated_at_ms) VALUES (%s, 0)", (CLERK_ID,))
     holder.commit()
     holder.execute("SELECT 1 FROM ingest.user_sync_state WHERE clerk_user_id = %s FOR UPDATE", (CLERK_ID,))
@@ -54,7 +49,7 @@ def stalled_task(settings, session_factory, producer, queue_name):
 
 def _wait_for_a_lock_waiter(settings, timeout=30):
     # A connection of its own, in autocommit: pg_stat_activity is a snapshot per transaction.
-    with psycopg.connect(_libpq(settings), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(settings.database_url.get_secret_value()), autocommit=True) as conn:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if _lock_waiters(conn):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 import uuid
 from contextlib import ExitStack
 
@@ -15,7 +16,8 @@ from models import migrate
 from models.settings import Settings, load_settings
 
 
-def _libpq_url(url: str) -> str:
+def libpq_url(url: str) -> str:
+    """The URL as libpq (plain psycopg) takes it: no SQLAlchemy driver name."""
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
@@ -26,14 +28,14 @@ def with_database(url: str, name: str) -> str:
 def create_database(admin_url: str, prefix: str = "pw_test") -> str:
     """Create an empty database with a unique name; return its URL."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(_libpq_url(admin_url), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return with_database(admin_url, name)
 
 
 def drop_database(admin_url: str, url: str) -> None:
     name = make_url(url).database
-    with psycopg.connect(_libpq_url(admin_url), autocommit=True) as conn:
+    with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
@@ -65,3 +67,8 @@ def scratch_environment(stack: ExitStack, **environ: str) -> tuple[Settings, str
     settings = load_settings()
     migrate.upgrade(settings)
     return settings, redis_base, database_url
+
+
+def settings_copy(settings: Settings, **changes: Any) -> Settings:
+    """`settings` with some fields changed (validated again, so URLs are normalised)."""
+    return Settings(**{**settings.model_dump(), **changes})

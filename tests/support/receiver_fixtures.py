@@ -19,7 +19,8 @@ from flask.testing import FlaskClient
 
 from models.settings import Settings
 from receiver.app import EXTENSION, create_app
-from tests.support.receiver_support import QueuedTask, queued_tasks, settings_copy
+from tests.support.databases import settings_copy
+from tests.support.receiver_support import QueuedTask, queued_tasks
 
 
 @pytest.fixture

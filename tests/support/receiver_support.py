@@ -21,7 +21,6 @@ from werkzeug.test import EnvironBuilder, run_wsgi_app
 from svix.webhooks import Webhook
 
 from models.inbox import WebhookInbox
-from models.settings import Settings
 from tests.conftest import ASAAS_TEST_TOKEN, CLERK_TEST_SECRET
 
 PAYLOADS = Path(__file__).resolve().parents[1] / "fixtures" / "payloads"
@@ -91,11 +90,6 @@ def queued_tasks(client: redis.Redis, queue: str = QUEUE) -> list[QueuedTask]:
         args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
         tasks.append(QueuedTask(envelope["headers"]["task"], args, kwargs))
     return tasks
-
-
-def settings_copy(settings: Settings, **changes: Any) -> Settings:
-    """`settings` with some fields changed (the pattern of tests/test_schema_parity.py)."""
-    return Settings(**{**settings.model_dump(), **changes})
 
 
 def unused_port() -> int:
