@@ -32,7 +32,7 @@ import psutil  # noqa: E402
 from svix.webhooks import Webhook  # noqa: E402
 
 from tests.support.databases import scratch_environment  # noqa: E402
-from worker.embedded_servers import free_port  # noqa: E402
+from worker.dev.embedded_servers import free_port  # noqa: E402
 
 SECRET = "whsec_" + "YmVuY2gtc2VjcmV0LWZvci1wZWRyby13ZWJob29rcw=="
 BODY = (ROOT / "tests/fixtures/payloads/clerk/user.created.json").read_text()

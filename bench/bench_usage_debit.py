@@ -6,7 +6,7 @@ Creates its own database (migrated) and claims its own Redis database numbers, s
 `celery worker` (prefork) on the `usage` queue, measures, and removes everything again:
 1. usage.debit through the broker, spread over users, and on one user (row contention);
 2. a no-op Celery task (`celery.accumulate`) with the same settings: Celery's own per-task cost;
-3. the same debit transaction (worker.usage.debit) in a plain loop in this process, no Celery;
+3. the same debit transaction (worker.usage.debits.debit) in a plain loop in this process, no Celery;
 4. the same SQL written by hand and run with psycopg alone in a loop (no SQLAlchemy): what the
    database and the driver cost, the floor for figure 3.
 Not part of the test suite (pytest collects tests/ only).
@@ -37,7 +37,7 @@ from models.ids import cuid  # noqa: E402
 from tests.support.celery_worker import WorkerProcess  # noqa: E402
 from tests.support.databases import scratch_environment  # noqa: E402
 from tests.support.usage import make_user  # noqa: E402
-from worker import usage  # noqa: E402
+from worker.usage import debits  # noqa: E402
 from worker.celery_config import USAGE_QUEUE, create_producer  # noqa: E402
 from worker.client import UsageClient  # noqa: E402
 
@@ -64,8 +64,8 @@ def plain_loop(factory, users: list[str], count: int, prefix: str) -> Counter:
     statuses: Counter = Counter()
     for n in range(count):
         with factory.begin() as session:
-            request = usage.DebitRequest(users[n % len(users)], "AI_TEXT_CHAT", f"{prefix}-{n}", cost=1)
-            statuses[usage.debit(session, request)["status"]] += 1
+            request = debits.DebitRequest(users[n % len(users)], "AI_TEXT_CHAT", f"{prefix}-{n}", cost=1)
+            statuses[debits.debit(session, request)["status"]] += 1
     return statuses
 
 

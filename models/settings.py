@@ -8,7 +8,7 @@ echoes its value (several of them are secrets).
 from __future__ import annotations
 
 import re
-from functools import cached_property
+from functools import cache, cached_property
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -89,6 +89,13 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+
+
+@cache
+def process_settings() -> Settings:
+    """This process's settings: read from the environment on first use (never at import), then
+    kept. Worker code (the engine, domain rules such as the signup credits) reads them here."""
+    return load_settings()
 
 
 def _describe(exc: ValidationError) -> str:

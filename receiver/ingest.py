@@ -25,12 +25,9 @@ from models.db import transaction
 from models.inbox import Source, record_delivery
 from models.settings import Settings
 from receiver.errors import Rejected
-from worker.celery_config import create_producer
+from worker.celery_config import INGEST_WEBHOOK_TASK, PROCESS_WEBHOOK_TASK, create_producer
 
 log = logging.getLogger(__name__)
-
-PROCESS_TASK = "webhooks.process"
-INGEST_TASK = "webhooks.ingest"
 
 _READ_CHUNK = 64 * 1024
 
@@ -214,7 +211,7 @@ class Inbox:
             return Outcome("duplicate")
         # Enqueued only after the commit: a worker must never look for a row that is not there.
         try:
-            self._send(PROCESS_TASK, {"inbox_id": inbox_id})
+            self._send(PROCESS_WEBHOOK_TASK, {"inbox_id": inbox_id})
         except BROKER_ERRORS as exc:
             # Still a 200: the row is committed as `pending` and `inbox.sweep` re-enqueues it.
             log.warning(
@@ -227,7 +224,7 @@ class Inbox:
 
     def _queue_for_ingest(self, delivery: Delivery) -> Outcome:
         try:
-            self._send(INGEST_TASK, delivery.task_kwargs())
+            self._send(INGEST_WEBHOOK_TASK, delivery.task_kwargs())
         except BROKER_ERRORS as exc:
             log.error(
                 "webhook.unavailable source=%s error=%s", delivery.source, type(exc).__name__

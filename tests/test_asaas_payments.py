@@ -23,7 +23,7 @@ from tests.support.billing import (
     subscription_events,
 )
 from tests.support.inbox import deliver, inbox_row, process, store
-from worker.plans import current_plan
+from worker.plans.current_plan import current_plan
 
 PRO_CREDITS = 500
 GRANT = ("grant", PRO_CREDITS, "asaas payment pay_080225913252 (Pro)")

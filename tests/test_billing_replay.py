@@ -21,7 +21,8 @@ from tests.support.billing import (
     subscription_events,
 )
 from tests.support.inbox import clerk_user_event, deliver, inbox_row, process, store
-from worker.billing_replay import replay_unmatched_for_user, unmatched_inbox_ids_for_user
+from worker.billing.waiting_events import unmatched_inbox_ids_for_user
+from worker.inbox.replay import replay_waiting_for_user
 
 PRO_CREDITS = 500
 
@@ -34,7 +35,7 @@ def pro(session_factory) -> str:
 def _replay_here(session_factory, clerk_id=CLERK_ID) -> list[int]:
     """Replay and process in this process (no broker in these tests)."""
     with session_factory.begin() as session:
-        ids = replay_unmatched_for_user(session, clerk_id)
+        ids = replay_waiting_for_user(session, clerk_id)
         session.info["after_commit"] = []  # the requeue's messages: processed below instead
     for inbox_id in ids:
         process(inbox_id)

@@ -21,7 +21,7 @@ from tests.support.billing import (
     subscription_events,
 )
 from tests.support.inbox import deliver, process
-from worker.plans import current_plan
+from worker.plans.current_plan import current_plan
 
 PRO_CREDITS = 2000
 

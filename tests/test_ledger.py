@@ -12,7 +12,7 @@ from models.app import CreditBalance, User
 from models.ledger import CreditLedgerEntry, LedgerKind
 from tests.support.inbox import assert_ledger_matches_balances, ledger_sum
 from worker.errors import LedgerKeyConflict
-from worker.ledger import change_credits, open_credit_balance
+from worker.credits.ledger import change_credits, open_credit_balance
 
 
 def _new_user(session, clerk_id="user_l", credits=100) -> CreditBalance:

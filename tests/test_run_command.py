@@ -23,7 +23,7 @@ import pytest
 
 from tests.support.databases import create_database, drop_database, libpq_url
 from tests.support.servers import PROJECT_ROOT
-from worker.embedded_servers import free_port
+from worker.dev.embedded_servers import free_port
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from models.app import StorageObject
 from tests.support.usage import count_rows, make_user
-from worker import storage
+from worker.usage import storage
 from worker.client import UsageClient
 
 BLOB = {"url": "https://blob.example/u/a.png", "pathname": "u/a.png", "name": "a.png", "size": 10,

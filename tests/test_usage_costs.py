@@ -10,7 +10,7 @@ from models.app import AdminSettings, Plan
 from models.billing import UserPlan
 from tests.support.inbox import deliver, payload
 from tests.support.usage import balance, debit, make_user, put_on_plan, set_feature_costs
-from worker import costs
+from worker.usage import costs
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ from tests.support.inbox import assert_ledger_matches_balances
 from tests.support.usage import (
     balance, count_rows, debit, ledger_deltas, make_user, stored_status, usage_credits,
 )
-from worker import costs, usage
+from worker.usage import costs, debits, refunds, requests
 
 
 @pytest.fixture(autouse=True)
@@ -74,7 +74,7 @@ def test_an_inactive_user_cannot_spend(session_factory):
 
 
 def test_unknown_user_waits_then_is_final(session_factory):
-    with pytest.raises(usage.NotYetKnown):
+    with pytest.raises(requests.NotYetKnown):
         debit_not_final(session_factory)
     assert stored_status(session_factory, "k1") is None  # rolled back: free for the retry
     assert debit(session_factory, "k1", clerk_user_id="user_ghost")["status"] == "unknown_user"
@@ -83,7 +83,7 @@ def test_unknown_user_waits_then_is_final(session_factory):
 
 def debit_not_final(factory):
     with factory.begin() as session:
-        usage.debit(session, usage.DebitRequest("user_ghost", "AI_TEXT_CHAT", "k1"), final=False)
+        debits.debit(session, debits.DebitRequest("user_ghost", "AI_TEXT_CHAT", "k1"), final=False)
 
 
 @pytest.mark.parametrize(
@@ -103,5 +103,5 @@ def test_outcome_reports_the_stored_answer_or_unknown(session_factory):
     make_user(session_factory)
     applied = debit(session_factory, "k1", cost=2)
     with session_factory() as session:
-        assert usage.outcome(session, "k1") == {**applied, "kind": "debit"}
-        assert usage.outcome(session, "never-sent")["status"] == "unknown"
+        assert requests.outcome(session, "k1") == {**applied, "kind": "debit"}
+        assert requests.outcome(session, "never-sent")["status"] == "unknown"

@@ -6,7 +6,7 @@ import pytest
 
 from tests.support.inbox import assert_ledger_matches_balances
 from tests.support.usage import balance, debit, ledger_deltas, make_user, refund, usage_credits
-from worker import costs, usage
+from worker.usage import costs, debits, refunds, requests
 
 
 @pytest.fixture(autouse=True)
@@ -55,8 +55,8 @@ def test_a_debit_that_did_not_apply_has_nothing_to_refund(session_factory):
 
 def test_a_refund_of_an_unknown_or_foreign_debit(session_factory):
     make_user(session_factory, "user_b")
-    with pytest.raises(usage.NotYetKnown), session_factory.begin() as session:
-        usage.refund(session, usage.RefundRequest("user_a", "r1", "not-yet"), final=False)
+    with pytest.raises(requests.NotYetKnown), session_factory.begin() as session:
+        refunds.refund(session, refunds.RefundRequest("user_a", "r1", "not-yet"), final=False)
     assert refund(session_factory, "r1", "not-yet")["status"] == "unknown_debit"
     assert refund(session_factory, "r2", "d1", clerk_user_id="user_b")["status"] == "unknown_debit"
     assert balance(session_factory) == 90

@@ -13,9 +13,9 @@ from models.settings import load_settings
 from tests.support.databases import create_database, drop_database
 from tests.support.inbox import assert_ledger_matches_balances, ledger_sum
 from tests.support.usage import balance, debit, make_user, refund, set_feature_costs
-from worker import costs
+from worker.usage import costs
 from worker.errors import LedgerKeyConflict
-from worker.ledger import change_credits, open_credit_balance
+from worker.credits.ledger import change_credits, open_credit_balance
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ from sqlalchemy import select, text, update
 from models.inbox import WebhookInbox
 from tests.support.databases import libpq_url
 from tests.support.inbox import inbox_row, payload, process, store
-from worker.webhook_tasks import PROCESS_MAX_RETRIES
+from worker.inbox.tasks import PROCESS_MAX_RETRIES
 
 CLERK_ID = "user_29w83sxmDNGwOuEthce5gg56FcC"
 
@@ -91,7 +91,7 @@ def test_transient_errors_retry_then_end_in_the_dead_letter(session_factory, set
 
 
 def test_a_failed_row_can_be_replayed(session_factory, settings):
-    from worker.webhook_tasks import requeue
+    from worker.inbox.replay import requeue
 
     inbox_id = store(session_factory, "clerk", payload("clerk/user.created"))
     holder = _hold_sync_state_lock(settings)

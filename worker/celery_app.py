@@ -12,7 +12,7 @@ from celery import Celery
 from models.settings import load_settings
 from worker.celery_config import celery_config
 
-TASK_MODULES = ["worker.webhook_tasks", "worker.usage_tasks"]
+TASK_MODULES = ["worker.inbox.tasks", "worker.usage.tasks"]
 
 app = Celery("pedro_webhooks", include=TASK_MODULES)
 app.add_defaults(lambda: celery_config(load_settings()))

@@ -13,6 +13,12 @@ from models.settings import Settings
 WEBHOOKS_QUEUE = "webhooks"
 USAGE_QUEUE = "usage"
 
+# Task names: the public interface of the workers. Producers (the receiver, other services, the
+# pipeline's own follow-ups) send by name and never import task code.
+PROCESS_WEBHOOK_TASK = "webhooks.process"
+INGEST_WEBHOOK_TASK = "webhooks.ingest"
+SWEEP_INBOX_TASK = "inbox.sweep"
+
 # The longest a task may run, and the longest countdown a retry may ask for. Redis re-delivers
 # an unacked message after `visibility_timeout`; it must be well above both, or a slow task
 # (or a task waiting out its retry countdown) would be handed to a second worker.
@@ -59,7 +65,7 @@ def celery_config(settings: Settings) -> dict:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "beat_schedule": {
-            "inbox-sweep": {"task": "inbox.sweep", "schedule": settings.sweep_interval_seconds},
+            "inbox-sweep": {"task": SWEEP_INBOX_TASK, "schedule": settings.sweep_interval_seconds},
         },
         "timezone": "UTC",
         "enable_utc": True,

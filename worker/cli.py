@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import logging
-import os
-import secrets
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import click
@@ -89,8 +83,9 @@ def replay(inbox_ids: tuple[int, ...], statuses: tuple[str, ...]) -> None:
     from sqlalchemy import select
 
     from models.inbox import WebhookInbox
+    from worker.celery_app import app
+    from worker.inbox.replay import requeue
     from worker.task_base import send_follow_ups
-    from worker.webhook_tasks import requeue
 
     if not inbox_ids and not statuses:
         raise click.UsageError("name inbox ids or --status")
@@ -100,7 +95,7 @@ def replay(inbox_ids: tuple[int, ...], statuses: tuple[str, ...]) -> None:
             if statuses:
                 ids = session.scalars(select(WebhookInbox.id).where(WebhookInbox.status.in_(statuses))).all()
                 replayed += requeue(session, list(ids))
-        sent = send_follow_ups(session)
+        sent = send_follow_ups(session, app)
     click.echo(f"replayed {len(replayed)} row(s), enqueued {sent}: {replayed}")
 
 
@@ -125,87 +120,19 @@ def run(data_dir: Path, procfile: str) -> None:
     When DATABASE_URL / REDIS_URL are not set, an embedded PostgreSQL / Redis-compatible server
     is started first (data in DATA_DIR) and stopped again when this command ends.
     """
+    from worker.dev import local_run
+
     started: list = []
     try:
-        _start_missing_servers(data_dir, started)
-        secrets_file = _ensure_local_secrets(data_dir)
+        local_run.start_missing_servers(data_dir, started)
+        secrets_file = local_run.ensure_local_secrets(data_dir)
         migrate.upgrade(_settings_or_exit())
-        _print_where_to_look(secrets_file)
-        _run_honcho(procfile)
+        local_run.print_where_to_look(secrets_file)
+        local_run.run_honcho(procfile)
     finally:
         for server in reversed(started):
             click.echo(f"stopping {type(server).__name__}", err=True)
             server.stop()
-
-
-def _start_missing_servers(data_dir: Path, started: list) -> None:
-    from worker.embedded_servers import EmbeddedPostgres, EmbeddedRedis
-
-    for variable, server_class, folder in (
-        ("DATABASE_URL", EmbeddedPostgres, "postgres"),
-        ("REDIS_URL", EmbeddedRedis, "redis"),
-    ):
-        if os.environ.get(variable):
-            continue
-        server = server_class(data_dir / folder)
-        started.append(server)
-        os.environ[variable] = server.start()
-        click.echo(f"started {server_class.__name__} for {variable} on port {server.port}", err=True)
-
-
-def _ensure_local_secrets(data_dir: Path) -> Path | None:
-    """Give a local run webhook secrets (and Flower credentials) of its own when none are set.
-
-    They are kept in DATA_DIR/local-secrets.env (mode 600) and never printed: point a local
-    sender (or the tests' signer) at that file.
-    """
-    wanted = ("CLERK_WEBHOOK_SIGNING_SECRET", "ASAAS_WEBHOOK_TOKEN", "FLOWER_BASIC_AUTH")
-    if all(os.environ.get(name) for name in wanted):
-        return None
-    path = data_dir / "local-secrets.env"
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        clerk = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
-        path.write_text(
-            f"CLERK_WEBHOOK_SIGNING_SECRET={clerk}\n"
-            f"ASAAS_WEBHOOK_TOKEN={secrets.token_urlsafe(24)}\n"
-            f"FLOWER_BASIC_AUTH=ops:{secrets.token_urlsafe(12)}\n"
-        )
-        path.chmod(0o600)
-    for line in path.read_text().splitlines():
-        name, _, value = line.partition("=")
-        if name in wanted and not os.environ.get(name):
-            os.environ[name] = value
-    click.echo(f"secrets not set: using the local ones in {path}", err=True)
-    return path
-
-
-def _print_where_to_look(secrets_file: Path | None) -> None:
-    port = os.environ.get("PORT", "5000")  # honcho gives the first process (web) this port
-    flower = f"http://{os.environ.get('FLOWER_ADDRESS', '127.0.0.1')}:{os.environ.get('FLOWER_PORT', '5555')}"
-    login = f"FLOWER_BASIC_AUTH in {secrets_file}" if secrets_file else "FLOWER_BASIC_AUTH"
-    click.echo(f"receiver: http://127.0.0.1:{port}/webhooks/clerk and /webhooks/asaas", err=True)
-    click.echo(f"Flower: {flower} (log in with the user:password of {login})", err=True)
-
-
-def _run_honcho(procfile: str) -> None:
-    # The Procfile names console scripts (celery, gunicorn) installed beside this interpreter;
-    # put them on PATH even when the virtualenv is not activated.
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    honcho = subprocess.Popen([sys.executable, "-m", "honcho", "start", "-f", procfile], env=env)
-
-    def forward(signum: int, _frame: object) -> None:
-        honcho.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    while True:
-        try:
-            honcho.wait()
-            return
-        except KeyboardInterrupt:
-            # Ctrl-C reached honcho too (same process group); wait for it to stop its children.
-            continue
 
 
 def _settings_or_exit():

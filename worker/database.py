@@ -14,25 +14,17 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import make_engine, make_session_factory
-from models.settings import Settings, load_settings
+from models.settings import process_settings
 
 _pid: int | None = None
 _engine: Engine | None = None
 _factory: sessionmaker[Session] | None = None
-_settings: Settings | None = None
-
-
-def settings() -> Settings:
-    global _settings
-    if _settings is None:
-        _settings = load_settings()
-    return _settings
 
 
 def session_factory() -> sessionmaker[Session]:
     global _pid, _engine, _factory
     if _factory is None or _pid != os.getpid():
-        _engine = make_engine(settings(), pool_size=2, max_overflow=2)
+        _engine = make_engine(process_settings(), pool_size=2, max_overflow=2)
         _factory = make_session_factory(_engine)
         _pid = os.getpid()
     return _factory

@@ -2,9 +2,10 @@
 
 The task function (bound: `bind=True`) reads its session as `task.session` and never commits:
 the base class commits when the function returns and rolls back when it raises. (The session is
-not passed as an argument: Celery re-sends a task's own arguments when it retries.) Tasks it wants sent next are
-handed to `send_after_commit` and go out only once the transaction committed, so a worker never
-enqueues work for rows that were rolled back.
+not passed as an argument: Celery re-sends a task's own arguments when it retries.) Tasks it
+wants sent next are handed to `send_after_commit`, by name, and go out only once the transaction
+committed, so a worker never enqueues work for rows that were rolled back. Sending by name means
+the code that asks for a follow-up never imports the task module that defines it.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from __future__ import annotations
 import logging
 from contextvars import ContextVar
 
-from celery import Task
-from celery.canvas import Signature
+from typing import Any
+
+from celery import Celery, Task
 from sqlalchemy.orm import Session
 
 from worker.database import session_factory
@@ -23,22 +25,25 @@ log = logging.getLogger(__name__)
 _AFTER_COMMIT = "after_commit"
 
 
-def send_after_commit(session: Session, signature: Signature) -> None:
-    session.info.setdefault(_AFTER_COMMIT, []).append(signature)
+def send_after_commit(session: Session, task_name: str, **kwargs: Any) -> None:
+    """Send task `task_name` with `kwargs` once the session's transaction has committed."""
+    session.info.setdefault(_AFTER_COMMIT, []).append((task_name, kwargs))
 
 
-def send_follow_ups(session: Session) -> int:
-    """Send the tasks handed to `send_after_commit`; call once the transaction committed.
-    Returns how many went out."""
+def send_follow_ups(session: Session, app: Celery) -> int:
+    """Send the tasks handed to `send_after_commit` through `app`; call once the transaction
+    committed. Returns how many went out."""
     sent = 0
-    for signature in session.info.pop(_AFTER_COMMIT, []):
+    for task_name, kwargs in session.info.pop(_AFTER_COMMIT, []):
         try:
-            signature.apply_async()
+            # A signature by name: the registered task's own apply_async when `app` has it
+            # (so an eager test app runs it in place), else a plain send by name.
+            app.signature(task_name, kwargs=kwargs).apply_async()
             sent += 1
         except Exception:
             # The work is committed; a lost follow-up for an inbox row is recovered by
             # inbox.sweep, which re-enqueues rows left pending.
-            log.exception("could not enqueue follow-up task %s", signature.task)
+            log.exception("could not enqueue follow-up task %s", task_name)
     return sent
 
 
@@ -61,5 +66,5 @@ class TransactionalTask(Task):
                     result = super().__call__(*args, **kwargs)
             finally:
                 _current_session.reset(token)
-            send_follow_ups(session)
+            send_follow_ups(session, self.app)
         return result

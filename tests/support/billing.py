@@ -13,8 +13,8 @@ from models.app import CreditBalance, Plan, SubscriptionEvent
 from models.inbox import WebhookInbox
 from models.ledger import CreditLedgerEntry
 from tests.support.inbox import assert_ledger_matches_balances, clerk_user_event, deliver, payload
-from worker.handlers import Delivery
-from worker.subscription_events import subscription_event_id
+from worker.registry import Delivery
+from worker.billing.subscription_log import subscription_event_id
 
 CLERK_ID = "user_29w83sxmDNGwOuEthce5gg56FcC"  # the payer / externalReference of the fixtures
 SIGNUP = 100

@@ -42,7 +42,7 @@ def store(factory: sessionmaker[Session], source: str, body: dict[str, Any], ext
 
 def process(inbox_id: int, **options: Any) -> dict[str, Any]:
     """Run `webhooks.process` in this process (Celery's eager path: same task code, same DB)."""
-    from worker.webhook_tasks import process_webhook
+    from worker.inbox.tasks import process_webhook
 
     result = process_webhook.apply(kwargs={"inbox_id": inbox_id}, **options)
     return result.get(propagate=False)

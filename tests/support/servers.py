@@ -32,7 +32,7 @@ def postgres_admin_url(stack: ExitStack) -> str:
         return url
     if _answers("127.0.0.1", 5432):
         return "postgresql://postgres@127.0.0.1:5432/postgres"
-    from worker.embedded_servers import EmbeddedPostgres
+    from worker.dev.embedded_servers import EmbeddedPostgres
 
     server = EmbeddedPostgres(_scratch_dir(stack, "postgres"))
     url = server.start()
@@ -46,7 +46,7 @@ def redis_base_url(stack: ExitStack) -> str:
         return url.rstrip("/").rsplit("/", 1)[0] if url.count("/") > 2 else url
     if _answers("127.0.0.1", 6379):
         return "redis://127.0.0.1:6379"
-    from worker.embedded_servers import EmbeddedRedis
+    from worker.dev.embedded_servers import EmbeddedRedis
 
     server = EmbeddedRedis(_scratch_dir(stack, "redis"))
     url = server.start()

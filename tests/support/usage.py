@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.app import AdminSettings, CreditBalance, Plan, User
 from models.billing import UserPlan
 from models.usage import UsageRequest
-from worker import usage
-from worker.ledger import open_credit_balance
+from worker.usage import debits, refunds
+from worker.credits.ledger import open_credit_balance
 
 Factory = sessionmaker[Session]
 
@@ -31,12 +31,12 @@ def debit(factory: Factory, key: str, clerk_user_id: str = "user_a", operation: 
           **fields: Any) -> dict[str, Any]:
     """One debit in its own transaction, as the `usage.debit` task runs it."""
     with factory.begin() as session:
-        return usage.debit(session, usage.DebitRequest(clerk_user_id, operation, key, **fields))
+        return debits.debit(session, debits.DebitRequest(clerk_user_id, operation, key, **fields))
 
 
 def refund(factory: Factory, key: str, refund_of: str, clerk_user_id: str = "user_a", **fields: Any) -> dict[str, Any]:
     with factory.begin() as session:
-        return usage.refund(session, usage.RefundRequest(clerk_user_id, key, refund_of, **fields))
+        return refunds.refund(session, refunds.RefundRequest(clerk_user_id, key, refund_of, **fields))
 
 
 def set_feature_costs(factory: Factory, costs: dict[str, Any]) -> None:

@@ -15,13 +15,14 @@ from sqlalchemy.orm import Session
 
 from models.app import Plan
 from models.inbox import InboxStatus
-from worker.billing_accounts import Account, find_account
-from worker.billing_times import clerk_epoch
+from worker.billing.accounts import Account, find_account
+from worker.billing.provider_times import clerk_epoch
+from worker.billing.subscription_log import BillingEvent, log_subscription_event
+from worker.credits.grants_and_reversals import Payment, grant_payment
 from worker.errors import PermanentError
-from worker.handlers import Delivery, Outcome, handles
-from worker.payment_credits import Payment, grant_payment
-from worker.plans import PlanChange, plan_for_clerk, record_plan_change
-from worker.subscription_events import BillingEvent, log_subscription_event
+from worker.plans.catalog import plan_for_clerk
+from worker.plans.current_plan import PlanChange, record_plan_change
+from worker.registry import Delivery, Outcome, handles
 
 PROVIDER = "clerk"
 

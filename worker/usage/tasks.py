@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from worker import storage, usage
+from worker.usage import debits, refunds, requests, storage
 from worker.celery_app import app
 from worker.errors import TRANSIENT_ERRORS
 from worker.task_base import TransactionalTask
@@ -50,7 +50,7 @@ def run_or_wait(task: TransactionalTask, wait_for_user: float, attempt: Callable
     final = waited(tries) >= min(max(wait_for_user, 0), MAX_USER_WAIT_SECONDS)
     try:
         return attempt(final)
-    except usage.NotYetKnown:
+    except requests.NotYetKnown:
         raise task.retry(countdown=retry_delay(tries)) from None
 
 
@@ -58,21 +58,21 @@ def run_or_wait(task: TransactionalTask, wait_for_user: float, attempt: Callable
 def debit(task: TransactionalTask, clerk_user_id: str, operation: str, idempotency_key: str,
           cost: int | None = None, details: dict[str, Any] | None = None,
           wait_for_user: float = USER_WAIT_SECONDS) -> dict[str, Any]:
-    request = usage.DebitRequest(clerk_user_id, operation, idempotency_key, cost, details)
-    return run_or_wait(task, wait_for_user, lambda final: usage.debit(task.session, request, final=final))
+    request = debits.DebitRequest(clerk_user_id, operation, idempotency_key, cost, details)
+    return run_or_wait(task, wait_for_user, lambda final: debits.debit(task.session, request, final=final))
 
 
 @app.task(name="usage.refund", **TASK_OPTIONS)
 def refund(task: TransactionalTask, clerk_user_id: str, idempotency_key: str, refund_of: str,
            credits: int | None = None, details: dict[str, Any] | None = None,
            wait_for_user: float = USER_WAIT_SECONDS) -> dict[str, Any]:
-    request = usage.RefundRequest(clerk_user_id, idempotency_key, refund_of, credits, details)
-    return run_or_wait(task, wait_for_user, lambda final: usage.refund(task.session, request, final=final))
+    request = refunds.RefundRequest(clerk_user_id, idempotency_key, refund_of, credits, details)
+    return run_or_wait(task, wait_for_user, lambda final: refunds.refund(task.session, request, final=final))
 
 
 @app.task(name="usage.outcome", **TASK_OPTIONS)
 def outcome(task: TransactionalTask, idempotency_key: str) -> dict[str, Any]:
-    return usage.outcome(task.session, idempotency_key)
+    return requests.outcome(task.session, idempotency_key)
 
 
 @app.task(name="storage.record", **TASK_OPTIONS)

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from models.app import SubscriptionEvent
 from models.base import utcnow
 from models.ids import base36
-from worker.handlers import Delivery
+from worker.registry import Delivery
 
 _ID_LENGTH = 25  # cuid-shaped, like every other Prisma id in the table
 

@@ -20,12 +20,11 @@ from sqlalchemy.orm import Session
 from models.app import CreditBalance, User
 from models.base import utcnow
 from models.ids import cuid
+from models.settings import process_settings
 from models.user_sync import UserSyncState
-from worker import database
-from worker.billing_replay import replay_unmatched_for_user
+from worker.credits.ledger import open_credit_balance
 from worker.errors import PermanentError
-from worker.handlers import Delivery, Outcome, handles
-from worker.ledger import open_credit_balance
+from worker.registry import Delivery, Outcome, handles
 
 
 @handles("clerk", "user.created", "user.updated")
@@ -41,12 +40,11 @@ def sync_user(session: Session, delivery: Delivery) -> Outcome:
     email = _claimable_email(session, primary_email(data), clerk_id, deleted=deleted)
     user = _upsert_user(session, clerk_id, email=email, name=display_name(data), deleted=deleted)
     if session.scalar(select(CreditBalance.id).where(CreditBalance.user_id == user.id)) is None:
-        credits = database.settings().signup_credits
+        credits = process_settings().signup_credits
         open_credit_balance(session, user, credits, reference=f"clerk {delivery.external_id}")
-        # Billing events that arrived before the user waited as `unmatched`: run them now.
-        replayed = replay_unmatched_for_user(session, clerk_id)
-        note = f"; replaying {len(replayed)} unmatched billing event(s)" if replayed else ""
-        return Outcome.processed(f"user created with {credits} signup credits{note}")
+        # Billing events that arrived before the user waited as `unmatched`: the pipeline
+        # replays them once this commits.
+        return Outcome.processed(f"user created with {credits} signup credits", unblocks_user=clerk_id)
     return Outcome.processed("user deleted in Clerk: kept inactive" if deleted else None)
 
 

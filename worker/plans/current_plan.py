@@ -1,8 +1,4 @@
-"""Which `Plan` a billing event is for, and each user's current plan.
-
-Clerk: `Plan.clerkId` equals the item's plan id, else `Plan.clerkName` equals its slug.
-Asaas: the plan key (from `externalReference`, else the one stored for the Asaas subscription)
-matching `Plan.asaasId` or `Plan.id`, else a `Plan` whose `asaasId` is the payment link.
+"""Each user's current plan: moved by the billing handlers, read by usage costs.
 
 The current plan lives in `user_plans`, moved by the latest subscription events (by provider
 time: an older event never overwrites a newer one). `current_plan_query` is what usage costs read.
@@ -13,44 +9,12 @@ from __future__ import annotations
 import enum
 from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from models.app import Plan
 from models.billing import UserPlan
-
-
-def plan_for_clerk(session: Session, plan_id: str | None, slug: str | None) -> Plan | None:
-    if plan_id:
-        plan = session.scalar(select(Plan).where(Plan.clerk_id == plan_id))
-        if plan is not None:
-            return plan
-    if slug:
-        # clerkName is not unique: prefer the active plan, then the lowest sortOrder.
-        return session.scalar(
-            select(Plan)
-            .where(Plan.clerk_name == slug)
-            .order_by(Plan.active.desc(), Plan.sort_order, Plan.id)
-            .limit(1)
-        )
-    return None
-
-
-def plan_for_asaas(session: Session, plan_keys: list[str | None], payment_link: str | None) -> Plan | None:
-    """The first of `plan_keys` naming a plan (by `asaasId`, then `id`), else the payment link's."""
-    for key in filter(None, plan_keys):
-        plan = session.scalar(
-            select(Plan)
-            .where(or_(Plan.asaas_id == key, Plan.id == key))
-            .order_by((Plan.asaas_id == key).desc())
-            .limit(1)
-        )
-        if plan is not None:
-            return plan
-    if payment_link:
-        return session.scalar(select(Plan).where(Plan.asaas_id == payment_link))
-    return None
 
 
 class PlanChange(enum.Enum):
@@ -101,7 +65,7 @@ def current_plan_query(clerk_user_id: ColumnElement[str]):
     """SELECT the user's current plan id: set while the plan is in effect (cleared when it
     ends; a past-due or canceled-until-period-end subscription keeps it), whatever the
     provider's status spelling (Clerk `active`, Asaas `CONFIRMED`...). A Core statement on the
-    table, so the debit can embed it in a statement of its own (worker.usage, worker.costs)."""
+    table, so the debit can embed it in a statement of its own (worker.usage.debits, worker.usage.costs)."""
     plans = UserPlan.__table__
     return select(plans.c.plan_id).where(plans.c.clerk_user_id == clerk_user_id, plans.c.plan_id.is_not(None))
 

@@ -1,7 +1,7 @@
 """What an operation costs a user: the explicit cost, else the user's current plan's override
 (`Plan.features[operation]`), else `AdminSettings.featureCosts[operation]`, else `UnknownCost`.
 
-A user's current plan is `worker.plans.current_plan_query`: the billing handlers are the one
+A user's current plan is `worker.plans.current_plan.current_plan_query`: the billing handlers are the one
 place that decides when a plan starts and ends, whatever the provider's status spelling.
 
 The cost tables change rarely and every debit reads them, so `Plan.features` and
@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from models.app import AdminSettings, OperationType, Plan
 from models.base import utcnow
-from worker.plans import current_plan_query
+from worker.plans.current_plan import current_plan_query
 
 CACHE_SECONDS = 30.0
 ADMIN_SETTINGS_ID = "singleton"

@@ -3,13 +3,14 @@
 Every one of them is logged as a `SubscriptionEvent` once its user is known. Money moves only
 for payments: `PAYMENT_CONFIRMED`/`PAYMENT_RECEIVED` grant the plan's credits once per payment
 id (one payment sends both); refunds, chargebacks, undone cash receipts and the deletion of a
-granted payment reverse that grant (`worker.payment_credits`). `PAYMENT_CREATED` never grants:
+granted payment reverse that grant (`worker.credits.grants_and_reversals`). `PAYMENT_CREATED` never grants:
 subscription charges are created 40 days ahead. A type Asaas has not documented is logged and
 left `ignored`, never failed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -18,15 +19,15 @@ from sqlalchemy.orm import Session
 
 from models.app import Plan
 from models.inbox import InboxStatus
-from worker.asaas_links import Owner, describe_unresolved, resolve_owner
-from worker.billing_accounts import Account, find_account
-from worker.billing_replay import replay_unmatched_for_user
-from worker.billing_times import asaas_date, asaas_timestamp
+from worker.billing.accounts import Account, find_account
+from worker.billing.asaas_links import Owner, describe_unresolved, resolve_owner
+from worker.billing.provider_times import asaas_date, asaas_timestamp
+from worker.billing.subscription_log import BillingEvent, log_subscription_event
+from worker.credits.grants_and_reversals import Payment, grant_payment, reverse_payment
 from worker.errors import PermanentError
-from worker.handlers import Delivery, Outcome, handles
-from worker.payment_credits import Payment, grant_payment, reverse_payment
-from worker.plans import PlanChange, plan_for_asaas, record_plan_change
-from worker.subscription_events import BillingEvent, log_subscription_event
+from worker.plans.catalog import plan_for_asaas
+from worker.plans.current_plan import PlanChange, record_plan_change
+from worker.registry import Delivery, Outcome, handles
 
 PROVIDER = "asaas"
 _OBJECT_BY_PREFIX = {"PAYMENT_": "payment", "SUBSCRIPTION_": "subscription", "CHECKOUT_": "checkout"}
@@ -80,33 +81,38 @@ PLAN_CHANGES = {
 
 @handles(PROVIDER, prefixes=tuple(_OBJECT_BY_PREFIX))
 def apply_asaas_event(session: Session, delivery: Delivery) -> Outcome:
+    outcome, owner = _apply(session, delivery)
+    if owner is not None and owner.learned_link:
+        # Events that carried only this customer/subscription id waited as `unmatched`.
+        return dataclasses.replace(outcome, unblocks_user=owner.clerk_user_id)
+    return outcome
+
+
+def _apply(session: Session, delivery: Delivery) -> tuple[Outcome, Owner | None]:
     documented = delivery.event_type in DOCUMENTED_EVENTS
     kind = _object_kind(delivery.event_type)
     obj = delivery.payload.get(kind)
     if not isinstance(obj, dict):
         if not documented:
-            return _ignored(delivery, f"it has no `{kind}` object")
+            return _ignored(delivery, f"it has no `{kind}` object"), None
         raise PermanentError(f"{delivery.event_type} has no `{kind}` object")
     owner = resolve_owner(session, obj, kind)
     if owner is None:
         if not documented:
-            return _ignored(delivery, describe_unresolved(obj, kind))
-        return Outcome.unmatched(describe_unresolved(obj, kind))
-    if owner.learned_link:
-        # Events that carried only this customer/subscription id waited as `unmatched`.
-        replay_unmatched_for_user(session, owner.clerk_user_id)
+            return _ignored(delivery, describe_unresolved(obj, kind)), None
+        return Outcome.unmatched(describe_unresolved(obj, kind)), None
     account = find_account(session, owner.clerk_user_id)
     plan = plan_for_asaas(session, [owner.plan_key, owner.subscription_plan_key], obj.get("paymentLink"))
     event = _billing_event(delivery, obj, owner, plan)
     log_subscription_event(session, delivery, event, account.user_id if account else None)
     if not documented:
-        return _ignored(delivery, "logged")
+        return _ignored(delivery, "logged"), owner
     if plan is not None and delivery.event_type in PLAN_CHANGES:
         record_plan_change(
             session, clerk_user_id=owner.clerk_user_id, plan_id=plan.id, provider=PROVIDER,
             status=event.status, occurred_at=event.occurred_at, change=PLAN_CHANGES[delivery.event_type],
         )
-    return _apply_money(session, delivery.event_type, obj, owner, account, plan)
+    return _apply_money(session, delivery.event_type, obj, owner, account, plan), owner
 
 
 def _apply_money(

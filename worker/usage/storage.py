@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from models.app import StorageObject, User
 from models.base import utcnow
-from worker.usage import NotYetKnown
+from worker.usage.requests import NotYetKnown
 
 DEFAULT_PROVIDER = "vercel_blob"
 

@@ -1,8 +1,9 @@
-"""Replay the billing events that ended `unmatched` because their user was not known yet.
+"""Which billing events are waiting for a user: inbox rows left `unmatched` that name them.
 
-Once the user (or the Asaas link) exists, `replay_unmatched_for_user` puts that user's
-unmatched rows back to `pending` and enqueues them after the caller's commit (`requeue`);
-processing them again is safe: the log, grants and reversals are all exactly once.
+A billing event ends `unmatched` when its user (or the Asaas customer/subscription link that
+leads to the user) is not known yet. Once it is, the pipeline (`worker.inbox.replay`) puts these
+rows back to `pending`; processing them again is safe: the log, grants and reversals are all
+exactly once. The payload paths that name a user are billing knowledge, so the query lives here.
 """
 
 from __future__ import annotations
@@ -20,12 +21,6 @@ def unmatched_inbox_ids_for_user(session: Session, clerk_user_id: str) -> list[i
     """Unmatched rows naming this user: Clerk's payer, an Asaas externalReference, or an Asaas
     customer/subscription linked to the user."""
     return list(session.scalars(_UNMATCHED_FOR_USER, {"clerk_user_id": clerk_user_id}))
-
-
-def replay_unmatched_for_user(session: Session, clerk_user_id: str) -> list[int]:
-    from worker.webhook_tasks import requeue  # imported here: webhook_tasks imports the handlers
-
-    return requeue(session, unmatched_inbox_ids_for_user(session, clerk_user_id))
 
 
 def _clerk_payer_is(clerk_user_id):

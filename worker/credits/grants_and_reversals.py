@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from models.app import Plan
 from models.billing import PaymentCredit
 from models.ledger import LedgerKind
-from worker.ledger import change_credits
+from worker.credits.ledger import change_credits
 
 
 @dataclass(frozen=True)

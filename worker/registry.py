@@ -1,4 +1,10 @@
-"""The registry that maps a delivery's (source, event type) to the function that applies it."""
+"""The registry that maps a delivery's (source, event type) to the function that applies it.
+
+This is the contract between the inbox pipeline (`worker.inbox`) and the domains that apply
+deliveries (`worker.users`, `worker.billing`): a handler takes the task's session and a
+`Delivery`, never commits, and returns an `Outcome`. Domains register with `@handles`; the
+pipeline imports them all in one place (`worker.inbox.routing`) and never the other way round.
+"""
 
 from __future__ import annotations
 
@@ -24,10 +30,13 @@ class Delivery:
 class Outcome:
     status: InboxStatus
     detail: str | None = None  # why, for a person reading the inbox row
+    # The Clerk user this delivery made known (a new user, a newly learned Asaas link): events
+    # that waited `unmatched` for that user may apply now. The pipeline replays them.
+    unblocks_user: str | None = None
 
     @classmethod
-    def processed(cls, detail: str | None = None) -> Outcome:
-        return cls(InboxStatus.PROCESSED, detail)
+    def processed(cls, detail: str | None = None, *, unblocks_user: str | None = None) -> Outcome:
+        return cls(InboxStatus.PROCESSED, detail, unblocks_user)
 
     @classmethod
     def unmatched(cls, detail: str) -> Outcome:

@@ -1,0 +1,159 @@
+"""Usage debits: one transaction on the caller's session, idempotent on its key, never an overdraft.
+
+A debit: claim the key (`worker.usage.requests`), find the user's balance, resolve the cost, take
+it with one conditional UPDATE (`change_credits` with floor 0: never an overdraft), write the
+`UsageHistory` row, and store the answer on the key.
+
+The hot path is three statements: the claim together with the account and its current plan (one
+statement: a data-modifying CTE), `change_credits` (one statement), and the `UsageHistory` row
+together with the stored answer (one statement).
+
+An inactive (deleted) user cannot spend: `insufficient_credits` with `"reason": "inactive_user"`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import literal_column, select, true
+from sqlalchemy.orm import Session
+
+from models.app import CreditBalance, OperationType, User
+from models.ledger import LedgerKind
+from models.usage import UsageRequest
+from worker.credits.ledger import change_credits
+from worker.plans.current_plan import current_plan_query
+from worker.usage.costs import UnknownCost, resolve_cost
+from worker.usage.requests import (
+    CLAIM,
+    NotYetKnown,
+    answer,
+    autoflush,
+    column_param,
+    error,
+    finish,
+    finish_applied,
+    forget_key,
+    is_amount,
+    repeat_answer,
+    stored_request,
+)
+
+_requests = UsageRequest.__table__
+_users = User.__table__
+_balances = CreditBalance.__table__
+
+
+@dataclass(frozen=True)
+class DebitRequest:
+    clerk_user_id: str
+    operation: str
+    idempotency_key: str
+    cost: int | None = None
+    details: dict[str, Any] | None = None
+
+
+
+@dataclass(frozen=True)
+class Account:
+    user_id: str
+    is_active: bool
+    credit_balance_id: str
+    credits_remaining: int
+
+
+
+def _claim_and_find_account():
+    """The claim, the user's account and the user's current plan, in one statement:
+
+        WITH claim AS (INSERT ... ON CONFLICT DO NOTHING RETURNING idempotency_key)
+        SELECT (SELECT idempotency_key FROM claim), account.*, (<current plan>)
+        FROM (SELECT 1) AS one LEFT JOIN (<User JOIN CreditBalance>) AS account ON true
+
+    One row always; `claimed` is NULL when the key was there already (the rest is then unused:
+    the stored answer is read in a statement of its own, which sees the committed row). The
+    account and plan are read in the statement's snapshot, taken before the claim may wait on a
+    concurrent insert of the same key; when that one rolls back and this debit owns the key, it
+    reads them as of just before the wait, as if it had arrived a moment earlier. The balance
+    itself is re-read by `change_credits`' UPDATE, which always sees the latest committed row."""
+    claim = CLAIM.cte("claim")
+    clerk_user_id = column_param(_requests.c.clerk_user_id)
+    account = (
+        select(_users.c.id.label("user_id"), _users.c.isActive.label("is_active"),
+               _balances.c.id.label("credit_balance_id"), _balances.c.creditsRemaining.label("credits_remaining"))
+        .select_from(_users.join(_balances, _balances.c.userId == _users.c.id))
+        .where(_users.c.clerkId == clerk_user_id)
+        .subquery("account")
+    )
+    one = select(literal_column("1").label("one")).subquery("one")
+    return select(
+        select(claim.c.idempotency_key).scalar_subquery().label("claimed"),
+        account.c.user_id, account.c.is_active, account.c.credit_balance_id, account.c.credits_remaining,
+        current_plan_query(clerk_user_id).scalar_subquery().label("plan_id"),
+    ).select_from(one.outerjoin(account, true()))
+
+
+_CLAIM_AND_FIND_ACCOUNT = _claim_and_find_account()
+
+
+_REMAINING = select(_balances.c.creditsRemaining).where(_balances.c.id == column_param(_balances.c.id))
+
+
+
+def debit(session: Session, request: DebitRequest, *, final: bool = True) -> dict[str, Any]:
+    """Apply one debit. With `final=False` a missing user raises `NotYetKnown` (to retry)
+    instead of answering `unknown_user`."""
+    operation = _operation(request.operation)
+    if operation is None:
+        return error("unknown_operation", f"{request.operation!r} is not an OperationType")
+    if request.cost is not None and not is_amount(request.cost, minimum=0):
+        return error("invalid_cost", "cost must be a non-negative integer")
+    autoflush(session)
+    found = session.execute(_CLAIM_AND_FIND_ACCOUNT, {
+        "idempotency_key": request.idempotency_key, "kind": "debit", "clerk_user_id": request.clerk_user_id,
+        "operation": operation.value, "refund_of": None, "request": asdict(request),
+    }).one()
+    if found.claimed is None:
+        stored = stored_request(session, request.idempotency_key)
+        same = (stored.kind, stored.clerk_user_id, stored.operation, stored.request.get("cost")) == (
+            "debit", request.clerk_user_id, operation.value, request.cost)
+        return repeat_answer(stored, same)
+    account = None if found.user_id is None else Account(
+        found.user_id, found.is_active, found.credit_balance_id, found.credits_remaining)
+    if account is None:
+        if not final:
+            raise NotYetKnown(request.clerk_user_id)
+        return finish(session, request.idempotency_key, answer("unknown_user"))
+    if not account.is_active:
+        refused = answer("insufficient_credits", account.credits_remaining, reason="inactive_user")
+        return finish(session, request.idempotency_key, refused)
+    try:
+        cost = resolve_cost(session, request.clerk_user_id, operation, request.cost, plan_id=found.plan_id)
+    except UnknownCost as exc:
+        forget_key(session, request.idempotency_key)
+        return error("unknown_cost", str(exc))
+    return _take(session, request, account, operation, cost)
+
+
+def _take(session: Session, request: DebitRequest, account: Account, operation: OperationType, cost: int) -> dict[str, Any]:
+    change = change_credits(
+        session, account.credit_balance_id, delta=-cost, kind=LedgerKind.USAGE,
+        idempotency_key=f"usage:{request.idempotency_key}",
+        reference=f"usage {operation.value} {request.idempotency_key}", floor=0,
+    )
+    if change is None:
+        # Read after the refused UPDATE: it waited for any concurrent debit of this balance.
+        remaining = session.scalar(_REMAINING, {"id": account.credit_balance_id})
+        return finish(session, request.idempotency_key, answer("insufficient_credits", remaining))
+    return finish_applied(session, request.idempotency_key, change.balance_after, credits=cost,
+                          user_id=account.user_id, credit_balance_id=account.credit_balance_id,
+                          operation=operation, credits_used=cost, details=request.details)
+
+
+
+def _operation(name: Any) -> OperationType | None:
+    try:
+        return OperationType(name)
+    except ValueError:
+        return None

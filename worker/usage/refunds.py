@@ -1,0 +1,96 @@
+"""Usage refunds: give back all or part of an earlier applied debit, never more than was taken.
+
+A refund is its own request with its own key (`worker.usage.requests`): a `UsageHistory` row with
+negative `creditsUsed` and a `refund` ledger entry. Concurrent refunds of one debit take turns on
+the debit's row lock, so together they never give back more than it took.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from models.app import UsageHistory
+from models.ledger import LedgerKind
+from models.usage import UsageRequest
+from worker.credits.ledger import change_credits
+from worker.usage.requests import (
+    NotYetKnown,
+    answer,
+    autoflush,
+    claim_key,
+    error,
+    finish,
+    finish_applied,
+    is_amount,
+    repeat_answer,
+)
+
+
+@dataclass(frozen=True)
+class RefundRequest:
+    clerk_user_id: str
+    idempotency_key: str
+    refund_of: str
+    credits: int | None = None
+    details: dict[str, Any] | None = None
+
+
+
+def refund(session: Session, request: RefundRequest, *, final: bool = True) -> dict[str, Any]:
+    """Give back all (credits=None) or part of an earlier applied debit. With `final=False` a
+    debit key not seen yet raises `NotYetKnown` (the debit may still be in the queue)."""
+    if request.credits is not None and not is_amount(request.credits, minimum=1):
+        return error("invalid_credits", "credits must be a positive integer")
+    autoflush(session)
+    stored = claim_key(session, request.idempotency_key, "refund", request.clerk_user_id,
+                       refund_of=request.refund_of, request=asdict(request))
+    if stored is not None:
+        same = (stored.kind, stored.clerk_user_id, stored.refund_of, stored.request.get("credits")) == (
+            "refund", request.clerk_user_id, request.refund_of, request.credits)
+        return repeat_answer(stored, same)
+    debited = _lock_debit(session, request)
+    if debited is None:
+        if not final:
+            raise NotYetKnown(request.refund_of)
+        return finish(session, request.idempotency_key, answer("unknown_debit"))
+    refundable = (debited.credits or 0) - refunded_so_far(session, request.refund_of)
+    credits = refundable if request.credits is None else request.credits
+    if credits < 1 or credits > refundable:
+        return finish(session, request.idempotency_key, answer("over_refund", refundable=refundable))
+    return _give_back(session, request, debited, credits)
+
+
+def _give_back(session: Session, request: RefundRequest, debited: UsageRequest, credits: int) -> dict[str, Any]:
+    usage = session.get(UsageHistory, debited.usage_id)
+    change = change_credits(
+        session, usage.credit_balance_id, delta=credits, kind=LedgerKind.REFUND,
+        idempotency_key=f"refund:{request.idempotency_key}",
+        reference=f"refund of usage {request.refund_of}",
+    )
+    return finish_applied(session, request.idempotency_key, change.balance_after, credits=credits,
+                          user_id=usage.user_id, credit_balance_id=usage.credit_balance_id,
+                          operation=usage.operation_type, credits_used=-credits, details=request.details)
+
+
+def _lock_debit(session: Session, request: RefundRequest) -> UsageRequest | None:
+    """The debit being refunded, locked so that concurrent refunds of it run one at a time.
+
+    A key that belongs to another user, or to a refund, is answered as if it did not exist."""
+    debited = session.scalar(
+        select(UsageRequest).where(UsageRequest.idempotency_key == request.refund_of).with_for_update()
+    )
+    if debited is None or debited.kind != "debit" or debited.clerk_user_id != request.clerk_user_id:
+        return None
+    return debited
+
+
+def refunded_so_far(session: Session, debit_key: str) -> int:
+    return session.scalar(
+        select(func.coalesce(func.sum(UsageRequest.credits), 0)).where(
+            UsageRequest.refund_of == debit_key, UsageRequest.kind == "refund", UsageRequest.status == "applied"
+        )
+    )

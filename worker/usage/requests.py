@@ -1,0 +1,173 @@
+"""The idempotency records of usage requests (`usage_requests`) and the answers stored on them.
+
+Every debit and refund claims its key first (INSERT ... ON CONFLICT DO NOTHING: a concurrent
+request with the same key waits on that row, then reads the first one's committed outcome) and
+stores its final answer on the key in the same transaction as its effect.
+
+Answers are JSON: `{"status", "remaining", "usage_id"}` plus `"error"` for error results.
+- `applied`, `insufficient_credits`, `unknown_user`, `unknown_debit`, `over_refund` are final
+  and stored on the key; the same key again answers `duplicate` (with the stored `remaining`
+  and `usage_id`, and the first answer's status as `original_status`); the same key with other
+  arguments answers `conflict`.
+- `error` results (unknown operation, invalid or unknown cost) are caller or configuration
+  mistakes: nothing is stored, so the same key can be sent again once they are fixed.
+
+The statements are Core statements on the mapped tables, built once at import with bound
+parameters: the compiled form is cached, nothing is rebuilt per request, and the engine's
+schema_translate_map still names the configured service schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from models.app import OperationType, UsageHistory
+from models.base import utcnow
+from models.ids import cuid
+from models.usage import UsageRequest
+from worker.errors import LedgerKeyConflict
+
+PENDING = "pending"
+
+
+class NotYetKnown(Exception):
+    """The user (or, for a refund, the debit) does not exist yet: the caller may wait for the
+    webhook (or the debit task) to create it. The transaction must roll back."""
+
+
+
+def column_param(column, name: str | None = None):
+    """A bound parameter typed as the column (so JSONB, enums... are converted as the ORM did)."""
+    return bindparam(name or column.key, type_=column.type)
+
+
+
+_requests = UsageRequest.__table__
+_history = UsageHistory.__table__
+
+# INSERT the key as pending; RETURNING it only if this transaction now owns it.
+CLAIM = (
+    insert(_requests)
+    .values({
+        **{column: column_param(column) for column in (
+            _requests.c.idempotency_key, _requests.c.kind, _requests.c.clerk_user_id, _requests.c.operation,
+            _requests.c.refund_of, _requests.c.request)},
+        _requests.c.status: PENDING,
+        _requests.c.result: {"status": PENDING},
+    })
+    .on_conflict_do_nothing(index_elements=[_requests.c.idempotency_key])
+    .returning(_requests.c.idempotency_key)
+)
+
+
+
+_FINISH_VALUES = {
+    column: column_param(column) for column in (
+        _requests.c.status, _requests.c.result, _requests.c.credits, _requests.c.usage_id)
+}
+# The key's parameter is named "key": a column's own name is reserved for its SET value.
+_FINISH = update(_requests).where(_requests.c.idempotency_key == column_param(_requests.c.idempotency_key, "key")).values(
+    _FINISH_VALUES)
+
+# The `UsageHistory` row and the stored answer that names it, in one statement.
+_ADD_USAGE = insert(_history).values({
+    _history.c.id: column_param(_history.c.id, "usage_id"),
+    **{column: column_param(column) for column in (
+        _history.c.userId, _history.c.creditBalanceId, _history.c.operationType, _history.c.creditsUsed,
+        _history.c.details, _history.c.timestamp)},
+})
+_FINISH_WITH_USAGE = _FINISH.add_cte(_ADD_USAGE.cte("usage"))
+
+_FORGET = delete(_requests).where(_requests.c.idempotency_key == column_param(_requests.c.idempotency_key, "key"))
+
+
+def answer(status: str, remaining: int | None = None, usage_id: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"status": status, "remaining": remaining, "usage_id": usage_id, **extra}
+
+
+def error(code: str, detail: str) -> dict[str, Any]:
+    return answer("error", error=code, detail=detail)
+
+
+def outcome(session: Session, idempotency_key: str) -> dict[str, Any]:
+    """The authoritative answer stored for a key, or status `unknown` if none was stored (never
+    sent, still queued or retrying, or an `error` result, which is not stored)."""
+    stored = session.scalar(
+        select(UsageRequest).where(UsageRequest.idempotency_key == idempotency_key,
+                                   UsageRequest.status != PENDING))
+    if stored is None:
+        return answer("unknown")
+    return {**stored.result, "kind": stored.kind}
+
+
+def claim_key(session: Session, key: str, kind: str, clerk_user_id: str, *, request: dict[str, Any],
+              operation: str | None = None, refund_of: str | None = None) -> UsageRequest | None:
+    """Insert the key as pending; None if this transaction now owns it, else the stored row."""
+    claimed = session.execute(CLAIM, {
+        "idempotency_key": key, "kind": kind, "clerk_user_id": clerk_user_id, "operation": operation,
+        "refund_of": refund_of, "request": request,
+    }).scalar_one_or_none()
+    if claimed is not None:
+        return None
+    return stored_request(session, key)
+
+
+def stored_request(session: Session, key: str) -> UsageRequest:
+    """The row of a key this transaction could not claim: read in a statement of its own, after
+    the claim waited for the transaction that inserted it, so it sees that one's committed row."""
+    stored = session.scalar(
+        select(UsageRequest).where(UsageRequest.idempotency_key == key).execution_options(populate_existing=True))
+    if stored is None:
+        # The conflicting row vanished between the two statements (its transaction forgot it):
+        # retry the whole transaction.
+        raise LedgerKeyConflict(key)
+    return stored
+
+
+def repeat_answer(stored: UsageRequest, same_request: bool) -> dict[str, Any]:
+    if not same_request:
+        return answer("conflict", error="idempotency key reused with other arguments")
+    return {**stored.result, "status": "duplicate", "original_status": stored.result["status"]}
+
+
+def finish(session: Session, key: str, result: dict[str, Any]) -> dict[str, Any]:
+    """Store a final answer that applied nothing on the key this transaction claimed."""
+    session.execute(_FINISH, {"key": key, "status": result["status"], "result": result,
+                              "credits": None, "usage_id": None})
+    return result
+
+
+def finish_applied(session: Session, key: str, remaining: int, *, credits: int, user_id: str,
+                   credit_balance_id: str, operation: OperationType, credits_used: int,
+                   details: dict[str, Any] | None) -> dict[str, Any]:
+    """Write the `UsageHistory` row the Next.js app shows (`creditsUsed` > 0 for usage, < 0 for a
+    refund) and store the `applied` answer naming it on the key, in one statement."""
+    usage_id = cuid()
+    applied = answer("applied", remaining, usage_id)
+    session.execute(_FINISH_WITH_USAGE, {
+        "key": key, "status": applied["status"], "result": applied, "credits": credits,
+        "usage_id": usage_id, "userId": user_id, "creditBalanceId": credit_balance_id,
+        "operationType": operation, "creditsUsed": credits_used, "details": details, "timestamp": utcnow(),
+    })
+    return applied
+
+
+def forget_key(session: Session, key: str) -> None:
+    """Release a key claimed by this transaction for a request that stores no answer."""
+    session.execute(_FORGET, {"key": key})
+
+
+def autoflush(session: Session) -> None:
+    """What an ORM statement's autoflush did before these Core statements: pending changes first."""
+    if session.autoflush:
+        session.flush()
+
+
+
+
+def is_amount(value: Any, *, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
