@@ -44,16 +44,34 @@ def signed_requests(count: int) -> list[dict[str, str]]:
     requests = []
     for _ in range(count):
         msg_id = f"msg_{uuid.uuid4().hex}"
-        requests.append({"svix-id": msg_id, "svix-timestamp": str(int(now.timestamp())),
-                         "svix-signature": signer.sign(msg_id, now, BODY), "content-type": "application/json"})
+        requests.append(
+            {
+                "svix-id": msg_id,
+                "svix-timestamp": str(int(now.timestamp())),
+                "svix-signature": signer.sign(msg_id, now, BODY),
+                "content-type": "application/json",
+            }
+        )
     return requests
 
 
 def start_gunicorn(app: str, env: dict[str, str], port: int, chdir: Path) -> subprocess.Popen:
-    command = [str(Path(sys.executable).parent / "gunicorn"), "--config", "python:receiver.gunicorn_conf",
-               "--chdir", str(chdir), "--access-logfile", "/dev/null", app]
-    process = subprocess.Popen(command, env={**env, "PORT": str(port), "WEB_CONCURRENCY": WORKERS},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [
+        str(Path(sys.executable).parent / "gunicorn"),
+        "--config",
+        "python:receiver.gunicorn_conf",
+        "--chdir",
+        str(chdir),
+        "--access-logfile",
+        "/dev/null",
+        app,
+    ]
+    process = subprocess.Popen(
+        command,
+        env={**env, "PORT": str(port), "WEB_CONCURRENCY": WORKERS},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -108,8 +126,10 @@ def main() -> None:
         env = dict(os.environ)
 
         figures = {}
-        for name, app, chdir in (("bare Flask route", "bare_flask_app:app", ROOT / "bench"),
-                                 ("receiver", "receiver.app:create_app()", ROOT)):
+        for name, app, chdir in (
+            ("bare Flask route", "bare_flask_app:app", ROOT / "bench"),
+            ("receiver", "receiver.app:create_app()", ROOT),
+        ):
             port = free_port()
             server = start_gunicorn(app, env, port, chdir)
             try:
@@ -119,10 +139,14 @@ def main() -> None:
             finally:
                 stop(server)
 
-    print(f"{args.requests} requests per figure, {args.threads} client threads, gunicorn {WORKERS} sync workers, {os.cpu_count()} CPUs")
+    print(
+        f"{args.requests} requests per figure, {args.threads} client threads, gunicorn {WORKERS} sync workers, {os.cpu_count()} CPUs"
+    )
     for name, (rate, latencies, statuses, rss) in figures.items():
         p50, p99 = statistics.quantiles(latencies, n=100)[49] * 1000, statistics.quantiles(latencies, n=100)[98] * 1000
-        print(f"  {name:18s} {rate:7.0f} req/s   p50 {p50:5.1f} ms   p99 {p99:6.1f} ms   RSS {rss:6.1f} MiB   {statuses}")
+        print(
+            f"  {name:18s} {rate:7.0f} req/s   p50 {p50:5.1f} ms   p99 {p99:6.1f} ms   RSS {rss:6.1f} MiB   {statuses}"
+        )
     print(f"  receiver / bare:   {figures['receiver'][0] / figures['bare Flask route'][0]:.2f}")
 
 

@@ -37,9 +37,9 @@ from models.ids import cuid  # noqa: E402
 from tests.support.celery_worker import WorkerProcess  # noqa: E402
 from tests.support.databases import scratch_environment  # noqa: E402
 from tests.support.usage import make_user  # noqa: E402
-from worker.usage import debits  # noqa: E402
 from worker.celery_config import USAGE_QUEUE, create_producer  # noqa: E402
 from worker.client import UsageClient  # noqa: E402
+from worker.usage import debits  # noqa: E402
 
 PLENTY = 10**9  # credits per user: the benchmark measures applied debits, not refusals
 
@@ -110,29 +110,54 @@ def psycopg_loop(database_url: str, schema: str, users: list[str], count: int, p
     """Applied debits only (the benchmark's case), one transaction each, on one connection."""
     claim, change, finish = (
         sql.SQL(statement).format(schema=sql.Identifier(schema))
-        for statement in (CLAIM_AND_FIND_ACCOUNT, CHANGE_CREDITS, FINISH_WITH_USAGE))
+        for statement in (CLAIM_AND_FIND_ACCOUNT, CHANGE_CREDITS, FINISH_WITH_USAGE)
+    )
     libpq_url = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
     statuses: Counter = Counter()
     with psycopg.connect(libpq_url, options="-c timezone=UTC") as conn:
         for n in range(count):
             clerk_user_id, key, operation, cost = users[n % len(users)], f"{prefix}-{n}", "AI_TEXT_CHAT", 1
-            request = {"clerk_user_id": clerk_user_id, "operation": operation, "idempotency_key": key,
-                       "cost": cost, "details": None}
+            request = {
+                "clerk_user_id": clerk_user_id,
+                "operation": operation,
+                "idempotency_key": key,
+                "cost": cost,
+                "details": None,
+            }
             now = datetime.now(UTC).replace(tzinfo=None)
             with conn.transaction():
-                claimed, user_id, active, balance_id, _, _ = conn.execute(claim, {
-                    "key": key, "clerk_user_id": clerk_user_id, "operation": operation,
-                    "request": Jsonb(request)}).fetchone()
+                claimed, user_id, active, balance_id, _, _ = conn.execute(
+                    claim,
+                    {"key": key, "clerk_user_id": clerk_user_id, "operation": operation, "request": Jsonb(request)},
+                ).fetchone()
                 assert claimed is not None and active
-                moved = conn.execute(change, {
-                    "delta": -cost, "now": now, "balance_id": balance_id, "ledger_key": f"usage:{key}",
-                    "reference": f"usage {operation} {key}"}).fetchone()
+                moved = conn.execute(
+                    change,
+                    {
+                        "delta": -cost,
+                        "now": now,
+                        "balance_id": balance_id,
+                        "ledger_key": f"usage:{key}",
+                        "reference": f"usage {operation} {key}",
+                    },
+                ).fetchone()
                 assert moved is not None and moved[1] is not None
                 usage_id = cuid()
                 result = {"status": "applied", "remaining": moved[0], "usage_id": usage_id}
-                conn.execute(finish, {
-                    "usage_id": usage_id, "user_id": user_id, "balance_id": balance_id, "operation": operation,
-                    "cost": cost, "details": Jsonb(None), "now": now, "result": Jsonb(result), "key": key})
+                conn.execute(
+                    finish,
+                    {
+                        "usage_id": usage_id,
+                        "user_id": user_id,
+                        "balance_id": balance_id,
+                        "operation": operation,
+                        "cost": cost,
+                        "details": Jsonb(None),
+                        "now": now,
+                        "result": Jsonb(result),
+                        "key": key,
+                    },
+                )
             statuses[result["status"]] += 1
     return statuses
 
@@ -145,31 +170,47 @@ def measure(args, producer, factory, settings) -> dict[str, tuple[float, Counter
     through_celery(client, users, 50, "warmup")  # fork, connect, fill the caches
     return {
         "usage.debit via Celery, spread over users": timed(
-            args.debits, lambda: through_celery(client, users, args.debits, "spread")),
+            args.debits, lambda: through_celery(client, users, args.debits, "spread")
+        ),
         "usage.debit via Celery, one user": timed(
-            args.debits, lambda: through_celery(client, users[:1], args.debits, "one")),
+            args.debits, lambda: through_celery(client, users[:1], args.debits, "one")
+        ),
         "no-op Celery task (same settings)": timed(args.debits, lambda: noop_tasks(producer, args.debits)),
         "same transaction, plain loop, 1 connection": timed(
-            args.debits, lambda: plain_loop(factory, users, args.debits, "loop")),
+            args.debits, lambda: plain_loop(factory, users, args.debits, "loop")
+        ),
         "same SQL by hand, psycopg loop, 1 connection": timed(
-            args.debits, lambda: psycopg_loop(settings.database_url.get_secret_value(), settings.service_schema,
-                                              users, args.debits, "psycopg")),
+            args.debits,
+            lambda: psycopg_loop(
+                settings.database_url.get_secret_value(), settings.service_schema, users, args.debits, "psycopg"
+            ),
+        ),
     }
 
 
 def report(figures: dict[str, tuple[float, Counter]], args) -> None:
-    print(f"{args.debits} debits per figure, {args.users} users, 1 worker x {args.concurrency} processes,"
-          f" {os.cpu_count()} CPUs")
+    print(
+        f"{args.debits} debits per figure, {args.users} users, 1 worker x {args.concurrency} processes,"
+        f" {os.cpu_count()} CPUs"
+    )
     for name, (rate, statuses) in figures.items():
         print(f"  {name:45s} {rate:8.0f}/s   {dict(statuses)}")
     celery = figures["usage.debit via Celery, spread over users"][0]
-    print(f"  debit via Celery / no-op Celery task:        {celery / figures['no-op Celery task (same settings)'][0]:.2f}")
-    print(f"  debit via Celery / plain loop:               {celery / figures['same transaction, plain loop, 1 connection'][0]:.2f}")
-    plain, by_hand = (figures[name][0] for name in (
-        "same transaction, plain loop, 1 connection", "same SQL by hand, psycopg loop, 1 connection"))
+    print(
+        f"  debit via Celery / no-op Celery task:        {celery / figures['no-op Celery task (same settings)'][0]:.2f}"
+    )
+    print(
+        f"  debit via Celery / plain loop:               {celery / figures['same transaction, plain loop, 1 connection'][0]:.2f}"
+    )
+    plain, by_hand = (
+        figures[name][0]
+        for name in ("same transaction, plain loop, 1 connection", "same SQL by hand, psycopg loop, 1 connection")
+    )
     print(f"  debit via Celery / psycopg loop:             {celery / by_hand:.2f}")
     print(f"  plain loop / psycopg loop:                   {plain / by_hand:.2f}")
-    print(f"  one user / spread:                           {figures['usage.debit via Celery, one user'][0] / celery:.2f}")
+    print(
+        f"  one user / spread:                           {figures['usage.debit via Celery, one user'][0] / celery:.2f}"
+    )
 
 
 def main() -> None:

@@ -53,8 +53,11 @@ def store_events(factory, count: int) -> list[int]:
         for number in range(count):
             body = copy.deepcopy(EXAMPLE)
             body["data"].update(id=f"user_bench_{number}", email_addresses=[])
-            ids.append(record_delivery(session, source="clerk", external_id=f"msg_bench_{number}",
-                                       event_type="user.created", payload=body))
+            ids.append(
+                record_delivery(
+                    session, source="clerk", external_id=f"msg_bench_{number}", event_type="user.created", payload=body
+                )
+            )
     return ids
 
 

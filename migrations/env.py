@@ -7,9 +7,9 @@ from alembic import context
 from sqlalchemy import text
 
 from models.base import SERVICE_SCHEMA
-from models.tables import metadata
 from models.db import make_engine
 from models.settings import load_settings
+from models.tables import metadata
 
 config = context.config
 # Longest a statement may run, and longest it may wait for a lock: a migration that queues
@@ -29,9 +29,7 @@ def run_migrations_online() -> None:
         # The version table lives in the service schema, so that schema must exist first.
         connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
         connection.commit()
-        connection = connection.execution_options(
-            schema_translate_map={SERVICE_SCHEMA: schema}
-        )
+        connection = connection.execution_options(schema_translate_map={SERVICE_SCHEMA: schema})
         context.configure(
             connection=connection,
             target_metadata=metadata,

@@ -58,9 +58,7 @@ class User(Base):
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = _updated_at()
 
-    credit_balance: Mapped[CreditBalance | None] = relationship(
-        back_populates="user", passive_deletes=True
-    )
+    credit_balance: Mapped[CreditBalance | None] = relationship(back_populates="user", passive_deletes=True)
 
 
 # Unique constraints are unique *indexes* in Prisma's DDL; declared here so the metadata matches.
@@ -97,17 +95,11 @@ class CreditBalance(Base):
     user_id: Mapped[str] = mapped_column(
         "userId",
         Text,
-        ForeignKey(
-            "User.id", name="CreditBalance_userId_fkey", ondelete="CASCADE", onupdate="CASCADE"
-        ),
+        ForeignKey("User.id", name="CreditBalance_userId_fkey", ondelete="CASCADE", onupdate="CASCADE"),
     )
     clerk_user_id: Mapped[str] = mapped_column("clerkUserId", Text)
-    credits_remaining: Mapped[int] = mapped_column(
-        "creditsRemaining", default=100, server_default=text("100")
-    )
-    last_synced_at: Mapped[datetime] = mapped_column(
-        "lastSyncedAt", default=utcnow, server_default=NOW
-    )
+    credits_remaining: Mapped[int] = mapped_column("creditsRemaining", default=100, server_default=text("100"))
+    last_synced_at: Mapped[datetime] = mapped_column("lastSyncedAt", default=utcnow, server_default=NOW)
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = _updated_at()
 
@@ -127,9 +119,7 @@ class UsageHistory(Base):
     user_id: Mapped[str] = mapped_column(
         "userId",
         Text,
-        ForeignKey(
-            "User.id", name="UsageHistory_userId_fkey", ondelete="RESTRICT", onupdate="CASCADE"
-        ),
+        ForeignKey("User.id", name="UsageHistory_userId_fkey", ondelete="RESTRICT", onupdate="CASCADE"),
     )
     credit_balance_id: Mapped[str] = mapped_column(
         "creditBalanceId",
@@ -152,9 +142,7 @@ class UsageHistory(Base):
 class AdminSettings(Base):
     __tablename__ = "AdminSettings"
 
-    id: Mapped[str] = mapped_column(
-        Text, primary_key=True, default="singleton", server_default=text("'singleton'")
-    )
+    id: Mapped[str] = mapped_column(Text, primary_key=True, default="singleton", server_default=text("'singleton'"))
     feature_costs: Mapped[dict[str, Any] | None] = mapped_column("featureCosts")
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = _updated_at()
@@ -186,9 +174,7 @@ class Plan(Base):
     features: Mapped[dict[str, Any] | None]  # per-operation overrides of featureCosts
     badge: Mapped[str | None] = mapped_column(Text)
     highlight: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
-    cta_type: Mapped[str | None] = mapped_column(
-        "ctaType", Text, default="checkout", server_default=text("'checkout'")
-    )
+    cta_type: Mapped[str | None] = mapped_column("ctaType", Text, default="checkout", server_default=text("'checkout'"))
     cta_label: Mapped[str | None] = mapped_column("ctaLabel", Text)
     cta_url: Mapped[str | None] = mapped_column("ctaUrl", Text)
     billing_source: Mapped[str] = mapped_column(
@@ -212,14 +198,10 @@ class StorageObject(Base):
     user_id: Mapped[str] = mapped_column(
         "userId",
         Text,
-        ForeignKey(
-            "User.id", name="StorageObject_userId_fkey", ondelete="CASCADE", onupdate="CASCADE"
-        ),
+        ForeignKey("User.id", name="StorageObject_userId_fkey", ondelete="CASCADE", onupdate="CASCADE"),
     )
     clerk_user_id: Mapped[str] = mapped_column("clerkUserId", Text)
-    provider: Mapped[str] = mapped_column(
-        Text, default="vercel_blob", server_default=text("'vercel_blob'")
-    )
+    provider: Mapped[str] = mapped_column(Text, default="vercel_blob", server_default=text("'vercel_blob'"))
     url: Mapped[str] = mapped_column(Text)
     pathname: Mapped[str] = mapped_column(Text)
     name: Mapped[str] = mapped_column(Text)

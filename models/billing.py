@@ -49,9 +49,7 @@ class PaymentCredit(Base):
         CheckConstraint("credits_granted >= 0", name="payment_credits_granted_check"),
         CheckConstraint("credits_reversed >= 0", name="payment_credits_reversed_check"),
         # The last guard of "the reversals of a payment never exceed its grant".
-        CheckConstraint(
-            "credits_reversed <= credits_granted", name="payment_credits_reversed_within_grant_check"
-        ),
+        CheckConstraint("credits_reversed <= credits_granted", name="payment_credits_reversed_within_grant_check"),
         Index("payment_credits_clerk_user_id_idx", "clerk_user_id"),
         {"schema": SERVICE_SCHEMA},
     )

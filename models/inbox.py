@@ -7,8 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, CheckConstraint, Identity, Index, Text, UniqueConstraint, text
-from sqlalchemy.dialects.postgresql import TIMESTAMP
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import TIMESTAMP, insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import SERVICE_SCHEMA, Base
@@ -31,9 +30,7 @@ class WebhookInbox(Base):
     __tablename__ = "webhook_inbox"
     __table_args__ = (
         UniqueConstraint("source", "external_id", name="webhook_inbox_source_external_id_key"),
-        CheckConstraint(
-            "source IN ('clerk', 'asaas')", name="webhook_inbox_source_check"
-        ),
+        CheckConstraint("source IN ('clerk', 'asaas')", name="webhook_inbox_source_check"),
         CheckConstraint(
             "status IN ('pending', 'processed', 'ignored', 'unmatched', 'failed')",
             name="webhook_inbox_status_check",
@@ -54,9 +51,7 @@ class WebhookInbox(Base):
     external_id: Mapped[str] = mapped_column(Text)
     event_type: Mapped[str] = mapped_column(Text)
     payload: Mapped[dict[str, Any]]
-    received_at: Mapped[datetime] = mapped_column(
-        TIMESTAMP(timezone=True), server_default=text("now()")
-    )
+    received_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=text("now()"))
     status: Mapped[str] = mapped_column(Text, server_default=text("'pending'"))
     attempts: Mapped[int] = mapped_column(server_default=text("0"))
     last_error: Mapped[str | None] = mapped_column(Text)  # the last failure (dead letter: why)

@@ -55,6 +55,4 @@ class CreditLedgerEntry(Base):
     kind: Mapped[str] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(Text)
     reference: Mapped[str | None] = mapped_column(Text)  # what caused it: a payment, a debit key...
-    created_at: Mapped[datetime] = mapped_column(
-        TIMESTAMP(timezone=True), server_default=text("now()")
-    )
+    created_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=text("now()"))

@@ -20,6 +20,4 @@ class UserSyncState(Base):
     last_updated_at_ms: Mapped[int] = mapped_column(BigInteger)
     # Set by user.deleted: nothing older or newer brings the user back.
     deleted_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(
-        TIMESTAMP(timezone=True), server_default=text("now()")
-    )
+    updated_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=text("now()"))

@@ -49,4 +49,3 @@ class Readiness:
 
     def close(self) -> None:
         self._redis.close()
-

@@ -202,9 +202,7 @@ class Inbox:
         except (DBAPIError, PoolTimeoutError) as exc:
             if not _database_unavailable(exc):
                 raise
-            log.warning(
-                "webhook.database_unavailable source=%s error=%s", delivery.source, type(exc).__name__
-            )
+            log.warning("webhook.database_unavailable source=%s error=%s", delivery.source, type(exc).__name__)
             return self._queue_for_ingest(delivery)
 
         if inbox_id is None:
@@ -226,13 +224,9 @@ class Inbox:
         try:
             self._send(INGEST_WEBHOOK_TASK, delivery.task_kwargs())
         except BROKER_ERRORS as exc:
-            log.error(
-                "webhook.unavailable source=%s error=%s", delivery.source, type(exc).__name__
-            )
+            log.error("webhook.unavailable source=%s error=%s", delivery.source, type(exc).__name__)
             # Stored nowhere: the provider must keep it and retry.
-            raise Rejected(
-                503, "unavailable", "the delivery could not be stored or queued; retry later"
-            ) from None
+            raise Rejected(503, "unavailable", "the delivery could not be stored or queued; retry later") from None
         return Outcome("queued")
 
     def _send(self, task_name: str, kwargs: dict[str, Any]) -> None:
@@ -257,4 +251,3 @@ def _database_unavailable(exc: Exception) -> bool:
     if isinstance(exc, (OperationalError, InterfaceError, PoolTimeoutError)):
         return True
     return bool(getattr(exc, "connection_invalidated", False))
-

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client import multiprocess
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 
 # Every outcome a source's deliveries can end with: the successful ones, then each rejection
 # code the receiver answers with (see errors.Rejected and its callers), then "error" for a 500.

@@ -41,9 +41,7 @@ class ClerkVerifier:
                 )
             self._webhooks.append(Webhook(secret))
         if not self._webhooks:
-            raise ConfigError(
-                "configuration error: CLERK_WEBHOOK_SIGNING_SECRET is not set (the receiver needs it)"
-            )
+            raise ConfigError("configuration error: CLERK_WEBHOOK_SIGNING_SECRET is not set (the receiver needs it)")
 
     def verify(self, body: bytes, headers: Mapping[str, str]) -> str:
         """Return the delivery's `svix-id` once some configured secret signed `body`."""

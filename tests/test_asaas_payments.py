@@ -16,8 +16,8 @@ from tests.support.billing import (
     add_plan,
     add_user,
     asaas_event,
-    billing_invariants,  # noqa: F401  (autouse: the invariants after every test)
     balance,
+    billing_invariants,  # noqa: F401  (autouse: the invariants after every test)
     count,
     ledger,
     subscription_events,
@@ -91,7 +91,11 @@ def test_subscription_event_row_has_the_event_in_utc(session_factory, pro):
     _deliver_asaas(session_factory, asaas_event("PAYMENT_CONFIRMED"))
     [event] = subscription_events(session_factory)
     assert (event.clerk_user_id, event.plan_key, event.status, event.event_type) == (
-        CLERK_ID, "pro", "CONFIRMED", "PAYMENT_CONFIRMED")
+        CLERK_ID,
+        "pro",
+        "CONFIRMED",
+        "PAYMENT_CONFIRMED",
+    )
     assert event.occurred_at == datetime(2024, 6, 12, 19, 45, 3)  # 16:45:03 in São Paulo (UTC-3)
     assert event.user_id is not None and event.metadata_["payment"]["id"] == "pay_080225913252"
 
@@ -113,7 +117,10 @@ def test_partial_refund_then_full_refund(session_factory, pro):
     _deliver_asaas(session_factory, asaas_event("PAYMENT_PARTIALLY_REFUNDED"))
     _deliver_asaas(session_factory, asaas_event("PAYMENT_REFUNDED"))
     assert ledger(session_factory) == [
-        GRANT, ("reversal", -150, REVERSAL_REFERENCE), ("reversal", -350, REVERSAL_REFERENCE)]
+        GRANT,
+        ("reversal", -150, REVERSAL_REFERENCE),
+        ("reversal", -350, REVERSAL_REFERENCE),
+    ]
     assert balance(session_factory) == SIGNUP
 
 
@@ -124,7 +131,9 @@ def test_partial_refund_rounds_down_and_accumulates(session_factory, pro):
     second = first + [{"status": "DONE", "value": 2.5, "dateCreated": "2024-06-19 10:00:00"}]
     pending = second + [{"status": "PENDING", "value": 5, "dateCreated": "2024-06-20 10:00:00"}]
     for event_id, refunds in (("evt_p1", first), ("evt_p2", second), ("evt_p3", pending)):
-        _deliver_asaas(session_factory, asaas_event("PAYMENT_PARTIALLY_REFUNDED", event_id=event_id, refunds=refunds, **payment))
+        _deliver_asaas(
+            session_factory, asaas_event("PAYMENT_PARTIALLY_REFUNDED", event_id=event_id, refunds=refunds, **payment)
+        )
     # floor(500 x 7 / 19.9) = 175, then floor(500 x 9.5 / 19.9) = 238 in total; PENDING counts not.
     assert [delta for _, delta, _ in ledger(session_factory)] == [PRO_CREDITS, -175, -63]
 
@@ -172,8 +181,10 @@ def test_no_plan_logs_the_event_grants_nothing_and_says_why(session_factory):
     add_user(session_factory)
     row = _deliver_asaas(session_factory, asaas_event("PAYMENT_CONFIRMED"))
     assert row.status == "processed"
-    assert row.detail == ("logged; no plan: plan key 'pro', subscription plan key 'pro' and paymentLink None "
-                          "match no Plan; nothing granted")
+    assert row.detail == (
+        "logged; no plan: plan key 'pro', subscription plan key 'pro' and paymentLink None "
+        "match no Plan; nothing granted"
+    )
     assert ledger(session_factory) == [] and count(session_factory, '"SubscriptionEvent"') == 1
 
 
@@ -186,13 +197,24 @@ def test_plan_by_id_when_no_plan_has_that_asaas_id(session_factory):
 
 def test_plan_from_the_subscription_link_then_from_the_payment_link(session_factory, pro):
     _deliver_asaas(session_factory, asaas_event("SUBSCRIPTION_CREATED"))  # sub_m5gd... is `pro`
-    renewal = asaas_event("PAYMENT_CONFIRMED", id="pay_renewal", externalReference=None, customer="cus_other",
-                          subscription="sub_m5gdy1upm25fbwgx")
+    renewal = asaas_event(
+        "PAYMENT_CONFIRMED",
+        id="pay_renewal",
+        externalReference=None,
+        customer="cus_other",
+        subscription="sub_m5gdy1upm25fbwgx",
+    )
     row = _deliver_asaas(session_factory, renewal)
     assert row.detail.startswith(f"granted {PRO_CREDITS} credits of plan pro")
     add_plan(session_factory, id="pack", name="Credit pack", credits=50, asaas_id="lnk_pack")
-    one_off = asaas_event("PAYMENT_CONFIRMED", event_id="evt_pack", id="pay_pack", externalReference=CLERK_ID,
-                          subscription=None, paymentLink="lnk_pack")
+    one_off = asaas_event(
+        "PAYMENT_CONFIRMED",
+        event_id="evt_pack",
+        id="pay_pack",
+        externalReference=CLERK_ID,
+        subscription=None,
+        paymentLink="lnk_pack",
+    )
     _deliver_asaas(session_factory, one_off)
     assert [delta for _, delta, _ in ledger(session_factory)] == [PRO_CREDITS, 50]
 
@@ -220,8 +242,10 @@ def test_current_plan_starts_when_paid_and_ends_with_the_subscription(session_fa
 
 @pytest.mark.parametrize("event_type", ["PAYMENT_SOMETHING_NEW", "SUBSCRIPTION_PAUSED"])
 def test_undocumented_asaas_types_are_logged_and_ignored(session_factory, pro, event_type):
-    body = asaas_event("PAYMENT_CONFIRMED" if event_type.startswith("PAYMENT") else "SUBSCRIPTION_CREATED",
-                       event_id=f"evt_{event_type}")
+    body = asaas_event(
+        "PAYMENT_CONFIRMED" if event_type.startswith("PAYMENT") else "SUBSCRIPTION_CREATED",
+        event_id=f"evt_{event_type}",
+    )
     body["event"] = event_type
     row = deliver(session_factory, "asaas", body)
     assert (row.status, row.attempts) == ("ignored", 1)
@@ -230,8 +254,12 @@ def test_undocumented_asaas_types_are_logged_and_ignored(session_factory, pro, e
 
 
 def test_types_outside_billing_are_stored_and_ignored(session_factory):
-    body = {"id": "evt_transfer&1", "event": "TRANSFER_CREATED", "dateCreated": "2024-06-12 16:45:03",
-            "transfer": {"object": "transfer", "id": "tra_1", "value": 10}}
+    body = {
+        "id": "evt_transfer&1",
+        "event": "TRANSFER_CREATED",
+        "dateCreated": "2024-06-12 16:45:03",
+        "transfer": {"object": "transfer", "id": "tra_1", "value": 10},
+    }
     row = deliver(session_factory, "asaas", body)
     assert (row.status, row.last_error) == ("ignored", None)
     odd = deliver(session_factory, "asaas", {"id": "evt_odd&2", "event": "CHECKOUT_SOMETHING", "checkout": None})

@@ -13,8 +13,8 @@ from tests.support.billing import (
     add_plan,
     add_user,
     asaas_event,
-    billing_invariants,  # noqa: F401  (autouse: the invariants after every test)
     balance,
+    billing_invariants,  # noqa: F401  (autouse: the invariants after every test)
     clerk_event,
     count,
     ledger,
@@ -46,7 +46,9 @@ def test_payment_for_an_unknown_user_is_unmatched_then_replayed_and_granted_once
     confirmed = deliver(session_factory, "asaas", asaas_event("PAYMENT_CONFIRMED"))
     received = deliver(session_factory, "asaas", asaas_event("PAYMENT_RECEIVED"))
     assert (confirmed.status, confirmed.detail) == (
-        "unmatched", f"user {CLERK_ID} has no User and CreditBalance yet (found by externalReference)")
+        "unmatched",
+        f"user {CLERK_ID} has no User and CreditBalance yet (found by externalReference)",
+    )
     assert [e.user_id for e in subscription_events(session_factory)] == [None, None]  # logged, no user yet
     add_user(session_factory)  # user.created replays the user's unmatched events by itself
     assert [inbox_row(session_factory, i).status for i in (confirmed.id, received.id)] == ["processed"] * 2
@@ -59,12 +61,19 @@ def test_payment_for_an_unknown_user_is_unmatched_then_replayed_and_granted_once
 
 def test_payment_without_reference_waits_for_a_link(session_factory, pro):
     add_user(session_factory)
-    orphan = asaas_event("PAYMENT_CONFIRMED", id="pay_orphan", externalReference=None, customer="cus_000000008773",
-                         subscription="sub_m5gdy1upm25fbwgx")
+    orphan = asaas_event(
+        "PAYMENT_CONFIRMED",
+        id="pay_orphan",
+        externalReference=None,
+        customer="cus_000000008773",
+        subscription="sub_m5gdy1upm25fbwgx",
+    )
     row = deliver(session_factory, "asaas", orphan)
     assert row.status == "unmatched"
-    assert row.detail == ("no user: externalReference None names no Clerk user and no link is known for "
-                          "customer cus_000000008773, subscription sub_m5gdy1upm25fbwgx")
+    assert row.detail == (
+        "no user: externalReference None names no Clerk user and no link is known for "
+        "customer cus_000000008773, subscription sub_m5gdy1upm25fbwgx"
+    )
     assert count(session_factory, '"SubscriptionEvent"') == 0  # no user to log it for
     with session_factory() as session:
         assert unmatched_inbox_ids_for_user(session, CLERK_ID) == []  # nothing links it to the user yet
@@ -76,8 +85,11 @@ def test_payment_without_reference_waits_for_a_link(session_factory, pro):
 
 
 def test_reference_of_another_system_is_not_a_user(session_factory, pro):
-    row = deliver(session_factory, "asaas", asaas_event("PAYMENT_CONFIRMED", externalReference="056984",
-                                                        customer="cus_x", subscription=None))
+    row = deliver(
+        session_factory,
+        "asaas",
+        asaas_event("PAYMENT_CONFIRMED", externalReference="056984", customer="cus_x", subscription=None),
+    )
     assert row.status == "unmatched" and "'056984' names no Clerk user" in row.detail
 
 

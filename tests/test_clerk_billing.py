@@ -13,8 +13,8 @@ from tests.support.billing import (
     SIGNUP,
     add_plan,
     add_user,
-    billing_invariants,  # noqa: F401  (autouse: the invariants after every test)
     balance,
+    billing_invariants,  # noqa: F401  (autouse: the invariants after every test)
     clerk_event,
     count,
     ledger,
@@ -40,7 +40,10 @@ def test_checkout_paid_grants_once_per_attempt(session_factory, pro):
     row = _clerk(session_factory, clerk_event("paymentAttempt.updated.checkout.paid"))
     assert process(row.id)["status"] == "processed"  # the message delivered again
     again = _clerk(session_factory, clerk_event("paymentAttempt.updated.checkout.paid"))  # Clerk resent it
-    assert row.detail == f"granted {PRO_CREDITS} credits of plan plan_pro for clerk payment attempt cpa_2xCheckout (checkout)"
+    assert (
+        row.detail
+        == f"granted {PRO_CREDITS} credits of plan plan_pro for clerk payment attempt cpa_2xCheckout (checkout)"
+    )
     assert again.detail.endswith(f"already granted {PRO_CREDITS} credits")
     assert ledger(session_factory) == [("grant", PRO_CREDITS, "clerk payment attempt cpa_2xCheckout (checkout) (Pro)")]
     assert count(session_factory, '"SubscriptionEvent"') == 2  # two deliveries, two event ids
@@ -64,7 +67,10 @@ def test_renewal_paid_grants_again_and_is_logged(session_factory, pro):
 
 def test_failed_attempt_is_logged_and_grants_nothing(session_factory, pro):
     row = _clerk(session_factory, clerk_event("paymentAttempt.updated.failed"))
-    assert (row.status, row.detail) == ("processed", "logged; paymentAttempt.updated with status failed moves no credits")
+    assert (row.status, row.detail) == (
+        "processed",
+        "logged; paymentAttempt.updated with status failed moves no credits",
+    )
     [event] = subscription_events(session_factory)
     assert (event.status, event.occurred_at) == ("failed", datetime(2024, 6, 28, 8, 0, 5))  # timestamp in seconds
     assert ledger(session_factory) == []
@@ -90,8 +96,12 @@ def test_subscription_past_due_spellings_are_both_logged(session_factory, pro):
 
 def test_ended_item_ends_the_plan_but_an_older_event_does_not_undo_a_newer_one(session_factory, session, pro):
     _clerk(session_factory, clerk_event("subscriptionItem.active", timestamp=1719561600000))
-    _clerk(session_factory, clerk_event("subscriptionItem.active", type="subscriptionItem.ended",
-                                        data={"status": "ended"}, timestamp=1719561700000))
+    _clerk(
+        session_factory,
+        clerk_event(
+            "subscriptionItem.active", type="subscriptionItem.ended", data={"status": "ended"}, timestamp=1719561700000
+        ),
+    )
     assert current_plan(session, CLERK_ID) is None
     _clerk(session_factory, clerk_event("subscriptionItem.active", timestamp=1716883200000))  # late, older
     session.expire_all()
@@ -119,7 +129,10 @@ def test_paid_plan_item_active_grants_nothing_itself(session_factory, pro):
 def test_no_plan_logs_and_says_why(session_factory):
     add_user(session_factory)
     row = _clerk(session_factory, clerk_event("paymentAttempt.updated.paid"))
-    assert (row.status, row.detail) == ("processed", "logged; no plan matches the attempt's items ['pro-plan']; nothing granted")
+    assert (row.status, row.detail) == (
+        "processed",
+        "logged; no plan matches the attempt's items ['pro-plan']; nothing granted",
+    )
     assert count(session_factory, '"SubscriptionEvent"') == 1
 
 
@@ -137,11 +150,18 @@ def test_undocumented_billing_types_are_logged_and_ignored(session_factory, pro,
     assert ledger(session_factory) == [] and count(session_factory, '"SubscriptionEvent"') == 1
 
 
-@pytest.mark.parametrize("body", [
-    {"type": "organization.created", "object": "event", "data": {"id": "org_1"}},
-    {"type": "session.created", "object": "event", "data": {"id": "sess_1", "user_id": CLERK_ID}},
-    {"type": "subscription.created", "object": "event", "data": {"id": "csub_1", "payer": {"organization_id": "org_1"}}},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"type": "organization.created", "object": "event", "data": {"id": "org_1"}},
+        {"type": "session.created", "object": "event", "data": {"id": "sess_1", "user_id": CLERK_ID}},
+        {
+            "type": "subscription.created",
+            "object": "event",
+            "data": {"id": "csub_1", "payer": {"organization_id": "org_1"}},
+        },
+    ],
+)
 def test_other_clerk_types_are_stored_and_ignored(session_factory, body):
     row = _clerk(session_factory, body)
     assert (row.status, row.last_error) == ("ignored", None)

@@ -56,7 +56,9 @@ def test_processing_the_same_row_twice_changes_nothing(session_factory, session)
 def test_newer_update_wins_and_older_is_skipped(session_factory, session):
     deliver(session_factory, "clerk", payload("clerk/user.created"))
     deliver(session_factory, "clerk", clerk_user_event("user.updated", CLERK_ID, CREATED_AT + 2000, first_name="New"))
-    older = deliver(session_factory, "clerk", clerk_user_event("user.updated", CLERK_ID, CREATED_AT + 1000, first_name="Old"))
+    older = deliver(
+        session_factory, "clerk", clerk_user_event("user.updated", CLERK_ID, CREATED_AT + 1000, first_name="Old")
+    )
     assert older.status == "processed" and "skipped" in older.detail
     assert _user(session).name == "New Example"
 
@@ -71,11 +73,25 @@ def test_update_before_create_creates_the_user_once(session_factory, session):
 
 
 def test_name_falls_back_to_username_and_may_be_null(session_factory, session):
-    deliver(session_factory, "clerk", clerk_user_event(
-        "user.created", "user_a", 1, first_name=None, last_name=None, username="ana"))
-    deliver(session_factory, "clerk", clerk_user_event(
-        "user.created", "user_b", 1, first_name=None, last_name=None, username=None,
-        email_addresses=[], primary_email_address_id=None))
+    deliver(
+        session_factory,
+        "clerk",
+        clerk_user_event("user.created", "user_a", 1, first_name=None, last_name=None, username="ana"),
+    )
+    deliver(
+        session_factory,
+        "clerk",
+        clerk_user_event(
+            "user.created",
+            "user_b",
+            1,
+            first_name=None,
+            last_name=None,
+            username=None,
+            email_addresses=[],
+            primary_email_address_id=None,
+        ),
+    )
     assert _user(session, "user_a").name == "ana"
     user_b = _user(session, "user_b")
     assert (user_b.name, user_b.email) == (None, None)
@@ -92,7 +108,9 @@ def test_deleted_user_is_deactivated_kept_and_never_resurrected(session_factory,
     deliver(session_factory, "clerk", payload("clerk/user.created"))
     row = deliver(session_factory, "clerk", payload("clerk/user.deleted"))
     assert (row.status, row.detail) == ("processed", "user deactivated")
-    late = deliver(session_factory, "clerk", clerk_user_event("user.updated", CLERK_ID, CREATED_AT + 5, first_name="Late"))
+    late = deliver(
+        session_factory, "clerk", clerk_user_event("user.updated", CLERK_ID, CREATED_AT + 5, first_name="Late")
+    )
     assert late.detail == "user deleted in Clerk: kept inactive"
     user = _user(session)
     assert user.is_active is False and user.name == "Late Example"
@@ -121,14 +139,19 @@ def test_every_order_of_created_updated_deleted_ends_in_the_same_state(session_f
     for event_type in order:
         deliver(session_factory, "clerk", payload(f"clerk/{event_type}"))
     assert _final_state(session) == (
-        [(CLERK_ID, "example@example.org", "Changed Example", False)], [100], [("signup", 100)]
+        [(CLERK_ID, "example@example.org", "Changed Example", False)],
+        [100],
+        [("signup", 100)],
     )
 
 
 @pytest.mark.parametrize(
     "event_type, data",
-    [("user.created", {"email_addresses": []}), ("user.deleted", {"deleted": True}),
-     ("user.updated", {"id": "user_x"})],
+    [
+        ("user.created", {"email_addresses": []}),
+        ("user.deleted", {"deleted": True}),
+        ("user.updated", {"id": "user_x"}),
+    ],
 )
 def test_a_payload_that_can_never_succeed_fails_at_once(session_factory, event_type, data):
     row = deliver(session_factory, "clerk", {"type": event_type, "object": "event", "data": data})

@@ -24,8 +24,12 @@ def test_replay_by_status_enqueues_and_the_worker_processes(celery_worker, sessi
     row = deliver(session_factory, "clerk", {"type": "user.created", "data": {"email_addresses": []}})
     assert row.status == "failed"  # no data.id: a payload that can never succeed
     # A process of its own, as an operator runs it: the message goes through the broker.
-    result = subprocess.run([sys.executable, "-m", "worker.cli", "inbox", "replay", "--status", "failed"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "inbox", "replay", "--status", "failed"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"replayed 1 row(s), enqueued 1: [{row.id}]"
     deadline = time.monotonic() + 30

@@ -4,15 +4,17 @@ records the Next.js app's own changes, so sum(ledger) == creditsRemaining whoeve
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
 from models.app import CreditBalance, User
 from models.ledger import CreditLedgerEntry, LedgerKind
 from tests.support.inbox import assert_ledger_matches_balances, ledger_sum
-from worker.errors import LedgerKeyConflict
 from worker.credits.ledger import change_credits, open_credit_balance
+from worker.errors import LedgerKeyConflict
 
 
 def _new_user(session, clerk_id="user_l", credits=100) -> CreditBalance:
@@ -25,8 +27,9 @@ def _new_user(session, clerk_id="user_l", credits=100) -> CreditBalance:
 
 def test_change_credits_moves_balance_and_appends_entry(session):
     balance = _new_user(session)
-    change = change_credits(session, balance.id, delta=-30, kind=LedgerKind.USAGE,
-                            idempotency_key="k1", reference="debit k1", floor=0)
+    change = change_credits(
+        session, balance.id, delta=-30, kind=LedgerKind.USAGE, idempotency_key="k1", reference="debit k1", floor=0
+    )
     session.commit()
     assert change.balance_after == 70
     assert session.scalar(select(CreditBalance.credits_remaining)) == 70
@@ -37,8 +40,12 @@ def test_change_credits_moves_balance_and_appends_entry(session):
 
 def test_floor_refuses_an_overdraft_and_writes_nothing(session):
     balance = _new_user(session, credits=5)
-    assert change_credits(session, balance.id, delta=-6, kind=LedgerKind.USAGE,
-                          idempotency_key="k2", reference="x", floor=0) is None
+    assert (
+        change_credits(
+            session, balance.id, delta=-6, kind=LedgerKind.USAGE, idempotency_key="k2", reference="x", floor=0
+        )
+        is None
+    )
     session.commit()
     assert session.scalar(select(CreditBalance.credits_remaining)) == 5
     assert session.scalar(text("SELECT count(*) FROM ingest.credit_ledger")) == 1  # signup only
@@ -46,8 +53,9 @@ def test_floor_refuses_an_overdraft_and_writes_nothing(session):
 
 def test_reversals_may_go_below_zero_without_a_floor(session):
     balance = _new_user(session, credits=5)
-    change = change_credits(session, balance.id, delta=-50, kind=LedgerKind.REVERSAL,
-                            idempotency_key="r1", reference="refund")
+    change = change_credits(
+        session, balance.id, delta=-50, kind=LedgerKind.REVERSAL, idempotency_key="r1", reference="refund"
+    )
     assert change.balance_after == -45
 
 
@@ -58,10 +66,13 @@ def test_reused_key_raises_and_rolls_back(session):
         change_credits(session, balance.id, delta=10, kind=LedgerKind.GRANT, idempotency_key="g", reference="p")
 
 
-@pytest.mark.parametrize("statement", [
-    "UPDATE ingest.credit_ledger SET delta = delta + 1",
-    "DELETE FROM ingest.credit_ledger",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE ingest.credit_ledger SET delta = delta + 1",
+        "DELETE FROM ingest.credit_ledger",
+    ],
+)
 def test_the_database_refuses_to_change_ledger_rows(session, statement):
     _new_user(session)
     session.commit()
@@ -73,16 +84,20 @@ def test_the_database_refuses_to_change_ledger_rows(session, statement):
 def test_app_writes_through_prisma_are_recorded_as_external_entries(session_factory):
     # What the seed's Next.js code does: create the balance with its default, then decrement.
     with session_factory.begin() as session:
-        session.execute(text(
-            'INSERT INTO "User" (id, "clerkId", "updatedAt") VALUES (\'u1\', \'user_app\', now());'
-            'INSERT INTO "CreditBalance" (id, "userId", "clerkUserId", "updatedAt") '
-            "VALUES ('b1', 'u1', 'user_app', now())"))
+        session.execute(
+            text(
+                'INSERT INTO "User" (id, "clerkId", "updatedAt") VALUES (\'u1\', \'user_app\', now());'
+                'INSERT INTO "CreditBalance" (id, "userId", "clerkUserId", "updatedAt") '
+                "VALUES ('b1', 'u1', 'user_app', now())"
+            )
+        )
     with session_factory.begin() as session:
         session.execute(text('UPDATE "CreditBalance" SET "creditsRemaining" = "creditsRemaining" - 7'))
         session.execute(text('UPDATE "CreditBalance" SET "lastSyncedAt" = now()'))  # no credit change
     with session_factory() as session:
-        entries = session.execute(text(
-            "SELECT kind, delta, balance_after, idempotency_key FROM ingest.credit_ledger ORDER BY id")).all()
+        entries = session.execute(
+            text("SELECT kind, delta, balance_after, idempotency_key FROM ingest.credit_ledger ORDER BY id")
+        ).all()
     assert [tuple(e) for e in entries] == [("external", 100, 100, None), ("external", -7, 93, None)]
     assert_ledger_matches_balances(session_factory)
 
@@ -99,7 +114,8 @@ def test_service_changes_are_not_counted_twice(session_factory):
 
 writes = st.lists(
     st.tuples(st.sampled_from(["service", "service_floor", "app"]), st.integers(-60, 60)),
-    min_size=1, max_size=15,
+    min_size=1,
+    max_size=15,
 )
 
 
@@ -107,14 +123,22 @@ writes = st.lists(
 @given(writes=writes)
 def test_invariant_holds_under_any_mix_of_writers(session_factory, writes):
     with session_factory.begin() as session:
-        session.execute(text("TRUNCATE \"User\", \"CreditBalance\", ingest.credit_ledger CASCADE"))
+        session.execute(text('TRUNCATE "User", "CreditBalance", ingest.credit_ledger CASCADE'))
         balance_id = _new_user(session, credits=50).id
     for number, (writer, delta) in enumerate(writes):
         with session_factory.begin() as session:
             if writer == "app":
-                session.execute(text('UPDATE "CreditBalance" SET "creditsRemaining" = "creditsRemaining" + :d'), {"d": delta})
+                session.execute(
+                    text('UPDATE "CreditBalance" SET "creditsRemaining" = "creditsRemaining" + :d'), {"d": delta}
+                )
             else:
-                change_credits(session, balance_id, delta=delta, kind=LedgerKind.ADJUSTMENT,
-                               idempotency_key=f"h{number}", reference="hypothesis",
-                               floor=0 if writer == "service_floor" else None)
+                change_credits(
+                    session,
+                    balance_id,
+                    delta=delta,
+                    kind=LedgerKind.ADJUSTMENT,
+                    idempotency_key=f"h{number}",
+                    reference="hypothesis",
+                    floor=0 if writer == "service_floor" else None,
+                )
     assert_ledger_matches_balances(session_factory)

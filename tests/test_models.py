@@ -58,8 +58,7 @@ def test_deleting_a_user_cascades_to_balance_and_storage(session):
     session.add(user)
     session.flush()
     session.add(
-        StorageObject(user_id=user.id, clerk_user_id="user_1", url="https://b/x", pathname="x",
-                      name="x.png", size=10)
+        StorageObject(user_id=user.id, clerk_user_id="user_1", url="https://b/x", pathname="x", name="x.png", size=10)
     )
     session.commit()
     session.execute(delete(User).where(User.id == user.id))
@@ -75,8 +74,12 @@ def test_deleting_a_user_with_usage_history_is_refused(session):
     session.add(user)
     session.flush()
     session.add(
-        UsageHistory(user_id=user.id, credit_balance_id=user.credit_balance.id,
-                     operation_type=OperationType.AI_TEXT_CHAT, credits_used=1)
+        UsageHistory(
+            user_id=user.id,
+            credit_balance_id=user.credit_balance.id,
+            operation_type=OperationType.AI_TEXT_CHAT,
+            credits_used=1,
+        )
     )
     session.commit()
     with pytest.raises(IntegrityError, match="UsageHistory_userId_fkey"):
@@ -93,8 +96,9 @@ def test_models_match_the_migrated_database(engine, settings):
             conn.execution_options(schema_translate_map={SERVICE_SCHEMA: settings.service_schema}),
             opts={
                 "include_schemas": True,
-                "include_name": lambda name, type_, parent: type_ != "schema"
-                or name in (None, "public", settings.service_schema),
+                "include_name": lambda name, type_, parent: (
+                    type_ != "schema" or name in (None, "public", settings.service_schema)
+                ),
                 "include_object": lambda obj, name, type_, reflected, compare_to: name != "alembic_version",
             },
         )

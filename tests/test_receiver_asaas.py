@@ -9,6 +9,7 @@ import pytest
 
 from models.settings import ConfigError
 from tests.conftest import ASAAS_TEST_TOKEN
+from tests.support.databases import settings_copy
 from tests.support.receiver_fixtures import app, client, make_app, queue, receiver_settings  # noqa: F401
 from tests.support.receiver_support import (
     QueuedTask,
@@ -18,7 +19,6 @@ from tests.support.receiver_support import (
     payload_bytes,
     payload_names,
 )
-from tests.support.databases import settings_copy
 
 URL = "/webhooks/asaas"
 ALLOWED = "203.0.113.5"

@@ -212,7 +212,9 @@ def test_a_svix_id_postgresql_cannot_store_is_a_400(client, session_factory, que
 
 
 def test_unicode_is_stored_as_sent(client, session_factory):
-    body = json.dumps({"type": "user.created", "data": {"first_name": "João 🎉", "n": 12345678901234567890}}, ensure_ascii=False).encode()
+    body = json.dumps(
+        {"type": "user.created", "data": {"first_name": "João 🎉", "n": 12345678901234567890}}, ensure_ascii=False
+    ).encode()
     assert _post(client, body, clerk_headers(body)).status_code == 200
     [row] = inbox_rows(session_factory)
     assert row.payload["data"] == {"first_name": "João 🎉", "n": 12345678901234567890}

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import HealthCheck, assume, event, given, reject, strategies as st
+from hypothesis import HealthCheck, assume, event, given, reject
 from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from tests.conftest import ASAAS_TEST_TOKEN
 from tests.support.receiver_fixtures import make_app, receiver_settings  # noqa: F401
@@ -129,7 +130,11 @@ def test_asaas_never_answers_500_to_arbitrary_addresses(guarded_client, session_
 
 
 @FUZZ
-@given(document=clerk_events, ensure_ascii=st.booleans(), msg_id=st.one_of(st.uuids().map(lambda u: f"msg_{u.hex}"), header_values))
+@given(
+    document=clerk_events,
+    ensure_ascii=st.booleans(),
+    msg_id=st.one_of(st.uuids().map(lambda u: f"msg_{u.hex}"), header_values),
+)
 def test_clerk_answers_200_or_400_to_any_signed_body(fuzz_client, session_factory, document, ensure_ascii, msg_id):
     # Past authentication: whatever a correctly signed body holds is stored or refused with
     # a 400, never crashes the insert (NUL, lone surrogates, NaN, huge numbers, odd ids).

@@ -76,7 +76,9 @@ def server(settings, redis_urls, tmp_path_factory):
     }
     log_path = folder / "gunicorn.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen(_procfile_web_command(), env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            _procfile_web_command(), env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
     running = Server(port, log_path)
     try:
         _wait_until_up(process, running)
@@ -167,7 +169,10 @@ def _accepted(server: Server) -> float:
     assert status == 200
     for family in text_string_to_metric_families(text.decode()):
         for sample in family.samples:
-            if sample.name == "webhook_deliveries_total" and sample.labels == {"source": "asaas", "outcome": "accepted"}:
+            if sample.name == "webhook_deliveries_total" and sample.labels == {
+                "source": "asaas",
+                "outcome": "accepted",
+            }:
                 return sample.value
     raise AssertionError("no webhook_deliveries_total{source=asaas,outcome=accepted} sample")
 
@@ -183,5 +188,12 @@ def test_the_log_names_events_and_holds_no_secret(server, session_factory, redis
     assert "webhook.accepted source=clerk" in log
     assert "webhook.rejected source=clerk reason=bad_signature" in log
     assert '"POST /webhooks/clerk" 200' in log  # the access log, without query or headers
-    for secret in (CLERK_TEST_SECRET, CLERK_TEST_SECRET.removeprefix("whsec_"), ASAAS_TEST_TOKEN, "a-wrong-token-value", headers["svix-signature"], "Zm9yZ2Vk"):
+    for secret in (
+        CLERK_TEST_SECRET,
+        CLERK_TEST_SECRET.removeprefix("whsec_"),
+        ASAAS_TEST_TOKEN,
+        "a-wrong-token-value",
+        headers["svix-signature"],
+        "Zm9yZ2Vk",
+    ):
         assert secret not in log

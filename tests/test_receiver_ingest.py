@@ -41,7 +41,9 @@ SOURCES: dict[str, Callable[[bytes], tuple[str, dict[str, str]]]] = {"clerk": _c
 
 def _event(source: str, size: int) -> bytes:
     """A valid delivery body of exactly `size` bytes."""
-    base = {"type": "user.created", "data": {}} if source == "clerk" else {"id": "evt_pad&1", "event": "PAYMENT_CREATED"}
+    base = (
+        {"type": "user.created", "data": {}} if source == "clerk" else {"id": "evt_pad&1", "event": "PAYMENT_CREATED"}
+    )
     padding = size - len(json_body({**base, "pad": ""}))
     body = json_body({**base, "pad": "x" * padding})
     assert len(body) == size
@@ -61,7 +63,9 @@ class TestBodySizeLimit:
         response = small_app.test_client().post(path, data=body, headers=headers)
         assert response.status_code == 200, response.json
 
-    def test_a_larger_content_length_is_refused_before_any_byte_is_read(self, small_app, session_factory, queue, source):
+    def test_a_larger_content_length_is_refused_before_any_byte_is_read(
+        self, small_app, session_factory, queue, source
+    ):
         body = _event(source, LIMIT + 1)
         path, headers = SOURCES[source](body)
         stream = CountingStream(body)

@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from models.settings import ConfigError
 from receiver.app import EXTENSION, create_app
 from tests.conftest import ASAAS_TEST_TOKEN, CLERK_TEST_SECRET
+from tests.support.databases import settings_copy
 from tests.support.receiver_fixtures import app, client, make_app, receiver_settings  # noqa: F401
 from tests.support.receiver_support import (
     asaas_headers,
@@ -20,7 +21,6 @@ from tests.support.receiver_support import (
     json_body,
     payload_bytes,
 )
-from tests.support.databases import settings_copy
 
 
 def test_healthz_answers_while_the_process_is_alive(make_app, session_factory):
@@ -160,7 +160,10 @@ class TestStartUp:
 
     @pytest.mark.parametrize(
         ("field", "variable"),
-        [("clerk_webhook_signing_secret", "CLERK_WEBHOOK_SIGNING_SECRET"), ("asaas_webhook_token", "ASAAS_WEBHOOK_TOKEN")],
+        [
+            ("clerk_webhook_signing_secret", "CLERK_WEBHOOK_SIGNING_SECRET"),
+            ("asaas_webhook_token", "ASAAS_WEBHOOK_TOKEN"),
+        ],
     )
     @pytest.mark.parametrize("value", [None, "", " , "])
     def test_a_missing_secret_stops_start_up_naming_the_variable(self, receiver_settings, field, variable, value):

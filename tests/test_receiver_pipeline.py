@@ -39,7 +39,9 @@ def _settled_row(factory: sessionmaker[Session], external_id: str, timeout: floa
         if rows and rows[0].status in SETTLED:
             return rows[0]
         time.sleep(0.1)
-    raise AssertionError(f"no settled inbox row for {external_id}: {[(r.external_id, r.status) for r in inbox_rows(factory)]}")
+    raise AssertionError(
+        f"no settled inbox row for {external_id}: {[(r.external_id, r.status) for r in inbox_rows(factory)]}"
+    )
 
 
 def test_an_accepted_clerk_delivery_is_processed_by_the_worker(celery_worker, make_broker_app, session_factory):
@@ -55,7 +57,9 @@ def test_an_accepted_clerk_delivery_is_processed_by_the_worker(celery_worker, ma
     assert row.status == "processed", (row.status, row.last_error, row.detail)
 
 
-def test_a_delivery_queued_while_postgresql_was_down_is_stored_and_processed(celery_worker, make_broker_app, session_factory):
+def test_a_delivery_queued_while_postgresql_was_down_is_stored_and_processed(
+    celery_worker, make_broker_app, session_factory
+):
     # The receiver could not reach PostgreSQL (its own URL points nowhere); the worker can.
     client = make_broker_app(database_url=down_database_url()).test_client()
     body = payload_bytes("asaas/PAYMENT_CREATED")
@@ -82,9 +86,12 @@ def test_ten_concurrent_copies_of_one_delivery_have_one_effect(celery_worker, ma
     assert sorted(r.json["status"] for r in responses) == ["accepted"] + ["duplicate"] * 9
     assert _settled_row(session_factory, headers["svix-id"]).status == "processed"
     with session_factory() as session:
-        effects = session.execute(text(
-            'SELECT (SELECT count(*) FROM ingest.webhook_inbox), (SELECT count(*) FROM "User"), '
-            "(SELECT count(*) FROM ingest.credit_ledger)")).one()
+        effects = session.execute(
+            text(
+                'SELECT (SELECT count(*) FROM ingest.webhook_inbox), (SELECT count(*) FROM "User"), '
+                "(SELECT count(*) FROM ingest.credit_ledger)"
+            )
+        ).one()
     assert tuple(effects) == (1, 1, 1)
 
 

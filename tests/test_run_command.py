@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,8 +17,8 @@ from pathlib import Path
 import httpx
 import psutil
 import psycopg
-from alembic.script import ScriptDirectory
 import pytest
+from alembic.script import ScriptDirectory
 
 from tests.support.databases import create_database, drop_database, libpq_url
 from tests.support.servers import PROJECT_ROOT
@@ -71,9 +70,12 @@ def _assert_receiver_ready(port: str) -> None:
 
 
 def _run_env(**changes: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DATABASE_URL", "REDIS_URL", "CLERK_WEBHOOK_SIGNING_SECRET", "ASAAS_WEBHOOK_TOKEN",
-                        "FLOWER_BASIC_AUTH")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in ("DATABASE_URL", "REDIS_URL", "CLERK_WEBHOOK_SIGNING_SECRET", "ASAAS_WEBHOOK_TOKEN", "FLOWER_BASIC_AUTH")
+    }
     # Free ports: Flower's, and honcho's base port (the Procfile's first process, web, gets it).
     return {**env, "FLOWER_PORT": str(free_port()), "PORT": str(free_port()), **changes}
 
@@ -84,7 +86,10 @@ def _running(env: dict[str, str], data_dir: Path, log: Path) -> Iterator[dict[in
     Yields every process seen under it (filled in while it runs)."""
     run = subprocess.Popen(
         [sys.executable, "-m", "worker.cli", "run", "--data-dir", str(data_dir)],
-        cwd=PROJECT_ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
     )
     seen: dict[int, psutil.Process] = {}
     deadline = time.monotonic() + 90
@@ -118,8 +123,11 @@ def test_run_starts_embedded_servers_and_leaves_nothing_behind(data_dir, tmp_pat
         _assert_flower_requires_the_local_credentials(env["FLOWER_PORT"], data_dir)
         assert "started EmbeddedPostgres" in log.read_text() and "started EmbeddedRedis" in log.read_text()
         # Started by pg_ctl (detached): find the embedded postmaster by its data folder.
-        postmasters = [p for p in psutil.process_iter(["cmdline"])
-                       if str(data_dir / "postgres") in " ".join(p.info["cmdline"] or [])]
+        postmasters = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if str(data_dir / "postgres") in " ".join(p.info["cmdline"] or [])
+        ]
         assert postmasters, "the embedded PostgreSQL is not running"
         seen.update({p.pid: p for p in postmasters})
     _assert_none_alive(seen)

@@ -38,9 +38,7 @@ def migrated_and_reference(fresh_database, settings):
     return describe_schema(libpq_url(reference_url)), describe_schema(libpq_url(migrated_url))
 
 
-@pytest.mark.parametrize(
-    "aspect", ["relations", "columns", "indexes", "constraints", "enums", "types", "functions"]
-)
+@pytest.mark.parametrize("aspect", ["relations", "columns", "indexes", "constraints", "enums", "types", "functions"])
 def test_public_schema_matches_prisma_reference(migrated_and_reference, aspect):
     reference, migrated = migrated_and_reference
     if aspect != "functions":  # Prisma's DDL creates no function

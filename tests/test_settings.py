@@ -9,8 +9,15 @@ SECRET = "whsec_c2VjcmV0LXRoYXQtbXVzdC1uZXZlci1sZWFr"
 
 @pytest.fixture
 def env(monkeypatch):
-    for name in ("DATABASE_URL", "REDIS_URL", "CLERK_WEBHOOK_SIGNING_SECRET", "ASAAS_WEBHOOK_TOKEN",
-                 "SIGNUP_CREDITS", "SERVICE_SCHEMA", "MAX_BODY_BYTES"):
+    for name in (
+        "DATABASE_URL",
+        "REDIS_URL",
+        "CLERK_WEBHOOK_SIGNING_SECRET",
+        "ASAAS_WEBHOOK_TOKEN",
+        "SIGNUP_CREDITS",
+        "SERVICE_SCHEMA",
+        "MAX_BODY_BYTES",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DATABASE_URL", "postgres://u:pw@db.example:5432/app")
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -37,9 +44,7 @@ def test_malformed_values_are_named_without_echoing_them(env):
 
 
 def test_postgres_urls_use_psycopg3(env):
-    assert load_settings().database_url.get_secret_value() == (
-        "postgresql+psycopg://u:pw@db.example:5432/app"
-    )
+    assert load_settings().database_url.get_secret_value() == ("postgresql+psycopg://u:pw@db.example:5432/app")
     env.setenv("DATABASE_URL", "postgresql://u@h/d")
     assert load_settings().database_url.get_secret_value() == "postgresql+psycopg://u@h/d"
 

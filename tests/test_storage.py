@@ -7,11 +7,16 @@ from sqlalchemy import select
 
 from models.app import StorageObject
 from tests.support.usage import count_rows, make_user
-from worker.usage import storage
 from worker.client import UsageClient
+from worker.usage import storage
 
-BLOB = {"url": "https://blob.example/u/a.png", "pathname": "u/a.png", "name": "a.png", "size": 10,
-        "content_type": "image/png"}
+BLOB = {
+    "url": "https://blob.example/u/a.png",
+    "pathname": "u/a.png",
+    "name": "a.png",
+    "size": 10,
+    "content_type": "image/png",
+}
 
 
 def record(factory, clerk_user_id="user_a", **changes):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from sqlalchemy import update
 
 from models.app import AdminSettings, Plan

@@ -9,9 +9,15 @@ from models.ledger import CreditLedgerEntry
 from models.usage import UsageRequest
 from tests.support.inbox import assert_ledger_matches_balances
 from tests.support.usage import (
-    balance, count_rows, debit, ledger_deltas, make_user, stored_status, usage_credits,
+    balance,
+    count_rows,
+    debit,
+    ledger_deltas,
+    make_user,
+    stored_status,
+    usage_credits,
 )
-from worker.usage import costs, debits, refunds, requests
+from worker.usage import costs, debits, requests
 
 
 @pytest.fixture(autouse=True)
@@ -88,8 +94,12 @@ def debit_not_final(factory):
 
 @pytest.mark.parametrize(
     "fields, code",
-    [({"operation": "AI_TELEPATHY"}, "unknown_operation"), ({"cost": -1}, "invalid_cost"),
-     ({"cost": True}, "invalid_cost"), ({"operation": "SHORTS_MEDIA"}, "unknown_cost")],
+    [
+        ({"operation": "AI_TELEPATHY"}, "unknown_operation"),
+        ({"cost": -1}, "invalid_cost"),
+        ({"cost": True}, "invalid_cost"),
+        ({"operation": "SHORTS_MEDIA"}, "unknown_cost"),
+    ],
 )
 def test_mistakes_answer_an_error_and_store_nothing(session_factory, fields, code):
     make_user(session_factory)

@@ -6,7 +6,7 @@ import pytest
 
 from tests.support.inbox import assert_ledger_matches_balances
 from tests.support.usage import balance, debit, ledger_deltas, make_user, refund, usage_credits
-from worker.usage import costs, debits, refunds, requests
+from worker.usage import costs, refunds, requests
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +42,11 @@ def test_an_over_refund_is_refused_and_recorded(session_factory):
 
 def test_a_duplicate_refund_has_one_effect_and_a_changed_one_conflicts(session_factory):
     first = refund(session_factory, "r1", "d1", credits=3)
-    assert refund(session_factory, "r1", "d1", credits=3) == {**first, "status": "duplicate", "original_status": "applied"}
+    assert refund(session_factory, "r1", "d1", credits=3) == {
+        **first,
+        "status": "duplicate",
+        "original_status": "applied",
+    }
     assert refund(session_factory, "r1", "d1", credits=4)["status"] == "conflict"
     assert refund(session_factory, "d1", "d1")["status"] == "conflict"  # a debit's key is not a refund's
     assert balance(session_factory) == 93

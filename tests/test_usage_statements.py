@@ -13,9 +13,9 @@ from models.settings import load_settings
 from tests.support.databases import create_database, drop_database
 from tests.support.inbox import assert_ledger_matches_balances, ledger_sum
 from tests.support.usage import balance, debit, make_user, refund, set_feature_costs
-from worker.usage import costs
-from worker.errors import LedgerKeyConflict
 from worker.credits.ledger import change_credits, open_credit_balance
+from worker.errors import LedgerKeyConflict
+from worker.usage import costs
 
 
 @pytest.fixture(autouse=True)
@@ -68,11 +68,16 @@ def test_a_balance_the_session_holds_shows_the_change(session_factory):
     with session_factory.begin() as session:
         _, held = _open_balance(session, "user_s")
         assert held.credits_remaining == 100
-        after = change_credits(session, held.id, delta=-7, kind=LedgerKind.USAGE, idempotency_key="u",
-                               reference="x", floor=0)
+        after = change_credits(
+            session, held.id, delta=-7, kind=LedgerKind.USAGE, idempotency_key="u", reference="x", floor=0
+        )
         assert held.credits_remaining == after.balance_after == 93
-        assert change_credits(session, held.id, delta=-94, kind=LedgerKind.USAGE, idempotency_key="v",
-                              reference="x", floor=0) is None
+        assert (
+            change_credits(
+                session, held.id, delta=-94, kind=LedgerKind.USAGE, idempotency_key="v", reference="x", floor=0
+            )
+            is None
+        )
         assert held.credits_remaining == 93
         assert held not in session.dirty
 

@@ -57,8 +57,9 @@ def test_sweep_reenqueues_pending_rows_older_than_the_threshold(celery_worker, p
     old = store(session_factory, "clerk", payload("clerk/user.created"))  # its message was "lost"
     fresh = store(session_factory, "clerk", {"type": "session.created", "data": {}})
     with session_factory.begin() as session:
-        session.execute(update(WebhookInbox).where(WebhookInbox.id == old)
-                        .values(received_at=text("now() - interval '5 minutes'")))
+        session.execute(
+            update(WebhookInbox).where(WebhookInbox.id == old).values(received_at=text("now() - interval '5 minutes'"))
+        )
     assert producer.send_task("inbox.sweep").get(timeout=30) == {"requeued": 1}
     assert _wait_for_status(session_factory, old).status == "processed"
     assert inbox_row(session_factory, fresh).status == "pending"

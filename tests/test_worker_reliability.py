@@ -60,8 +60,7 @@ def _wait_for_a_lock_waiter(settings, timeout=30):
 
 def _lock_waiters(conn) -> int:
     return conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND wait_event_type = 'Lock'"
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
     ).fetchone()[0]
 
 
@@ -76,8 +75,11 @@ def _wait_until_processed(factory, inbox_id, timeout=30):
 
 def _effects(factory) -> tuple[int, int]:
     with factory() as session:
-        return tuple(session.execute(text(
-            'SELECT (SELECT count(*) FROM "User"), (SELECT count(*) FROM ingest.credit_ledger)')).one())
+        return tuple(
+            session.execute(
+                text('SELECT (SELECT count(*) FROM "User"), (SELECT count(*) FROM ingest.credit_ledger)')
+            ).one()
+        )
 
 
 def test_pool_child_killed_mid_task_is_redelivered_and_applied_once(stalled_task, session_factory):
@@ -101,8 +103,11 @@ def test_whole_worker_killed_mid_task_is_recovered_by_the_sweep(
     restarted.start()
     try:
         with session_factory.begin() as session:  # make the row older than the sweep threshold
-            session.execute(update(WebhookInbox).where(WebhookInbox.id == inbox_id)
-                            .values(received_at=text("now() - interval '5 minutes'")))
+            session.execute(
+                update(WebhookInbox)
+                .where(WebhookInbox.id == inbox_id)
+                .values(received_at=text("now() - interval '5 minutes'"))
+            )
         assert producer.send_task("inbox.sweep").get(timeout=30) == {"requeued": 1}
         _wait_until_processed(session_factory, inbox_id)
     finally:

@@ -51,32 +51,72 @@ class UsageClient:
         else:
             self.app = producer_for(broker)
 
-    def debit(self, clerk_user_id: str, operation: Any, idempotency_key: str, cost: int | None = None,
-              details: dict[str, Any] | None = None, **options: Any) -> AsyncResult:
+    def debit(
+        self,
+        clerk_user_id: str,
+        operation: Any,
+        idempotency_key: str,
+        cost: int | None = None,
+        details: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult:
         """Spend credits. `operation`: an OperationType name (or member); `cost`: None to use the
         configured cost (plan override, else AdminSettings.featureCosts)."""
-        kwargs = {"clerk_user_id": clerk_user_id, "operation": getattr(operation, "value", operation),
-                  "idempotency_key": idempotency_key, "cost": cost, "details": details}
+        kwargs = {
+            "clerk_user_id": clerk_user_id,
+            "operation": getattr(operation, "value", operation),
+            "idempotency_key": idempotency_key,
+            "cost": cost,
+            "details": details,
+        }
         return self._send("usage.debit", kwargs, options)
 
-    def refund(self, clerk_user_id: str, idempotency_key: str, refund_of: str, credits: int | None = None,
-               details: dict[str, Any] | None = None, **options: Any) -> AsyncResult:
+    def refund(
+        self,
+        clerk_user_id: str,
+        idempotency_key: str,
+        refund_of: str,
+        credits: int | None = None,
+        details: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult:
         """Give back `credits` (None: all that is left) of the debit whose key is `refund_of`."""
-        kwargs = {"clerk_user_id": clerk_user_id, "idempotency_key": idempotency_key,
-                  "refund_of": refund_of, "credits": credits, "details": details}
+        kwargs = {
+            "clerk_user_id": clerk_user_id,
+            "idempotency_key": idempotency_key,
+            "refund_of": refund_of,
+            "credits": credits,
+            "details": details,
+        }
         return self._send("usage.refund", kwargs, options)
 
     def outcome(self, idempotency_key: str) -> AsyncResult:
         return self._send("usage.outcome", {"idempotency_key": idempotency_key}, {})
 
-    def record_storage(self, clerk_user_id: str, url: str, pathname: str, name: str, size: int,
-                       content_type: str | None = None, provider: str = "vercel_blob") -> AsyncResult:
-        kwargs = {"clerk_user_id": clerk_user_id, "url": url, "pathname": pathname, "name": name,
-                  "size": size, "content_type": content_type, "provider": provider}
+    def record_storage(
+        self,
+        clerk_user_id: str,
+        url: str,
+        pathname: str,
+        name: str,
+        size: int,
+        content_type: str | None = None,
+        provider: str = "vercel_blob",
+    ) -> AsyncResult:
+        kwargs = {
+            "clerk_user_id": clerk_user_id,
+            "url": url,
+            "pathname": pathname,
+            "name": name,
+            "size": size,
+            "content_type": content_type,
+            "provider": provider,
+        }
         return self._send("storage.record", kwargs, {})
 
-    def delete_storage(self, storage_object_id: str | None = None, pathname: str | None = None,
-                       provider: str = "vercel_blob") -> AsyncResult:
+    def delete_storage(
+        self, storage_object_id: str | None = None, pathname: str | None = None, provider: str = "vercel_blob"
+    ) -> AsyncResult:
         kwargs = {"storage_object_id": storage_object_id, "pathname": pathname, "provider": provider}
         return self._send("storage.delete", kwargs, {})
 

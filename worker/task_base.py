@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from contextvars import ContextVar
-
 from typing import Any
 
 from celery import Celery, Task

@@ -251,7 +251,16 @@ ALTER TABLE "StorageObject" ADD CONSTRAINT "StorageObject_userId_fkey" FOREIGN K
 ALTER TABLE "SubscriptionEvent" ADD CONSTRAINT "SubscriptionEvent_userId_fkey" FOREIGN KEY ("userId") REFERENCES "User"("id") ON DELETE SET NULL ON UPDATE CASCADE;
 """
 
-PRISMA_TABLES = ('SubscriptionEvent', 'StorageObject', 'Plan', 'AdminSettings', 'UsageHistory', 'CreditBalance', 'Feature', 'User')
+PRISMA_TABLES = (
+    "SubscriptionEvent",
+    "StorageObject",
+    "Plan",
+    "AdminSettings",
+    "UsageHistory",
+    "CreditBalance",
+    "Feature",
+    "User",
+)
 
 
 def upgrade() -> None:

@@ -48,14 +48,15 @@ def upgrade() -> None:
             "kind IN ('signup', 'grant', 'reversal', 'usage', 'refund', 'adjustment', 'external')",
             name="credit_ledger_kind_check",
         ),
-        sa.CheckConstraint(
-            "idempotency_key IS NOT NULL OR kind = 'external'", name="credit_ledger_key_check"
-        ),
+        sa.CheckConstraint("idempotency_key IS NOT NULL OR kind = 'external'", name="credit_ledger_key_check"),
         schema=schema,
     )
     op.create_index(
-        "credit_ledger_idempotency_key_key", "credit_ledger", ["idempotency_key"],
-        unique=True, schema=schema,
+        "credit_ledger_idempotency_key_key",
+        "credit_ledger",
+        ["idempotency_key"],
+        unique=True,
+        schema=schema,
     )
     op.create_index("credit_ledger_user_id_idx", "credit_ledger", ["user_id"], schema=schema)
     op.execute(

@@ -43,7 +43,10 @@ def upgrade() -> None:
     # Replays look for a user's `unmatched` rows on every new user and every new link: keep that
     # to the unmatched rows, not the whole (ever-growing) inbox.
     op.create_index(
-        "webhook_inbox_unmatched_idx", "webhook_inbox", ["id"], schema=schema,
+        "webhook_inbox_unmatched_idx",
+        "webhook_inbox",
+        ["id"],
+        schema=schema,
         postgresql_where=sa.text("status = 'unmatched'"),
     )
     op.create_index("provider_links_clerk_user_id_idx", "provider_links", ["clerk_user_id"], schema=schema)
@@ -61,9 +64,7 @@ def upgrade() -> None:
         _timestamp("updated_at"),
         sa.CheckConstraint("credits_granted >= 0", name="payment_credits_granted_check"),
         sa.CheckConstraint("credits_reversed >= 0", name="payment_credits_reversed_check"),
-        sa.CheckConstraint(
-            "credits_reversed <= credits_granted", name="payment_credits_reversed_within_grant_check"
-        ),
+        sa.CheckConstraint("credits_reversed <= credits_granted", name="payment_credits_reversed_within_grant_check"),
         schema=schema,
     )
     op.create_index("payment_credits_clerk_user_id_idx", "payment_credits", ["clerk_user_id"], schema=schema)

@@ -34,9 +34,7 @@ def upgrade() -> None:
         sa.Column("request", postgresql.JSONB, nullable=False),
         sa.Column("result", postgresql.JSONB, nullable=False),
         sa.Column("usage_id", sa.Text),
-        sa.Column(
-            "created_at", postgresql.TIMESTAMP(timezone=True), server_default=sa.text("now()"), nullable=False
-        ),
+        sa.Column("created_at", postgresql.TIMESTAMP(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.CheckConstraint("kind IN ('debit', 'refund')", name="usage_requests_kind_check"),
         schema=schema,
     )

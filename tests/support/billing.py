@@ -13,8 +13,8 @@ from models.app import CreditBalance, Plan, SubscriptionEvent
 from models.inbox import WebhookInbox
 from models.ledger import CreditLedgerEntry
 from tests.support.inbox import assert_ledger_matches_balances, clerk_user_event, deliver, payload
-from worker.registry import Delivery
 from worker.billing.subscription_log import subscription_event_id
+from worker.registry import Delivery
 
 CLERK_ID = "user_29w83sxmDNGwOuEthce5gg56FcC"  # the payer / externalReference of the fixtures
 SIGNUP = 100
@@ -69,7 +69,11 @@ def ledger(factory: sessionmaker[Session]) -> list[tuple[str, int, str | None]]:
 
 def subscription_events(factory: sessionmaker[Session]) -> list[SubscriptionEvent]:
     with factory() as session:
-        return list(session.scalars(select(SubscriptionEvent).order_by(SubscriptionEvent.occurred_at, SubscriptionEvent.event_type)))
+        return list(
+            session.scalars(
+                select(SubscriptionEvent).order_by(SubscriptionEvent.occurred_at, SubscriptionEvent.event_type)
+            )
+        )
 
 
 @pytest.fixture(autouse=True)

@@ -24,9 +24,19 @@ class WorkerProcess:
         self.env = {**os.environ, **(env or {})}
         self.name = f"test-{uuid.uuid4().hex[:8]}@localhost"
         self.command = [
-            sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-            "--loglevel=WARNING", f"--queues={queues}", f"--concurrency={concurrency}",
-            "--pool=prefork", f"--hostname={self.name}", "--without-gossip", "--without-mingle",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.celery_app",
+            "worker",
+            "--loglevel=WARNING",
+            f"--queues={queues}",
+            f"--concurrency={concurrency}",
+            "--pool=prefork",
+            f"--hostname={self.name}",
+            "--without-gossip",
+            "--without-mingle",
         ]
         self.process: subprocess.Popen | None = None
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 import uuid
 from contextlib import ExitStack
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -42,13 +42,17 @@ def drop_database(admin_url: str, url: str) -> None:
 def truncate_all(engine: Engine, service_schema: str) -> None:
     """Empty every table but Alembic's: isolation for tests whose work a worker committed."""
     with engine.begin() as conn:
-        tables = conn.execute(
-            text(
-                "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
-                "WHERE schemaname IN ('public', :schema) AND tablename <> 'alembic_version'"
-            ),
-            {"schema": service_schema},
-        ).scalars().all()
+        tables = (
+            conn.execute(
+                text(
+                    "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
+                    "WHERE schemaname IN ('public', :schema) AND tablename <> 'alembic_version'"
+                ),
+                {"schema": service_schema},
+            )
+            .scalars()
+            .all()
+        )
         if tables:
             conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
 

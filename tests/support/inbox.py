@@ -33,9 +33,7 @@ def store(factory: sessionmaker[Session], source: str, body: dict[str, Any], ext
     event_type = body.get("type") if source == "clerk" else body.get("event")
     external_id = external_id or (body.get("id") if source == "asaas" else f"msg_{uuid.uuid4().hex}")
     with factory.begin() as session:
-        inbox_id = record_delivery(
-            session, source=source, external_id=external_id, event_type=event_type, payload=body
-        )
+        inbox_id = record_delivery(session, source=source, external_id=external_id, event_type=event_type, payload=body)
     assert inbox_id is not None, "duplicate delivery"
     return inbox_id
 
@@ -48,7 +46,9 @@ def process(inbox_id: int, **options: Any) -> dict[str, Any]:
     return result.get(propagate=False)
 
 
-def deliver(factory: sessionmaker[Session], source: str, body: dict[str, Any], external_id: str | None = None) -> WebhookInbox:
+def deliver(
+    factory: sessionmaker[Session], source: str, body: dict[str, Any], external_id: str | None = None
+) -> WebhookInbox:
     inbox_id = store(factory, source, body, external_id)
     process(inbox_id)
     return inbox_row(factory, inbox_id)

@@ -17,8 +17,8 @@ import redis
 from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
-from werkzeug.test import EnvironBuilder, run_wsgi_app
 from svix.webhooks import Webhook
+from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from models.inbox import WebhookInbox
 from tests.conftest import ASAAS_TEST_TOKEN, CLERK_TEST_SECRET

@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.app import AdminSettings, CreditBalance, Plan, User
 from models.billing import UserPlan
 from models.usage import UsageRequest
-from worker.usage import debits, refunds
 from worker.credits.ledger import open_credit_balance
+from worker.usage import debits, refunds
 
 Factory = sessionmaker[Session]
 
@@ -27,8 +27,9 @@ def make_user(factory: Factory, clerk_id: str = "user_a", credits: int = 100, ac
         open_credit_balance(session, user, credits, reference="test")
 
 
-def debit(factory: Factory, key: str, clerk_user_id: str = "user_a", operation: str = "AI_TEXT_CHAT",
-          **fields: Any) -> dict[str, Any]:
+def debit(
+    factory: Factory, key: str, clerk_user_id: str = "user_a", operation: str = "AI_TEXT_CHAT", **fields: Any
+) -> dict[str, Any]:
     """One debit in its own transaction, as the `usage.debit` task runs it."""
     with factory.begin() as session:
         return debits.debit(session, debits.DebitRequest(clerk_user_id, operation, key, **fields))
@@ -43,7 +44,8 @@ def set_feature_costs(factory: Factory, costs: dict[str, Any]) -> None:
     now = datetime.now(UTC).replace(tzinfo=None)
     with factory.begin() as session:
         session.execute(
-            insert(AdminSettings).values(id="singleton", feature_costs=costs, created_at=now, updated_at=now)
+            insert(AdminSettings)
+            .values(id="singleton", feature_costs=costs, created_at=now, updated_at=now)
             .on_conflict_do_update(index_elements=[AdminSettings.id], set_={"featureCosts": costs})
         )
 
@@ -54,14 +56,23 @@ def put_on_plan(factory: Factory, clerk_user_id: str, features: dict[str, Any], 
         plan = Plan(name="Pro", credits=1000, features=features)
         session.add(plan)
         session.flush()
-        session.add(UserPlan(clerk_user_id=clerk_user_id, plan_id=plan.id, provider="clerk", status=status,
-                             occurred_at=datetime.now(UTC)))
+        session.add(
+            UserPlan(
+                clerk_user_id=clerk_user_id,
+                plan_id=plan.id,
+                provider="clerk",
+                status=status,
+                occurred_at=datetime.now(UTC),
+            )
+        )
         return plan.id
 
 
 def balance(factory: Factory, clerk_user_id: str = "user_a") -> int:
     with factory() as session:
-        return session.scalar(select(CreditBalance.credits_remaining).where(CreditBalance.clerk_user_id == clerk_user_id))
+        return session.scalar(
+            select(CreditBalance.credits_remaining).where(CreditBalance.clerk_user_id == clerk_user_id)
+        )
 
 
 def usage_credits(factory: Factory) -> list[int]:
@@ -72,8 +83,9 @@ def usage_credits(factory: Factory) -> list[int]:
 
 def ledger_deltas(factory: Factory, kind: str) -> list[int]:
     with factory() as session:
-        return list(session.scalars(text("SELECT delta FROM ingest.credit_ledger WHERE kind = :k ORDER BY id"),
-                                    {"k": kind}))
+        return list(
+            session.scalars(text("SELECT delta FROM ingest.credit_ledger WHERE kind = :k ORDER BY id"), {"k": kind})
+        )
 
 
 def stored_status(factory: Factory, key: str) -> str | None:

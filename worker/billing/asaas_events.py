@@ -34,18 +34,48 @@ _OBJECT_BY_PREFIX = {"PAYMENT_": "payment", "SUBSCRIPTION_": "subscription", "CH
 
 # The types Asaas documents (docs.asaas.com: payment, subscription and checkout events).
 DOCUMENTED_EVENTS = frozenset(
-    [f"PAYMENT_{name}" for name in (
-        "CREATED", "AWAITING_RISK_ANALYSIS", "APPROVED_BY_RISK_ANALYSIS", "REPROVED_BY_RISK_ANALYSIS",
-        "AUTHORIZED", "UPDATED", "CONFIRMED", "RECEIVED", "CREDIT_CARD_CAPTURE_REFUSED", "ANTICIPATED",
-        "OVERDUE", "DELETED", "RESTORED", "REFUNDED", "PARTIALLY_REFUNDED", "REFUND_IN_PROGRESS",
-        "RECEIVED_IN_CASH_UNDONE", "CHARGEBACK_REQUESTED", "CHARGEBACK_DISPUTE",
-        "AWAITING_CHARGEBACK_REVERSAL", "DUNNING_RECEIVED", "DUNNING_REQUESTED", "BANK_SLIP_VIEWED",
-        "CHECKOUT_VIEWED", "SPLIT_DIVERGENCE_BLOCK", "SPLIT_DIVERGENCE_BLOCK_FINISHED",
-    )]
-    + [f"SUBSCRIPTION_{name}" for name in (
-        "CREATED", "UPDATED", "INACTIVATED", "DELETED", "SPLIT_DIVERGENCE_BLOCK",
-        "SPLIT_DIVERGENCE_BLOCK_FINISHED",
-    )]
+    [
+        f"PAYMENT_{name}"
+        for name in (
+            "CREATED",
+            "AWAITING_RISK_ANALYSIS",
+            "APPROVED_BY_RISK_ANALYSIS",
+            "REPROVED_BY_RISK_ANALYSIS",
+            "AUTHORIZED",
+            "UPDATED",
+            "CONFIRMED",
+            "RECEIVED",
+            "CREDIT_CARD_CAPTURE_REFUSED",
+            "ANTICIPATED",
+            "OVERDUE",
+            "DELETED",
+            "RESTORED",
+            "REFUNDED",
+            "PARTIALLY_REFUNDED",
+            "REFUND_IN_PROGRESS",
+            "RECEIVED_IN_CASH_UNDONE",
+            "CHARGEBACK_REQUESTED",
+            "CHARGEBACK_DISPUTE",
+            "AWAITING_CHARGEBACK_REVERSAL",
+            "DUNNING_RECEIVED",
+            "DUNNING_REQUESTED",
+            "BANK_SLIP_VIEWED",
+            "CHECKOUT_VIEWED",
+            "SPLIT_DIVERGENCE_BLOCK",
+            "SPLIT_DIVERGENCE_BLOCK_FINISHED",
+        )
+    ]
+    + [
+        f"SUBSCRIPTION_{name}"
+        for name in (
+            "CREATED",
+            "UPDATED",
+            "INACTIVATED",
+            "DELETED",
+            "SPLIT_DIVERGENCE_BLOCK",
+            "SPLIT_DIVERGENCE_BLOCK_FINISHED",
+        )
+    ]
     + [f"CHECKOUT_{name}" for name in ("CREATED", "CANCELED", "EXPIRED", "PAID")]
 )
 
@@ -109,8 +139,13 @@ def _apply(session: Session, delivery: Delivery) -> tuple[Outcome, Owner | None]
         return _ignored(delivery, "logged"), owner
     if plan is not None and delivery.event_type in PLAN_CHANGES:
         record_plan_change(
-            session, clerk_user_id=owner.clerk_user_id, plan_id=plan.id, provider=PROVIDER,
-            status=event.status, occurred_at=event.occurred_at, change=PLAN_CHANGES[delivery.event_type],
+            session,
+            clerk_user_id=owner.clerk_user_id,
+            plan_id=plan.id,
+            provider=PROVIDER,
+            status=event.status,
+            occurred_at=event.occurred_at,
+            change=PLAN_CHANGES[delivery.event_type],
         )
     return _apply_money(session, delivery.event_type, obj, owner, account, plan), owner
 
@@ -122,25 +157,37 @@ def _apply_money(
     if rule is None:
         return Outcome.processed(f"logged; {event_type} moves no credits")
     if account is None or account.credit_balance_id is None:
-        return Outcome.unmatched(f"user {owner.clerk_user_id} has no User and CreditBalance yet (found by {owner.found_by})")
+        return Outcome.unmatched(
+            f"user {owner.clerk_user_id} has no User and CreditBalance yet (found by {owner.found_by})"
+        )
     payment = _payment(obj)
     if rule is MoneyRule.GRANT:
         if plan is None:
             return Outcome.processed(f"logged; no plan: {_plan_clues(obj, owner)}; nothing granted")
-        return Outcome.processed(grant_payment(
-            session, payment, credit_balance_id=account.credit_balance_id,
-            clerk_user_id=owner.clerk_user_id, plan=plan,
-        ))
+        return Outcome.processed(
+            grant_payment(
+                session,
+                payment,
+                credit_balance_id=account.credit_balance_id,
+                clerk_user_id=owner.clerk_user_id,
+                plan=plan,
+            )
+        )
     if rule is MoneyRule.REVERSE_REFUNDED:
         refunded = refunded_total(obj)
         if refunded == 0:
             return Outcome.processed("logged; no completed refund in payment.refunds: nothing reversed")
     else:
         refunded = None  # all of it
-    return Outcome.processed(reverse_payment(
-        session, payment, credit_balance_id=account.credit_balance_id, refunded=refunded,
-        only_if_granted=rule is MoneyRule.REVERSE_ALL_IF_GRANTED,
-    ))
+    return Outcome.processed(
+        reverse_payment(
+            session,
+            payment,
+            credit_balance_id=account.credit_balance_id,
+            refunded=refunded,
+            only_if_granted=rule is MoneyRule.REVERSE_ALL_IF_GRANTED,
+        )
+    )
 
 
 def refunded_total(payment: dict[str, Any]) -> Decimal:
@@ -157,7 +204,9 @@ def _payment(obj: dict[str, Any]) -> Payment:
     if not isinstance(payment_id, str) or not payment_id:
         raise PermanentError("payment.id is missing")
     value = obj.get("value")
-    return Payment(PROVIDER, payment_id, f"asaas payment {payment_id}", None if value is None else _money(value, "payment.value"))
+    return Payment(
+        PROVIDER, payment_id, f"asaas payment {payment_id}", None if value is None else _money(value, "payment.value")
+    )
 
 
 def _billing_event(delivery: Delivery, obj: dict[str, Any], owner: Owner, plan: Plan | None) -> BillingEvent:

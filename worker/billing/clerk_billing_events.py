@@ -30,10 +30,22 @@ PROVIDER = "clerk"
 # spelled `pastDue`: `canonical_type` maps `past_due` onto it.
 DOCUMENTED_EVENTS = frozenset(
     [f"subscription.{name}" for name in ("created", "updated", "active", "pastDue")]
-    + [f"subscriptionItem.{name}" for name in (
-        "created", "updated", "active", "canceled", "upcoming", "ended", "abandoned", "incomplete",
-        "pastDue", "freeTrialEnding", "expired",
-    )]
+    + [
+        f"subscriptionItem.{name}"
+        for name in (
+            "created",
+            "updated",
+            "active",
+            "canceled",
+            "upcoming",
+            "ended",
+            "abandoned",
+            "incomplete",
+            "pastDue",
+            "freeTrialEnding",
+            "expired",
+        )
+    ]
     + ["paymentAttempt.created", "paymentAttempt.updated"]
 )
 
@@ -109,9 +121,11 @@ def _grant_paid_attempt(
         slugs = [_plan_payload(item).get("slug") for item in items]
         return Outcome.processed(f"logged; no plan matches the attempt's items {slugs}; nothing granted")
     payment = Payment(PROVIDER, attempt_id, f"clerk payment attempt {attempt_id} ({data.get('charge_type')})")
-    return Outcome.processed(grant_payment(
-        session, payment, credit_balance_id=account.credit_balance_id, clerk_user_id=clerk_user_id, plan=plan
-    ))
+    return Outcome.processed(
+        grant_payment(
+            session, payment, credit_balance_id=account.credit_balance_id, clerk_user_id=clerk_user_id, plan=plan
+        )
+    )
 
 
 def _grant_free_period(session: Session, item: dict[str, Any], clerk_user_id: str, account: Account | None) -> Outcome:
@@ -126,9 +140,11 @@ def _grant_free_period(session: Session, item: dict[str, Any], clerk_user_id: st
     payment = Payment(
         PROVIDER, f"free:{item_id}:{period_start}", f"clerk free plan item {item_id} period {period_start}"
     )
-    return Outcome.processed(grant_payment(
-        session, payment, credit_balance_id=account.credit_balance_id, clerk_user_id=clerk_user_id, plan=plan
-    ))
+    return Outcome.processed(
+        grant_payment(
+            session, payment, credit_balance_id=account.credit_balance_id, clerk_user_id=clerk_user_id, plan=plan
+        )
+    )
 
 
 def is_free(item: dict[str, Any], plan: Plan) -> bool:
@@ -147,12 +163,19 @@ def _move_current_plan(session: Session, clerk_user_id: str, item: dict[str, Any
     if change is None or plan is None:
         return
     record_plan_change(
-        session, clerk_user_id=clerk_user_id, plan_id=plan.id, provider=PROVIDER,
-        status=event.status, occurred_at=event.occurred_at, change=change,
+        session,
+        clerk_user_id=clerk_user_id,
+        plan_id=plan.id,
+        provider=PROVIDER,
+        status=event.status,
+        occurred_at=event.occurred_at,
+        change=change,
     )
 
 
-def _billing_event(delivery: Delivery, data: dict[str, Any], clerk_user_id: str, items: list[dict[str, Any]]) -> BillingEvent:
+def _billing_event(
+    delivery: Delivery, data: dict[str, Any], clerk_user_id: str, items: list[dict[str, Any]]
+) -> BillingEvent:
     # A subscription lists old and new items: its plan is the active one's.
     main = next((item for item in items if item.get("status") == "active"), items[0] if items else {})
     occurred_at = (

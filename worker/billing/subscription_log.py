@@ -40,9 +40,7 @@ def subscription_event_id(delivery: Delivery) -> str:
     return "c" + base36(int.from_bytes(digest, "big"), _ID_LENGTH - 1)
 
 
-def log_subscription_event(
-    session: Session, delivery: Delivery, event: BillingEvent, user_id: str | None
-) -> None:
+def log_subscription_event(session: Session, delivery: Delivery, event: BillingEvent, user_id: str | None) -> None:
     now = utcnow()
     statement = insert(SubscriptionEvent).values(
         id=subscription_event_id(delivery),

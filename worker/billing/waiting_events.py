@@ -44,8 +44,13 @@ def _asaas_linked_to(clerk_user_id):
     )
     carried = [
         WebhookInbox.payload[path].astext.in_(linked)
-        for path in (("payment", "customer"), ("payment", "subscription"),
-                     ("subscription", "id"), ("subscription", "customer"), ("checkout", "customer"))
+        for path in (
+            ("payment", "customer"),
+            ("payment", "subscription"),
+            ("subscription", "id"),
+            ("subscription", "customer"),
+            ("checkout", "customer"),
+        )
     ]
     return and_(WebhookInbox.source == "asaas", or_(*carried))
 

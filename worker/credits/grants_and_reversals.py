@@ -56,7 +56,12 @@ def grant_payment(session: Session, payment: Payment, *, credit_balance_id: str,
 
 
 def reverse_payment(
-    session: Session, payment: Payment, *, credit_balance_id: str, refunded: Decimal | None, only_if_granted: bool = False
+    session: Session,
+    payment: Payment,
+    *,
+    credit_balance_id: str,
+    refunded: Decimal | None,
+    only_if_granted: bool = False,
 ) -> str:
     """Take back the share of the grant that `refunded` (None: all of it) represents.
 

@@ -55,11 +55,13 @@ def _change_statement(*, with_floor: bool):
     moved = (
         update(balance)
         .where(balance.c.id == bindparam("credit_balance_id", type_=Text), mark == "on")
-        .values({
-            balance.c.creditsRemaining: balance.c.creditsRemaining + delta,
-            balance.c.lastSyncedAt: bindparam("now", type_=balance.c.lastSyncedAt.type),
-            balance.c.updatedAt: bindparam("now", type_=balance.c.updatedAt.type),
-        })
+        .values(
+            {
+                balance.c.creditsRemaining: balance.c.creditsRemaining + delta,
+                balance.c.lastSyncedAt: bindparam("now", type_=balance.c.lastSyncedAt.type),
+                balance.c.updatedAt: bindparam("now", type_=balance.c.updatedAt.type),
+            }
+        )
         .returning(balance.c.userId, balance.c.clerkUserId, balance.c.creditsRemaining)
     )
     if with_floor:
@@ -68,12 +70,25 @@ def _change_statement(*, with_floor: bool):
     entry = (
         insert(ledger)
         .from_select(
-            ["user_id", "clerk_user_id", "credit_balance_id", "delta", "balance_after", "kind",
-             "idempotency_key", "reference"],
+            [
+                "user_id",
+                "clerk_user_id",
+                "credit_balance_id",
+                "delta",
+                "balance_after",
+                "kind",
+                "idempotency_key",
+                "reference",
+            ],
             select(
-                moved.c.userId, moved.c.clerkUserId, bindparam("credit_balance_id", type_=Text), delta,
-                moved.c.creditsRemaining, bindparam("kind", type_=Text),
-                bindparam("idempotency_key", type_=Text), bindparam("reference", type_=Text),
+                moved.c.userId,
+                moved.c.clerkUserId,
+                bindparam("credit_balance_id", type_=Text),
+                delta,
+                moved.c.creditsRemaining,
+                bindparam("kind", type_=Text),
+                bindparam("idempotency_key", type_=Text),
+                bindparam("reference", type_=Text),
             ),
         )
         .on_conflict_do_nothing(index_elements=[ledger.c.idempotency_key])
@@ -110,8 +125,12 @@ def change_credits(
         session.flush()  # what an ORM statement's autoflush did: pending changes go first
     now = utcnow()
     params = {
-        "credit_balance_id": credit_balance_id, "delta": delta, "now": now, "kind": kind.value,
-        "idempotency_key": idempotency_key, "reference": reference,
+        "credit_balance_id": credit_balance_id,
+        "delta": delta,
+        "now": now,
+        "kind": kind.value,
+        "idempotency_key": idempotency_key,
+        "reference": reference,
     }
     if floor is None:
         statement = _CHANGE
@@ -158,4 +177,3 @@ def open_credit_balance(session: Session, user: User, credits: int, *, reference
     )
     assert change is not None  # no floor: always applies
     return change
-

@@ -86,9 +86,7 @@ def ingest_webhook(
     """Store a verified delivery the receiver could not store (PostgreSQL was down), then
     process it like any other."""
     session = task.session
-    inbox_id = record_delivery(
-        session, source=source, external_id=external_id, event_type=event_type, payload=payload
-    )
+    inbox_id = record_delivery(session, source=source, external_id=external_id, event_type=event_type, payload=payload)
     if inbox_id is None:
         return {"status": "duplicate"}
     send_after_commit(session, PROCESS_WEBHOOK_TASK, inbox_id=inbox_id)

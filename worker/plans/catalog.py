@@ -21,10 +21,7 @@ def plan_for_clerk(session: Session, plan_id: str | None, slug: str | None) -> P
     if slug:
         # clerkName is not unique: prefer the active plan, then the lowest sortOrder.
         return session.scalar(
-            select(Plan)
-            .where(Plan.clerk_name == slug)
-            .order_by(Plan.active.desc(), Plan.sort_order, Plan.id)
-            .limit(1)
+            select(Plan).where(Plan.clerk_name == slug).order_by(Plan.active.desc(), Plan.sort_order, Plan.id).limit(1)
         )
     return None
 

@@ -61,8 +61,14 @@ cache = TtlCache(CACHE_SECONDS)
 READ_PLAN: Any = object()  # resolve_cost's default: read the user's current plan itself
 
 
-def resolve_cost(session: Session, clerk_user_id: str, operation: OperationType, explicit: int | None,
-                 *, plan_id: str | None = READ_PLAN) -> int:
+def resolve_cost(
+    session: Session,
+    clerk_user_id: str,
+    operation: OperationType,
+    explicit: int | None,
+    *,
+    plan_id: str | None = READ_PLAN,
+) -> int:
     """`plan_id`: the user's current plan as the caller already read it (`current_plan_query`,
     in the same transaction), to spare a round trip; by default it is read here."""
     if explicit is not None:

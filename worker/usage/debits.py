@@ -54,14 +54,12 @@ class DebitRequest:
     details: dict[str, Any] | None = None
 
 
-
 @dataclass(frozen=True)
 class Account:
     user_id: str
     is_active: bool
     credit_balance_id: str
     credits_remaining: int
-
 
 
 def _claim_and_find_account():
@@ -80,8 +78,12 @@ def _claim_and_find_account():
     claim = CLAIM.cte("claim")
     clerk_user_id = column_param(_requests.c.clerk_user_id)
     account = (
-        select(_users.c.id.label("user_id"), _users.c.isActive.label("is_active"),
-               _balances.c.id.label("credit_balance_id"), _balances.c.creditsRemaining.label("credits_remaining"))
+        select(
+            _users.c.id.label("user_id"),
+            _users.c.isActive.label("is_active"),
+            _balances.c.id.label("credit_balance_id"),
+            _balances.c.creditsRemaining.label("credits_remaining"),
+        )
         .select_from(_users.join(_balances, _balances.c.userId == _users.c.id))
         .where(_users.c.clerkId == clerk_user_id)
         .subquery("account")
@@ -89,7 +91,10 @@ def _claim_and_find_account():
     one = select(literal_column("1").label("one")).subquery("one")
     return select(
         select(claim.c.idempotency_key).scalar_subquery().label("claimed"),
-        account.c.user_id, account.c.is_active, account.c.credit_balance_id, account.c.credits_remaining,
+        account.c.user_id,
+        account.c.is_active,
+        account.c.credit_balance_id,
+        account.c.credits_remaining,
         current_plan_query(clerk_user_id).scalar_subquery().label("plan_id"),
     ).select_from(one.outerjoin(account, true()))
 
@@ -98,7 +103,6 @@ _CLAIM_AND_FIND_ACCOUNT = _claim_and_find_account()
 
 
 _REMAINING = select(_balances.c.creditsRemaining).where(_balances.c.id == column_param(_balances.c.id))
-
 
 
 def debit(session: Session, request: DebitRequest, *, final: bool = True) -> dict[str, Any]:
@@ -110,17 +114,31 @@ def debit(session: Session, request: DebitRequest, *, final: bool = True) -> dic
     if request.cost is not None and not is_amount(request.cost, minimum=0):
         return error("invalid_cost", "cost must be a non-negative integer")
     autoflush(session)
-    found = session.execute(_CLAIM_AND_FIND_ACCOUNT, {
-        "idempotency_key": request.idempotency_key, "kind": "debit", "clerk_user_id": request.clerk_user_id,
-        "operation": operation.value, "refund_of": None, "request": asdict(request),
-    }).one()
+    found = session.execute(
+        _CLAIM_AND_FIND_ACCOUNT,
+        {
+            "idempotency_key": request.idempotency_key,
+            "kind": "debit",
+            "clerk_user_id": request.clerk_user_id,
+            "operation": operation.value,
+            "refund_of": None,
+            "request": asdict(request),
+        },
+    ).one()
     if found.claimed is None:
         stored = stored_request(session, request.idempotency_key)
         same = (stored.kind, stored.clerk_user_id, stored.operation, stored.request.get("cost")) == (
-            "debit", request.clerk_user_id, operation.value, request.cost)
+            "debit",
+            request.clerk_user_id,
+            operation.value,
+            request.cost,
+        )
         return repeat_answer(stored, same)
-    account = None if found.user_id is None else Account(
-        found.user_id, found.is_active, found.credit_balance_id, found.credits_remaining)
+    account = (
+        None
+        if found.user_id is None
+        else Account(found.user_id, found.is_active, found.credit_balance_id, found.credits_remaining)
+    )
     if account is None:
         if not final:
             raise NotYetKnown(request.clerk_user_id)
@@ -136,20 +154,33 @@ def debit(session: Session, request: DebitRequest, *, final: bool = True) -> dic
     return _take(session, request, account, operation, cost)
 
 
-def _take(session: Session, request: DebitRequest, account: Account, operation: OperationType, cost: int) -> dict[str, Any]:
+def _take(
+    session: Session, request: DebitRequest, account: Account, operation: OperationType, cost: int
+) -> dict[str, Any]:
     change = change_credits(
-        session, account.credit_balance_id, delta=-cost, kind=LedgerKind.USAGE,
+        session,
+        account.credit_balance_id,
+        delta=-cost,
+        kind=LedgerKind.USAGE,
         idempotency_key=f"usage:{request.idempotency_key}",
-        reference=f"usage {operation.value} {request.idempotency_key}", floor=0,
+        reference=f"usage {operation.value} {request.idempotency_key}",
+        floor=0,
     )
     if change is None:
         # Read after the refused UPDATE: it waited for any concurrent debit of this balance.
         remaining = session.scalar(_REMAINING, {"id": account.credit_balance_id})
         return finish(session, request.idempotency_key, answer("insufficient_credits", remaining))
-    return finish_applied(session, request.idempotency_key, change.balance_after, credits=cost,
-                          user_id=account.user_id, credit_balance_id=account.credit_balance_id,
-                          operation=operation, credits_used=cost, details=request.details)
-
+    return finish_applied(
+        session,
+        request.idempotency_key,
+        change.balance_after,
+        credits=cost,
+        user_id=account.user_id,
+        credit_balance_id=account.credit_balance_id,
+        operation=operation,
+        credits_used=cost,
+        details=request.details,
+    )
 
 
 def _operation(name: Any) -> OperationType | None:

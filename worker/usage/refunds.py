@@ -39,18 +39,27 @@ class RefundRequest:
     details: dict[str, Any] | None = None
 
 
-
 def refund(session: Session, request: RefundRequest, *, final: bool = True) -> dict[str, Any]:
     """Give back all (credits=None) or part of an earlier applied debit. With `final=False` a
     debit key not seen yet raises `NotYetKnown` (the debit may still be in the queue)."""
     if request.credits is not None and not is_amount(request.credits, minimum=1):
         return error("invalid_credits", "credits must be a positive integer")
     autoflush(session)
-    stored = claim_key(session, request.idempotency_key, "refund", request.clerk_user_id,
-                       refund_of=request.refund_of, request=asdict(request))
+    stored = claim_key(
+        session,
+        request.idempotency_key,
+        "refund",
+        request.clerk_user_id,
+        refund_of=request.refund_of,
+        request=asdict(request),
+    )
     if stored is not None:
         same = (stored.kind, stored.clerk_user_id, stored.refund_of, stored.request.get("credits")) == (
-            "refund", request.clerk_user_id, request.refund_of, request.credits)
+            "refund",
+            request.clerk_user_id,
+            request.refund_of,
+            request.credits,
+        )
         return repeat_answer(stored, same)
     debited = _lock_debit(session, request)
     if debited is None:
@@ -67,13 +76,24 @@ def refund(session: Session, request: RefundRequest, *, final: bool = True) -> d
 def _give_back(session: Session, request: RefundRequest, debited: UsageRequest, credits: int) -> dict[str, Any]:
     usage = session.get(UsageHistory, debited.usage_id)
     change = change_credits(
-        session, usage.credit_balance_id, delta=credits, kind=LedgerKind.REFUND,
+        session,
+        usage.credit_balance_id,
+        delta=credits,
+        kind=LedgerKind.REFUND,
         idempotency_key=f"refund:{request.idempotency_key}",
         reference=f"refund of usage {request.refund_of}",
     )
-    return finish_applied(session, request.idempotency_key, change.balance_after, credits=credits,
-                          user_id=usage.user_id, credit_balance_id=usage.credit_balance_id,
-                          operation=usage.operation_type, credits_used=-credits, details=request.details)
+    return finish_applied(
+        session,
+        request.idempotency_key,
+        change.balance_after,
+        credits=credits,
+        user_id=usage.user_id,
+        credit_balance_id=usage.credit_balance_id,
+        operation=usage.operation_type,
+        credits_used=-credits,
+        details=request.details,
+    )
 
 
 def _lock_debit(session: Session, request: RefundRequest) -> UsageRequest | None:

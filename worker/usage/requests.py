@@ -39,11 +39,9 @@ class NotYetKnown(Exception):
     webhook (or the debit task) to create it. The transaction must roll back."""
 
 
-
 def column_param(column, name: str | None = None):
     """A bound parameter typed as the column (so JSONB, enums... are converted as the ORM did)."""
     return bindparam(name or column.key, type_=column.type)
-
 
 
 _requests = UsageRequest.__table__
@@ -52,34 +50,56 @@ _history = UsageHistory.__table__
 # INSERT the key as pending; RETURNING it only if this transaction now owns it.
 CLAIM = (
     insert(_requests)
-    .values({
-        **{column: column_param(column) for column in (
-            _requests.c.idempotency_key, _requests.c.kind, _requests.c.clerk_user_id, _requests.c.operation,
-            _requests.c.refund_of, _requests.c.request)},
-        _requests.c.status: PENDING,
-        _requests.c.result: {"status": PENDING},
-    })
+    .values(
+        {
+            **{
+                column: column_param(column)
+                for column in (
+                    _requests.c.idempotency_key,
+                    _requests.c.kind,
+                    _requests.c.clerk_user_id,
+                    _requests.c.operation,
+                    _requests.c.refund_of,
+                    _requests.c.request,
+                )
+            },
+            _requests.c.status: PENDING,
+            _requests.c.result: {"status": PENDING},
+        }
+    )
     .on_conflict_do_nothing(index_elements=[_requests.c.idempotency_key])
     .returning(_requests.c.idempotency_key)
 )
 
 
-
 _FINISH_VALUES = {
-    column: column_param(column) for column in (
-        _requests.c.status, _requests.c.result, _requests.c.credits, _requests.c.usage_id)
+    column: column_param(column)
+    for column in (_requests.c.status, _requests.c.result, _requests.c.credits, _requests.c.usage_id)
 }
 # The key's parameter is named "key": a column's own name is reserved for its SET value.
-_FINISH = update(_requests).where(_requests.c.idempotency_key == column_param(_requests.c.idempotency_key, "key")).values(
-    _FINISH_VALUES)
+_FINISH = (
+    update(_requests)
+    .where(_requests.c.idempotency_key == column_param(_requests.c.idempotency_key, "key"))
+    .values(_FINISH_VALUES)
+)
 
 # The `UsageHistory` row and the stored answer that names it, in one statement.
-_ADD_USAGE = insert(_history).values({
-    _history.c.id: column_param(_history.c.id, "usage_id"),
-    **{column: column_param(column) for column in (
-        _history.c.userId, _history.c.creditBalanceId, _history.c.operationType, _history.c.creditsUsed,
-        _history.c.details, _history.c.timestamp)},
-})
+_ADD_USAGE = insert(_history).values(
+    {
+        _history.c.id: column_param(_history.c.id, "usage_id"),
+        **{
+            column: column_param(column)
+            for column in (
+                _history.c.userId,
+                _history.c.creditBalanceId,
+                _history.c.operationType,
+                _history.c.creditsUsed,
+                _history.c.details,
+                _history.c.timestamp,
+            )
+        },
+    }
+)
 _FINISH_WITH_USAGE = _FINISH.add_cte(_ADD_USAGE.cte("usage"))
 
 _FORGET = delete(_requests).where(_requests.c.idempotency_key == column_param(_requests.c.idempotency_key, "key"))
@@ -97,20 +117,35 @@ def outcome(session: Session, idempotency_key: str) -> dict[str, Any]:
     """The authoritative answer stored for a key, or status `unknown` if none was stored (never
     sent, still queued or retrying, or an `error` result, which is not stored)."""
     stored = session.scalar(
-        select(UsageRequest).where(UsageRequest.idempotency_key == idempotency_key,
-                                   UsageRequest.status != PENDING))
+        select(UsageRequest).where(UsageRequest.idempotency_key == idempotency_key, UsageRequest.status != PENDING)
+    )
     if stored is None:
         return answer("unknown")
     return {**stored.result, "kind": stored.kind}
 
 
-def claim_key(session: Session, key: str, kind: str, clerk_user_id: str, *, request: dict[str, Any],
-              operation: str | None = None, refund_of: str | None = None) -> UsageRequest | None:
+def claim_key(
+    session: Session,
+    key: str,
+    kind: str,
+    clerk_user_id: str,
+    *,
+    request: dict[str, Any],
+    operation: str | None = None,
+    refund_of: str | None = None,
+) -> UsageRequest | None:
     """Insert the key as pending; None if this transaction now owns it, else the stored row."""
-    claimed = session.execute(CLAIM, {
-        "idempotency_key": key, "kind": kind, "clerk_user_id": clerk_user_id, "operation": operation,
-        "refund_of": refund_of, "request": request,
-    }).scalar_one_or_none()
+    claimed = session.execute(
+        CLAIM,
+        {
+            "idempotency_key": key,
+            "kind": kind,
+            "clerk_user_id": clerk_user_id,
+            "operation": operation,
+            "refund_of": refund_of,
+            "request": request,
+        },
+    ).scalar_one_or_none()
     if claimed is not None:
         return None
     return stored_request(session, key)
@@ -120,7 +155,8 @@ def stored_request(session: Session, key: str) -> UsageRequest:
     """The row of a key this transaction could not claim: read in a statement of its own, after
     the claim waited for the transaction that inserted it, so it sees that one's committed row."""
     stored = session.scalar(
-        select(UsageRequest).where(UsageRequest.idempotency_key == key).execution_options(populate_existing=True))
+        select(UsageRequest).where(UsageRequest.idempotency_key == key).execution_options(populate_existing=True)
+    )
     if stored is None:
         # The conflicting row vanished between the two statements (its transaction forgot it):
         # retry the whole transaction.
@@ -136,23 +172,44 @@ def repeat_answer(stored: UsageRequest, same_request: bool) -> dict[str, Any]:
 
 def finish(session: Session, key: str, result: dict[str, Any]) -> dict[str, Any]:
     """Store a final answer that applied nothing on the key this transaction claimed."""
-    session.execute(_FINISH, {"key": key, "status": result["status"], "result": result,
-                              "credits": None, "usage_id": None})
+    session.execute(
+        _FINISH, {"key": key, "status": result["status"], "result": result, "credits": None, "usage_id": None}
+    )
     return result
 
 
-def finish_applied(session: Session, key: str, remaining: int, *, credits: int, user_id: str,
-                   credit_balance_id: str, operation: OperationType, credits_used: int,
-                   details: dict[str, Any] | None) -> dict[str, Any]:
+def finish_applied(
+    session: Session,
+    key: str,
+    remaining: int,
+    *,
+    credits: int,
+    user_id: str,
+    credit_balance_id: str,
+    operation: OperationType,
+    credits_used: int,
+    details: dict[str, Any] | None,
+) -> dict[str, Any]:
     """Write the `UsageHistory` row the Next.js app shows (`creditsUsed` > 0 for usage, < 0 for a
     refund) and store the `applied` answer naming it on the key, in one statement."""
     usage_id = cuid()
     applied = answer("applied", remaining, usage_id)
-    session.execute(_FINISH_WITH_USAGE, {
-        "key": key, "status": applied["status"], "result": applied, "credits": credits,
-        "usage_id": usage_id, "userId": user_id, "creditBalanceId": credit_balance_id,
-        "operationType": operation, "creditsUsed": credits_used, "details": details, "timestamp": utcnow(),
-    })
+    session.execute(
+        _FINISH_WITH_USAGE,
+        {
+            "key": key,
+            "status": applied["status"],
+            "result": applied,
+            "credits": credits,
+            "usage_id": usage_id,
+            "userId": user_id,
+            "creditBalanceId": credit_balance_id,
+            "operationType": operation,
+            "creditsUsed": credits_used,
+            "details": details,
+            "timestamp": utcnow(),
+        },
+    )
     return applied
 
 
@@ -165,8 +222,6 @@ def autoflush(session: Session) -> None:
     """What an ORM statement's autoflush did before these Core statements: pending changes first."""
     if session.autoflush:
         session.flush()
-
-
 
 
 def is_amount(value: Any, *, minimum: int) -> bool:

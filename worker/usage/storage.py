@@ -38,18 +38,29 @@ def record_object(session: Session, record: StorageRecord, *, final: bool = True
     """`recorded` (a new row), `duplicate` (the live row already says this), `updated` (the live
     row of this pathname took the new fields), or `unknown_user` (with `final=False`: raise
     `NotYetKnown` so the task waits for the Clerk webhook)."""
-    session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(
-        f"storage:{record.provider}:{record.pathname}", 0))))
+    session.execute(
+        select(func.pg_advisory_xact_lock(func.hashtextextended(f"storage:{record.provider}:{record.pathname}", 0)))
+    )
     user_id = session.scalar(select(User.id).where(User.clerk_id == record.clerk_user_id))
     if user_id is None:
         if not final:
             raise NotYetKnown(record.clerk_user_id)
         return {"status": "unknown_user", "storage_object_id": None}
-    fields = {"user_id": user_id, "clerk_user_id": record.clerk_user_id, "url": record.url,
-              "name": record.name, "size": record.size, "content_type": record.content_type}
-    live = session.scalar(select(StorageObject).where(
-        StorageObject.provider == record.provider, StorageObject.pathname == record.pathname,
-        StorageObject.deleted_at.is_(None)))
+    fields = {
+        "user_id": user_id,
+        "clerk_user_id": record.clerk_user_id,
+        "url": record.url,
+        "name": record.name,
+        "size": record.size,
+        "content_type": record.content_type,
+    }
+    live = session.scalar(
+        select(StorageObject).where(
+            StorageObject.provider == record.provider,
+            StorageObject.pathname == record.pathname,
+            StorageObject.deleted_at.is_(None),
+        )
+    )
     if live is None:
         row = StorageObject(provider=record.provider, pathname=record.pathname, **fields)
         session.add(row)
@@ -63,13 +74,21 @@ def record_object(session: Session, record: StorageRecord, *, final: bool = True
     return {"status": "updated", "storage_object_id": live.id}
 
 
-def delete_object(session: Session, *, storage_object_id: str | None = None, pathname: str | None = None,
-                  provider: str = DEFAULT_PROVIDER) -> dict[str, Any]:
+def delete_object(
+    session: Session,
+    *,
+    storage_object_id: str | None = None,
+    pathname: str | None = None,
+    provider: str = DEFAULT_PROVIDER,
+) -> dict[str, Any]:
     """Soft delete by id, or by pathname (the live row of that pathname): `deleted`,
     `already_deleted` (with the first `deleted_at`) or `not_found`."""
     if (storage_object_id is None) == (pathname is None):
-        return {"status": "error", "error": "invalid_arguments",
-                "detail": "give exactly one of storage_object_id and pathname"}
+        return {
+            "status": "error",
+            "error": "invalid_arguments",
+            "detail": "give exactly one of storage_object_id and pathname",
+        }
     if storage_object_id is not None:
         match = StorageObject.id == storage_object_id
     else:
@@ -78,14 +97,18 @@ def delete_object(session: Session, *, storage_object_id: str | None = None, pat
     # A concurrent delete of the same row waits on its lock, re-checks `deletedAt IS NULL` and
     # updates nothing: the first `deletedAt` stays.
     deleted = session.execute(
-        update(StorageObject).where(match, StorageObject.deleted_at.is_(None))
-        .values(deleted_at=now, updated_at=now).returning(StorageObject.id)
+        update(StorageObject)
+        .where(match, StorageObject.deleted_at.is_(None))
+        .values(deleted_at=now, updated_at=now)
+        .returning(StorageObject.id)
     ).scalar_one_or_none()
     if deleted is not None:
         return _deletion("deleted", deleted, now)
     earlier = session.execute(
-        select(StorageObject.id, StorageObject.deleted_at).where(match)
-        .order_by(StorageObject.deleted_at.desc()).limit(1)
+        select(StorageObject.id, StorageObject.deleted_at)
+        .where(match)
+        .order_by(StorageObject.deleted_at.desc())
+        .limit(1)
     ).one_or_none()
     if earlier is None:
         return {"status": "not_found", "storage_object_id": None, "deleted_at": None}

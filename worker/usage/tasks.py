@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from worker.usage import debits, refunds, requests, storage
 from worker.celery_app import app
 from worker.errors import TRANSIENT_ERRORS
 from worker.task_base import TransactionalTask
+from worker.usage import debits, refunds, requests, storage
 
 USER_WAIT_SECONDS = 300
 MAX_USER_WAIT_SECONDS = 900
@@ -55,17 +55,29 @@ def run_or_wait(task: TransactionalTask, wait_for_user: float, attempt: Callable
 
 
 @app.task(name="usage.debit", **TASK_OPTIONS)
-def debit(task: TransactionalTask, clerk_user_id: str, operation: str, idempotency_key: str,
-          cost: int | None = None, details: dict[str, Any] | None = None,
-          wait_for_user: float = USER_WAIT_SECONDS) -> dict[str, Any]:
+def debit(
+    task: TransactionalTask,
+    clerk_user_id: str,
+    operation: str,
+    idempotency_key: str,
+    cost: int | None = None,
+    details: dict[str, Any] | None = None,
+    wait_for_user: float = USER_WAIT_SECONDS,
+) -> dict[str, Any]:
     request = debits.DebitRequest(clerk_user_id, operation, idempotency_key, cost, details)
     return run_or_wait(task, wait_for_user, lambda final: debits.debit(task.session, request, final=final))
 
 
 @app.task(name="usage.refund", **TASK_OPTIONS)
-def refund(task: TransactionalTask, clerk_user_id: str, idempotency_key: str, refund_of: str,
-           credits: int | None = None, details: dict[str, Any] | None = None,
-           wait_for_user: float = USER_WAIT_SECONDS) -> dict[str, Any]:
+def refund(
+    task: TransactionalTask,
+    clerk_user_id: str,
+    idempotency_key: str,
+    refund_of: str,
+    credits: int | None = None,
+    details: dict[str, Any] | None = None,
+    wait_for_user: float = USER_WAIT_SECONDS,
+) -> dict[str, Any]:
     request = refunds.RefundRequest(clerk_user_id, idempotency_key, refund_of, credits, details)
     return run_or_wait(task, wait_for_user, lambda final: refunds.refund(task.session, request, final=final))
 
@@ -76,15 +88,28 @@ def outcome(task: TransactionalTask, idempotency_key: str) -> dict[str, Any]:
 
 
 @app.task(name="storage.record", **TASK_OPTIONS)
-def record_storage(task: TransactionalTask, clerk_user_id: str, url: str, pathname: str, name: str,
-                   size: int, content_type: str | None = None, provider: str = storage.DEFAULT_PROVIDER,
-                   wait_for_user: float = USER_WAIT_SECONDS) -> dict[str, Any]:
+def record_storage(
+    task: TransactionalTask,
+    clerk_user_id: str,
+    url: str,
+    pathname: str,
+    name: str,
+    size: int,
+    content_type: str | None = None,
+    provider: str = storage.DEFAULT_PROVIDER,
+    wait_for_user: float = USER_WAIT_SECONDS,
+) -> dict[str, Any]:
     record = storage.StorageRecord(clerk_user_id, url, pathname, name, size, content_type, provider)
     return run_or_wait(task, wait_for_user, lambda final: storage.record_object(task.session, record, final=final))
 
 
 @app.task(name="storage.delete", **TASK_OPTIONS)
-def delete_storage(task: TransactionalTask, storage_object_id: str | None = None, pathname: str | None = None,
-                   provider: str = storage.DEFAULT_PROVIDER) -> dict[str, Any]:
-    return storage.delete_object(task.session, storage_object_id=storage_object_id, pathname=pathname,
-                                 provider=provider)
+def delete_storage(
+    task: TransactionalTask,
+    storage_object_id: str | None = None,
+    pathname: str | None = None,
+    provider: str = storage.DEFAULT_PROVIDER,
+) -> dict[str, Any]:
+    return storage.delete_object(
+        task.session, storage_object_id=storage_object_id, pathname=pathname, provider=provider
+    )

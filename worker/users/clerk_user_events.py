@@ -51,9 +51,7 @@ def sync_user(session: Session, delivery: Delivery) -> Outcome:
 @handles("clerk", "user.deleted")
 def deactivate_user(session: Session, delivery: Delivery) -> Outcome:
     clerk_id = _required_str(_data(delivery), "id")
-    tombstone = insert(UserSyncState).values(
-        clerk_user_id=clerk_id, last_updated_at_ms=0, deleted_at=func.now()
-    )
+    tombstone = insert(UserSyncState).values(clerk_user_id=clerk_id, last_updated_at_ms=0, deleted_at=func.now())
     session.execute(
         tombstone.on_conflict_do_update(
             index_elements=[UserSyncState.clerk_user_id],
@@ -118,17 +116,16 @@ def _claimable_email(session: Session, email: str | None, clerk_id: str, *, dele
     return email
 
 
-def _upsert_user(
-    session: Session, clerk_id: str, *, email: str | None, name: str | None, deleted: bool
-) -> User:
+def _upsert_user(session: Session, clerk_id: str, *, email: str | None, name: str | None, deleted: bool) -> User:
     now = utcnow()
     changes = {"email": email, "name": name, "updatedAt": now}
     if deleted:
         changes["isActive"] = False
     statement = (
         insert(User)
-        .values(id=cuid(), clerk_id=clerk_id, email=email, name=name, is_active=not deleted,
-                created_at=now, updated_at=now)
+        .values(
+            id=cuid(), clerk_id=clerk_id, email=email, name=name, is_active=not deleted, created_at=now, updated_at=now
+        )
         .on_conflict_do_update(index_elements=[User.clerk_id], set_=changes)
         .returning(User)
     )
