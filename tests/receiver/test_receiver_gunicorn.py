@@ -28,8 +28,8 @@ from tests.support.receiver_support import (
     queued_tasks,
     unused_port,
 )
+from tests.support.servers import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 4096
 WORKERS = 2
 

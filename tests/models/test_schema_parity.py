@@ -11,7 +11,7 @@ from models import migrate
 from tests.support.catalog import describe_schema
 from tests.support.databases import create_database, drop_database, libpq_url, settings_copy
 
-REFERENCE_DDL = Path(__file__).parent / "fixtures" / "prisma-reference.sql"
+REFERENCE_DDL = Path(__file__).resolve().parents[1] / "fixtures" / "prisma-reference.sql"
 
 
 @pytest.fixture
