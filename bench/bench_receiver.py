@@ -140,7 +140,8 @@ def main() -> None:
                 stop(server)
 
     print(
-        f"{args.requests} requests per figure, {args.threads} client threads, gunicorn {WORKERS} sync workers, {os.cpu_count()} CPUs"
+        f"{args.requests} requests per figure, {args.threads} client threads, gunicorn {WORKERS} sync workers,"
+        f" {os.cpu_count()} CPUs"
     )
     for name, (rate, latencies, statuses, rss) in figures.items():
         p50, p99 = statistics.quantiles(latencies, n=100)[49] * 1000, statistics.quantiles(latencies, n=100)[98] * 1000

@@ -196,16 +196,13 @@ def report(figures: dict[str, tuple[float, Counter]], args) -> None:
     for name, (rate, statuses) in figures.items():
         print(f"  {name:45s} {rate:8.0f}/s   {dict(statuses)}")
     celery = figures["usage.debit via Celery, spread over users"][0]
-    print(
-        f"  debit via Celery / no-op Celery task:        {celery / figures['no-op Celery task (same settings)'][0]:.2f}"
-    )
-    print(
-        f"  debit via Celery / plain loop:               {celery / figures['same transaction, plain loop, 1 connection'][0]:.2f}"
-    )
+    noop = figures["no-op Celery task (same settings)"][0]
     plain, by_hand = (
         figures[name][0]
         for name in ("same transaction, plain loop, 1 connection", "same SQL by hand, psycopg loop, 1 connection")
     )
+    print(f"  debit via Celery / no-op Celery task:        {celery / noop:.2f}")
+    print(f"  debit via Celery / plain loop:               {celery / plain:.2f}")
     print(f"  debit via Celery / psycopg loop:             {celery / by_hand:.2f}")
     print(f"  plain loop / psycopg loop:                   {plain / by_hand:.2f}")
     print(

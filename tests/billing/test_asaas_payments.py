@@ -12,12 +12,12 @@ from sqlalchemy import text
 from models.inbox import record_delivery
 from tests.support.billing import (
     CLERK_ID,
+    PRO_CREDITS,
     SIGNUP,
     add_plan,
     add_user,
     asaas_event,
     balance,
-    billing_invariants,  # noqa: F401  (autouse: the invariants after every test)
     count,
     ledger,
     subscription_events,
@@ -25,16 +25,8 @@ from tests.support.billing import (
 from tests.support.inbox import deliver, inbox_row, process, store
 from worker.plans.current_plan import current_plan
 
-PRO_CREDITS = 500
 GRANT = ("grant", PRO_CREDITS, "asaas payment pay_080225913252 (Pro)")
 REVERSAL_REFERENCE = "refund/chargeback of asaas payment pay_080225913252"
-
-
-@pytest.fixture
-def pro(session_factory) -> str:
-    """The plan the fixtures' externalReference (`<user>|pro`) names, and its user."""
-    add_user(session_factory)
-    return add_plan(session_factory, id="pro", name="Pro", credits=PRO_CREDITS, asaas_id="pro")
 
 
 def _deliver_asaas(session_factory, body):
@@ -128,8 +120,8 @@ def test_partial_refund_rounds_down_and_accumulates(session_factory, pro):
     payment = {"id": "pay_1_odd", "value": 19.9}
     _deliver_asaas(session_factory, asaas_event("PAYMENT_CONFIRMED", **payment))
     first = [{"status": "DONE", "value": 7.0, "dateCreated": "2024-06-18 09:29:41"}]
-    second = first + [{"status": "DONE", "value": 2.5, "dateCreated": "2024-06-19 10:00:00"}]
-    pending = second + [{"status": "PENDING", "value": 5, "dateCreated": "2024-06-20 10:00:00"}]
+    second = [*first, {"status": "DONE", "value": 2.5, "dateCreated": "2024-06-19 10:00:00"}]
+    pending = [*second, {"status": "PENDING", "value": 5, "dateCreated": "2024-06-20 10:00:00"}]
     for event_id, refunds in (("evt_p1", first), ("evt_p2", second), ("evt_p3", pending)):
         _deliver_asaas(
             session_factory, asaas_event("PAYMENT_PARTIALLY_REFUNDED", event_id=event_id, refunds=refunds, **payment)

@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from tests.support.billing import (
     CLERK_ID,
+    PRO_CREDITS,
     SIGNUP,
-    add_plan,
     add_user,
     asaas_event,
     balance,
-    billing_invariants,  # noqa: F401  (autouse: the invariants after every test)
     clerk_event,
     count,
     ledger,
@@ -23,13 +20,6 @@ from tests.support.billing import (
 from tests.support.inbox import clerk_user_event, deliver, inbox_row, process, store
 from worker.billing.waiting_events import unmatched_inbox_ids_for_user
 from worker.inbox.replay import replay_waiting_for_user
-
-PRO_CREDITS = 500
-
-
-@pytest.fixture
-def pro(session_factory) -> str:
-    return add_plan(session_factory, id="pro", name="Pro", credits=PRO_CREDITS, asaas_id="pro", clerk_id="cplan_2xPro")
 
 
 def _replay_here(session_factory, clerk_id=CLERK_ID) -> list[int]:
@@ -42,7 +32,7 @@ def _replay_here(session_factory, clerk_id=CLERK_ID) -> list[int]:
     return ids
 
 
-def test_payment_for_an_unknown_user_is_unmatched_then_replayed_and_granted_once(session_factory, pro):
+def test_payment_for_an_unknown_user_is_unmatched_then_replayed_and_granted_once(session_factory, pro_plan):
     confirmed = deliver(session_factory, "asaas", asaas_event("PAYMENT_CONFIRMED"))
     received = deliver(session_factory, "asaas", asaas_event("PAYMENT_RECEIVED"))
     assert (confirmed.status, confirmed.detail) == (
@@ -59,7 +49,7 @@ def test_payment_for_an_unknown_user_is_unmatched_then_replayed_and_granted_once
     assert _replay_here(session_factory) == []  # nothing left to replay
 
 
-def test_payment_without_reference_waits_for_a_link(session_factory, pro):
+def test_payment_without_reference_waits_for_a_link(session_factory, pro_plan):
     add_user(session_factory)
     orphan = asaas_event(
         "PAYMENT_CONFIRMED",
@@ -84,7 +74,7 @@ def test_payment_without_reference_waits_for_a_link(session_factory, pro):
     assert count(session_factory, '"SubscriptionEvent"') == 2
 
 
-def test_reference_of_another_system_is_not_a_user(session_factory, pro):
+def test_reference_of_another_system_is_not_a_user(session_factory, pro_plan):
     row = deliver(
         session_factory,
         "asaas",
@@ -93,7 +83,7 @@ def test_reference_of_another_system_is_not_a_user(session_factory, pro):
     assert row.status == "unmatched" and "'056984' names no Clerk user" in row.detail
 
 
-def test_clerk_paid_attempt_before_the_user_is_replayed_once(session_factory, pro):
+def test_clerk_paid_attempt_before_the_user_is_replayed_once(session_factory, pro_plan):
     row = deliver(session_factory, "clerk", clerk_event("paymentAttempt.updated.paid"))
     assert row.status == "unmatched"
     deliver(session_factory, "clerk", clerk_event("paymentAttempt.updated.failed"))  # processed: not replayed
@@ -104,7 +94,9 @@ def test_clerk_paid_attempt_before_the_user_is_replayed_once(session_factory, pr
     assert count(session_factory, '"SubscriptionEvent"') == 2
 
 
-def test_user_created_replays_waiting_payments_through_a_real_worker(celery_worker, producer, session_factory, pro):
+def test_user_created_replays_waiting_payments_through_a_real_worker(
+    celery_worker, producer, session_factory, pro_plan
+):
     payment = store(session_factory, "asaas", asaas_event("PAYMENT_RECEIVED"))
     producer.send_task("webhooks.process", kwargs={"inbox_id": payment}).get(timeout=30)
     assert inbox_row(session_factory, payment).status == "unmatched"

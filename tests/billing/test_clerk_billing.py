@@ -10,11 +10,11 @@ import pytest
 from models.billing import UserPlan
 from tests.support.billing import (
     CLERK_ID,
+    PRO_CREDITS,
     SIGNUP,
     add_plan,
     add_user,
     balance,
-    billing_invariants,  # noqa: F401  (autouse: the invariants after every test)
     clerk_event,
     count,
     ledger,
@@ -22,14 +22,6 @@ from tests.support.billing import (
 )
 from tests.support.inbox import deliver, process
 from worker.plans.current_plan import current_plan
-
-PRO_CREDITS = 2000
-
-
-@pytest.fixture
-def pro(session_factory) -> str:
-    add_user(session_factory)
-    return add_plan(session_factory, id="plan_pro", name="Pro", credits=PRO_CREDITS, clerk_id="cplan_2xPro")
 
 
 def _clerk(session_factory, body):
@@ -41,8 +33,7 @@ def test_checkout_paid_grants_once_per_attempt(session_factory, pro):
     assert process(row.id)["status"] == "processed"  # the message delivered again
     again = _clerk(session_factory, clerk_event("paymentAttempt.updated.checkout.paid"))  # Clerk resent it
     assert (
-        row.detail
-        == f"granted {PRO_CREDITS} credits of plan plan_pro for clerk payment attempt cpa_2xCheckout (checkout)"
+        row.detail == f"granted {PRO_CREDITS} credits of plan pro for clerk payment attempt cpa_2xCheckout (checkout)"
     )
     assert again.detail.endswith(f"already granted {PRO_CREDITS} credits")
     assert ledger(session_factory) == [("grant", PRO_CREDITS, "clerk payment attempt cpa_2xCheckout (checkout) (Pro)")]

@@ -10,7 +10,6 @@ import pytest
 from models.settings import ConfigError
 from tests.conftest import ASAAS_TEST_TOKEN
 from tests.support.databases import settings_copy
-from tests.support.receiver_fixtures import app, client, make_app, queue, receiver_settings  # noqa: F401
 from tests.support.receiver_support import (
     QueuedTask,
     asaas_headers,

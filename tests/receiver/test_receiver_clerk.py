@@ -8,7 +8,6 @@ import json
 import pytest
 
 from tests.conftest import CLERK_TEST_SECRET
-from tests.support.receiver_fixtures import app, client, make_app, queue, receiver_settings  # noqa: F401
 from tests.support.receiver_support import (
     QueuedTask,
     clerk_headers,

@@ -11,7 +11,6 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from tests.conftest import ASAAS_TEST_TOKEN
-from tests.support.receiver_fixtures import make_app, receiver_settings  # noqa: F401
 from tests.support.receiver_support import clerk_headers
 
 DELIBERATE = {200, 400, 401, 403, 413}

@@ -11,7 +11,6 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.support.receiver_fixtures import app, make_app, queue, receiver_settings  # noqa: F401
 from tests.support.receiver_support import (
     CountingStream,
     QueuedTask,

@@ -12,7 +12,6 @@ from models.settings import ConfigError
 from receiver.app import EXTENSION, create_app
 from tests.conftest import ASAAS_TEST_TOKEN, CLERK_TEST_SECRET
 from tests.support.databases import settings_copy
-from tests.support.receiver_fixtures import app, client, make_app, receiver_settings  # noqa: F401
 from tests.support.receiver_support import (
     asaas_headers,
     clerk_headers,
@@ -192,7 +191,8 @@ class TestStartUp:
         # app configuration) into every web process.
         code = (
             "import sys, receiver.app, receiver.gunicorn_conf\n"
-            "loaded = [m for m in sys.modules if m.startswith('worker') and m != 'worker' and m != 'worker.celery_config']\n"
+            "loaded = [m for m in sys.modules\n"
+            "          if m.startswith('worker') and m != 'worker' and m != 'worker.celery_config']\n"
             "assert not loaded, loaded\n"
         )
         subprocess.run([sys.executable, "-c", code], check=True)

@@ -12,13 +12,13 @@ from sqlalchemy import text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.inbox import WebhookInbox
-from tests.support.receiver_fixtures import make_app, receiver_apps, receiver_settings  # noqa: F401
 from tests.support.receiver_support import (
     asaas_headers,
     clerk_headers,
     down_database_url,
     inbox_rows,
     payload_bytes,
+    receiver_apps,
 )
 
 pytestmark = pytest.mark.celery_worker

@@ -1,11 +1,11 @@
-"""Plans, users and provider events for the billing tests, and the invariants every one checks."""
+"""Plans, users and provider events for the billing tests, and the invariants every one checks
+(tests/billing/conftest.py runs them after every billing test)."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
 
-import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -18,6 +18,7 @@ from worker.registry import Delivery
 
 CLERK_ID = "user_29w83sxmDNGwOuEthce5gg56FcC"  # the payer / externalReference of the fixtures
 SIGNUP = 100
+PRO_CREDITS = 500  # the `pro` plan's credits (tests/billing/conftest.py)
 
 
 def add_plan(factory: sessionmaker[Session], **fields: Any) -> str:
@@ -27,6 +28,12 @@ def add_plan(factory: sessionmaker[Session], **fields: Any) -> str:
         session.add(plan)
         session.flush()
         return plan.id
+
+
+def add_pro_plan(factory: sessionmaker[Session]) -> str:
+    """The plan the payload fixtures name: Asaas `pro` (externalReference `<user>|pro`, the
+    subscription's plan key) and Clerk `cplan_2xPro` (the plan of the paid attempts)."""
+    return add_plan(factory, id="pro", name="Pro", credits=PRO_CREDITS, asaas_id="pro", clerk_id="cplan_2xPro")
 
 
 def add_user(factory: sessionmaker[Session], clerk_id: str = CLERK_ID) -> None:
@@ -74,13 +81,6 @@ def subscription_events(factory: sessionmaker[Session]) -> list[SubscriptionEven
                 select(SubscriptionEvent).order_by(SubscriptionEvent.occurred_at, SubscriptionEvent.event_type)
             )
         )
-
-
-@pytest.fixture(autouse=True)
-def billing_invariants(session_factory):
-    """Import into a test module: every test there ends by checking the invariants."""
-    yield
-    assert_billing_invariants(session_factory)
 
 
 def assert_billing_invariants(factory: sessionmaker[Session]) -> None:

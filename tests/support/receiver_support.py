@@ -1,5 +1,5 @@
 """Helpers for the receiver tests: signed deliveries, the broker queue as Redis holds it,
-settings copies pointing at servers that are down."""
+settings copies pointing at servers that are down, receiver apps closed after use."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import io
 import json
 import socket
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +23,10 @@ from svix.webhooks import Webhook
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from models.inbox import WebhookInbox
+from models.settings import Settings
+from receiver.app import EXTENSION, create_app
 from tests.conftest import ASAAS_TEST_TOKEN, CLERK_TEST_SECRET
+from tests.support.databases import settings_copy
 
 PAYLOADS = Path(__file__).resolve().parents[1] / "fixtures" / "payloads"
 QUEUE = "webhooks"
@@ -160,3 +165,21 @@ def post_raw(
     app_iter, status, _headers = run_wsgi_app(app, environ, buffered=True)
     body = b"".join(app_iter)
     return RawResponse(int(status.split()[0]), json.loads(body))
+
+
+@contextmanager
+def receiver_apps(base: Settings) -> Iterator[Callable[..., Flask]]:
+    """Build receiver apps from `base`, optionally with settings changed; close them all at
+    the end (their engines, producers and Redis clients)."""
+    apps: list[Flask] = []
+
+    def make(**changes: Any) -> Flask:
+        app = create_app(settings_copy(base, **changes))
+        apps.append(app)
+        return app
+
+    try:
+        yield make
+    finally:
+        for app in apps:
+            app.extensions[EXTENSION].close()

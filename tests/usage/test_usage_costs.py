@@ -14,7 +14,6 @@ from worker.usage import costs
 
 @pytest.fixture(autouse=True)
 def user(session_factory):
-    costs.cache.clear()
     make_user(session_factory, credits=1000)
 
 

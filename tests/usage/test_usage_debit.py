@@ -17,12 +17,11 @@ from tests.support.usage import (
     stored_status,
     usage_credits,
 )
-from worker.usage import costs, debits, requests
+from worker.usage import debits, requests
 
 
 @pytest.fixture(autouse=True)
-def fresh_costs_and_invariant(session_factory):
-    costs.cache.clear()  # tables are emptied between tests; the cache must not outlive them
+def invariant(session_factory):
     yield
     assert_ledger_matches_balances(session_factory)
 

@@ -6,12 +6,11 @@ import pytest
 
 from tests.support.inbox import assert_ledger_matches_balances
 from tests.support.usage import balance, debit, ledger_deltas, make_user, refund, usage_credits
-from worker.usage import costs, refunds, requests
+from worker.usage import refunds, requests
 
 
 @pytest.fixture(autouse=True)
 def debited(session_factory):
-    costs.cache.clear()
     make_user(session_factory)
     assert debit(session_factory, "d1", operation="AI_IMAGE_GENERATION", cost=10)["remaining"] == 90
     yield

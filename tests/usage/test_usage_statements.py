@@ -15,14 +15,6 @@ from tests.support.inbox import assert_ledger_matches_balances, ledger_sum
 from tests.support.usage import balance, debit, make_user, refund, set_feature_costs
 from worker.credits.ledger import change_credits, open_credit_balance
 from worker.errors import LedgerKeyConflict
-from worker.usage import costs
-
-
-@pytest.fixture(autouse=True)
-def fresh_costs():
-    costs.cache.clear()  # tables are emptied between tests; the cache must not outlive them
-    yield
-    costs.cache.clear()
 
 
 def test_an_applied_debit_is_three_statements(session_factory, engine):

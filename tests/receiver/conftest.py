@@ -1,4 +1,4 @@
-"""Fixtures of the receiver tests (import them into a test module to use them).
+"""Fixtures of the receiver tests.
 
 The receiver's broker here is the run's scratch Redis database, not its broker database: the
 session-scoped `celery_worker` fixture, once some earlier test started it, consumes the
@@ -9,8 +9,6 @@ The `redis_client` fixture empties the scratch database before and after every t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import pytest
 import redis
@@ -18,32 +16,13 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from models.settings import Settings
-from receiver.app import EXTENSION, create_app
 from tests.support.databases import settings_copy
-from tests.support.receiver_support import QueuedTask, queued_tasks
+from tests.support.receiver_support import QueuedTask, queued_tasks, receiver_apps
 
 
 @pytest.fixture
 def receiver_settings(settings: Settings, redis_urls: dict[str, str]) -> Settings:
     return settings_copy(settings, redis_url=redis_urls["scratch"])
-
-
-@contextmanager
-def receiver_apps(base: Settings) -> Iterator[Callable[..., Flask]]:
-    """Build receiver apps from `base`, optionally with settings changed; close them all at
-    the end (their engines, producers and Redis clients)."""
-    apps: list[Flask] = []
-
-    def make(**changes: Any) -> Flask:
-        app = create_app(settings_copy(base, **changes))
-        apps.append(app)
-        return app
-
-    try:
-        yield make
-    finally:
-        for app in apps:
-            app.extensions[EXTENSION].close()
 
 
 @pytest.fixture
