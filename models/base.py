@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, Table
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.types import TypeEngine
 
 # Models of the service's own tables are declared in this schema; the engine's
 # `schema_translate_map` points it at the configured schema (SERVICE_SCHEMA), so the name is
@@ -23,7 +24,16 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     metadata = MetaData()
-    type_annotation_map = {
+    type_annotation_map: ClassVar[dict[Any, TypeEngine[Any] | type[TypeEngine[Any]]]] = {
         datetime: TIMESTAMP(precision=3),
         dict[str, Any]: JSONB,
     }
+
+
+def table_of(model: type[Base]) -> Table:
+    """The model's `Table`, for Core statements on it. (Declarative types `__table__` as any
+    FromClause, since a model may be mapped to a join or a select; ours are all tables.)"""
+    table = model.__table__
+    if not isinstance(table, Table):
+        raise TypeError(f"{model.__name__} is not mapped to a Table")
+    return table

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -13,7 +14,7 @@ from models.base import SERVICE_SCHEMA
 from models.settings import Settings
 
 
-def make_engine(settings: Settings, **kwargs) -> Engine:
+def make_engine(settings: Settings, **kwargs: Any) -> Engine:
     return create_engine(
         settings.database_url.get_secret_value(),
         pool_pre_ping=True,

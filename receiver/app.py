@@ -79,7 +79,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     if settings.trusted_proxy_count:
         # Only the last `trusted_proxy_count` X-Forwarded-For entries were written by our own
         # proxies; anything left of them is whatever the client claimed. With no trusted
-        # proxy the header is ignored and the socket's address is the client.
+        # proxy the header is ignored and the socket's address is the client. (Replacing
+        # `wsgi_app` is how Flask documents adding WSGI middleware; mypy sees a method assigned.)
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=settings.trusted_proxy_count, x_proto=0, x_host=0, x_port=0, x_prefix=0
         )

@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def _rejected(exc: Rejected) -> tuple[Response, int]:
     return error_response(exc.status, exc.code, exc.detail)
 
 
-def _http_exception(exc: HTTPException) -> Response:
+def _http_exception(exc: HTTPException) -> WerkzeugResponse:
     # Start from Werkzeug's own response so headers it sets (`Allow` on a 405) survive.
     response = exc.get_response()
     status = response.status_code

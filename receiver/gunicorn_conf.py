@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Protocol
 
 from models.settings import ConfigError
 
@@ -71,7 +72,13 @@ if not _MULTIPROC_DIR:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = _MULTIPROC_DIR
 
 
-def on_starting(server) -> None:
+class _Worker(Protocol):
+    """What the hooks read of a gunicorn worker (gunicorn ships no type information)."""
+
+    pid: int
+
+
+def on_starting(server: object) -> None:
     """Start from empty metric files: counts left by a previous run would be added to ours."""
     if _MULTIPROC_DIR:
         folder = Path(_MULTIPROC_DIR)
@@ -80,7 +87,7 @@ def on_starting(server) -> None:
             stale.unlink(missing_ok=True)
 
 
-def child_exit(server, worker) -> None:
+def child_exit(server: object, worker: _Worker) -> None:
     """Fold an exited worker's live gauges away (its counters and histograms are kept)."""
     if _MULTIPROC_DIR:
         from prometheus_client import multiprocess

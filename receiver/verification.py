@@ -10,7 +10,8 @@ import base64
 import binascii
 import hmac
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
+from typing import Protocol
 
 from svix.webhooks import Webhook, WebhookVerificationError
 
@@ -30,6 +31,12 @@ _SVIX_FAILURES = (WebhookVerificationError, ValueError, binascii.Error, UnicodeD
 _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+class HeaderLookup(Protocol):
+    """Request headers by name: werkzeug's case-insensitive `Headers`, or a plain dict."""
+
+    def get(self, key: str, /) -> str | None: ...
+
+
 class ClerkVerifier:
     def __init__(self, secrets: Iterable[str]) -> None:
         self._webhooks: list[Webhook] = []
@@ -43,10 +50,10 @@ class ClerkVerifier:
         if not self._webhooks:
             raise ConfigError("configuration error: CLERK_WEBHOOK_SIGNING_SECRET is not set (the receiver needs it)")
 
-    def verify(self, body: bytes, headers: Mapping[str, str]) -> str:
+    def verify(self, body: bytes, headers: HeaderLookup) -> str:
         """Return the delivery's `svix-id` once some configured secret signed `body`."""
         # Hand svix only the three headers it reads: nothing else of the request reaches it.
-        svix_headers = {name: headers.get(name, "") for name in SVIX_HEADERS}
+        svix_headers = {name: headers.get(name) or "" for name in SVIX_HEADERS}
         if not all(svix_headers.values()):
             raise Rejected(401, "bad_signature", "svix-id, svix-timestamp and svix-signature are required")
         # Every configured secret is tried: during a rotation Clerk signs with the new secret
@@ -75,7 +82,7 @@ class AsaasVerifier:
         if address is None or not any(address in network for network in self._allowed):
             raise Rejected(403, "forbidden_ip", "this source address may not post Asaas webhooks")
 
-    def check_token(self, headers: Mapping[str, str]) -> None:
+    def check_token(self, headers: HeaderLookup) -> None:
         presented = headers.get(ASAAS_TOKEN_HEADER)
         if not presented:
             raise Rejected(401, "bad_token", f"the {ASAAS_TOKEN_HEADER} header is required")

@@ -22,6 +22,11 @@ class LedgerKeyConflict(Exception):
     """
 
 
+class MissingBalance(LookupError):
+    """A credit change named a `CreditBalance` that does not exist (or no longer does): a bug or
+    a row deleted under the service, never retried."""
+
+
 # Connection loss, serialization failures, deadlocks and lock timeouts (psycopg raises these as
 # OperationalError subclasses), unique-key races between concurrent transactions, broker hiccups.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (

@@ -9,12 +9,17 @@ pipeline imports them all in one place (`worker.inbox.routing`) and never the ot
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from models.inbox import InboxStatus
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,9 @@ class Delivery:
     external_id: str
     event_type: str
     payload: dict[str, Any]
+    # When the inbox row was stored (aware): the event's time when the provider gives none that
+    # can be read. The pipeline sets it from the row; a Delivery built without one is "now".
+    received_at: datetime = field(default_factory=_now)
 
 
 @dataclass(frozen=True)

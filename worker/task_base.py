@@ -6,13 +6,21 @@ not passed as an argument: Celery re-sends a task's own arguments when it retrie
 wants sent next are handed to `send_after_commit`, by name, and go out only once the transaction
 committed, so a worker never enqueues work for rows that were rolled back. Sending by name means
 the code that asks for a follow-up never imports the task module that defines it.
+
+Typing (celery-types): `TransactionalTask` is generic in the task's parameters and result like
+Celery's own `Task`. A task is declared with the options spelled out, so the decorator's overloads
+apply, and its function takes the bound task as `TransactionalTask[..., <its result>]`:
+
+    @app.task(name="usage.outcome", base=TransactionalTask, bind=True)
+    def outcome(task: TransactionalTask[..., dict[str, Any]], idempotency_key: str) -> dict[str, Any]:
+        return requests.outcome(task.session, idempotency_key)
 """
 
 from __future__ import annotations
 
 import logging
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from celery import Celery, Task
 from sqlalchemy.orm import Session
@@ -48,8 +56,11 @@ def send_follow_ups(session: Session, app: Celery) -> int:
 
 _current_session: ContextVar[Session] = ContextVar("task_session")
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R", covariant=True)
 
-class TransactionalTask(Task):
+
+class TransactionalTask(Task[_P, _R]):
     abstract = True
 
     @property
@@ -57,7 +68,7 @@ class TransactionalTask(Task):
         """The session of the run in progress."""
         return _current_session.get()
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         with session_factory()() as session:
             token = _current_session.set(session)
             try:

@@ -22,7 +22,7 @@ from models.inbox import InboxStatus
 from worker.billing.accounts import Account, find_account
 from worker.billing.asaas_links import Owner, describe_unresolved, resolve_owner
 from worker.billing.provider_times import asaas_date, asaas_timestamp
-from worker.billing.subscription_log import BillingEvent, log_subscription_event
+from worker.billing.subscription_log import BillingEvent, log_subscription_event, received_time
 from worker.credits.grants_and_reversals import Payment, grant_payment, reverse_payment
 from worker.errors import PermanentError
 from worker.plans.catalog import plan_for_asaas
@@ -210,14 +210,20 @@ def _payment(obj: dict[str, Any]) -> Payment:
 
 
 def _billing_event(delivery: Delivery, obj: dict[str, Any], owner: Owner, plan: Plan | None) -> BillingEvent:
-    plan_key = owner.plan_key or owner.subscription_plan_key or (plan and (plan.asaas_id or plan.id))
+    plan_key = owner.plan_key or owner.subscription_plan_key
+    if not plan_key and plan is not None:
+        plan_key = plan.asaas_id or plan.id
     status = obj.get("status")
     return BillingEvent(
         clerk_user_id=owner.clerk_user_id,
         plan_key=plan_key,
         status=status if isinstance(status, str) and status else delivery.event_type,
         event_type=delivery.event_type,
-        occurred_at=asaas_timestamp(delivery.payload.get("dateCreated")) or asaas_date(obj.get("dateCreated")),
+        occurred_at=(
+            asaas_timestamp(delivery.payload.get("dateCreated"))
+            or asaas_date(obj.get("dateCreated"))
+            or received_time(delivery)
+        ),
         metadata=delivery.payload,
     )
 

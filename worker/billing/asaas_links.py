@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, literal_column, select
+from sqlalchemy import Boolean, func, literal_column, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -104,7 +104,7 @@ def _remember_link(session: Session, kind: str, external_id: str, reference: Ref
                 "plan_key": func.coalesce(statement.excluded.plan_key, ProviderLink.plan_key),
                 "updated_at": func.now(),
             },
-        ).returning(literal_column("xmax = 0"))  # PostgreSQL: true for an inserted row
+        ).returning(literal_column("xmax = 0", Boolean))  # PostgreSQL: true for an inserted row
     ).scalar_one()
     return bool(inserted)
 

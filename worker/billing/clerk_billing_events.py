@@ -17,7 +17,7 @@ from models.app import Plan
 from models.inbox import InboxStatus
 from worker.billing.accounts import Account, find_account
 from worker.billing.provider_times import clerk_epoch
-from worker.billing.subscription_log import BillingEvent, log_subscription_event
+from worker.billing.subscription_log import BillingEvent, log_subscription_event, received_time
 from worker.credits.grants_and_reversals import Payment, grant_payment
 from worker.errors import PermanentError
 from worker.plans.catalog import plan_for_clerk
@@ -80,8 +80,8 @@ def apply_clerk_billing_event(session: Session, delivery: Delivery) -> Outcome:
         if not documented:
             return _ignored(delivery, "it has no `data` object")
         raise PermanentError("payload has no `data` object")
-    payer = data.get("payer") if isinstance(data.get("payer"), dict) else {}
-    clerk_user_id = payer.get("user_id")
+    payer = data.get("payer")
+    clerk_user_id = payer.get("user_id") if isinstance(payer, dict) else None
     if not isinstance(clerk_user_id, str) or not clerk_user_id:
         return Outcome(InboxStatus.IGNORED, "the payer is not a user (organization billing is not handled)")
     items = subscription_items(event_type, data)
@@ -150,8 +150,8 @@ def _grant_free_period(session: Session, item: dict[str, Any], clerk_user_id: st
 def is_free(item: dict[str, Any], plan: Plan) -> bool:
     """Clerk's plan amount (`amount`, or `fee.amount` in newer payloads), else the Plan's price."""
     payload = _plan_payload(item)
-    fee = payload.get("fee") if isinstance(payload.get("fee"), dict) else {}
-    amount = payload.get("amount", fee.get("amount"))
+    fee = payload.get("fee")
+    amount = payload.get("amount", fee.get("amount") if isinstance(fee, dict) else None)
     if amount is None:
         amount = plan.price_monthly_cents
     return amount == 0
@@ -182,6 +182,7 @@ def _billing_event(
         clerk_epoch(delivery.payload.get("timestamp"))
         or clerk_epoch(data.get("updated_at"))
         or clerk_epoch(data.get("created_at"))
+        or received_time(delivery)
     )
     return BillingEvent(
         clerk_user_id=clerk_user_id,

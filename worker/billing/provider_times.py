@@ -3,6 +3,10 @@
 Asaas writes local São Paulo time without an offset: the envelope's `dateCreated` as
 `YYYY-MM-DD HH:MM:SS`, payment objects' dates as `YYYY-MM-DD` and subscription objects' as
 `dd/MM/yyyy`. Clerk writes epoch integers: milliseconds as documented, seconds in some examples.
+
+Each parser answers None for a value it cannot read, including one out of datetime's range (a
+Clerk timestamp of 10**20, an Asaas date in the year 9999 that São Paulo's offset pushes past
+it): the caller falls back to when the delivery was received.
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ def asaas_timestamp(value: object) -> datetime | None:
         return None
     try:
         local = datetime.strptime(value.strip(), "%Y-%m-%d %H:%M:%S")
-    except ValueError:
+        return naive_utc(local.replace(tzinfo=SAO_PAULO))
+    except (ValueError, OverflowError):
         return None
-    return naive_utc(local.replace(tzinfo=SAO_PAULO))
 
 
 def asaas_date(value: object) -> datetime | None:
@@ -41,13 +45,20 @@ def asaas_date(value: object) -> datetime | None:
             local = datetime.strptime(value.strip(), date_format)
         except ValueError:
             continue
-        return naive_utc(local.replace(tzinfo=SAO_PAULO))
+        try:
+            return naive_utc(local.replace(tzinfo=SAO_PAULO))
+        except OverflowError:
+            return None
     return None
 
 
 def clerk_epoch(value: object) -> datetime | None:
-    """A Clerk epoch integer (milliseconds, or seconds in some examples) in UTC."""
+    """A Clerk epoch integer (milliseconds, or seconds in some examples) in UTC, or None if absent,
+    malformed or out of range."""
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         return None
-    seconds = value if value < _EPOCH_SECONDS_BELOW else value / 1000
-    return naive_utc(datetime.fromtimestamp(seconds, UTC))
+    try:
+        seconds = value if value < _EPOCH_SECONDS_BELOW else value / 1000
+        return naive_utc(datetime.fromtimestamp(seconds, UTC))
+    except (OverflowError, OSError, ValueError):  # beyond a float, time_t or the year 9999; NaN
+        return None

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from models.app import SubscriptionEvent
 from models.base import utcnow
 from models.ids import base36
+from worker.billing.provider_times import naive_utc
 from worker.registry import Delivery
 
 _ID_LENGTH = 25  # cuid-shaped, like every other Prisma id in the table
@@ -30,8 +31,14 @@ class BillingEvent:
     plan_key: str | None
     status: str
     event_type: str
-    occurred_at: datetime | None  # naive UTC; None: the provider gave no usable time
+    occurred_at: datetime  # naive UTC: the provider's time, else `received_time`
     metadata: dict[str, Any]
+
+
+def received_time(delivery: Delivery) -> datetime:
+    """When the delivery was received, as naive UTC (ms): the time of an event whose provider
+    time is missing, malformed or out of range."""
+    return naive_utc(delivery.received_at)
 
 
 def subscription_event_id(delivery: Delivery) -> str:
@@ -49,7 +56,7 @@ def log_subscription_event(session: Session, delivery: Delivery, event: BillingE
         plan_key=event.plan_key,
         status=event.status,
         event_type=event.event_type,
-        occurred_at=event.occurred_at or now,
+        occurred_at=event.occurred_at,
         metadata_=event.metadata,
         created_at=now,
     )

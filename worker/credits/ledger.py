@@ -9,16 +9,18 @@ UPDATE, and appends the ledger entry with the balance it left: one statement, on
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from typing import overload
 
-from sqlalchemy import Integer, Text, bindparam, func, inspect, select, true, update
+from sqlalchemy import Integer, Select, Text, bindparam, func, inspect, select, true, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from models.app import CreditBalance, User
-from models.base import utcnow
+from models.base import table_of, utcnow
 from models.ledger import CreditLedgerEntry, LedgerKind
-from worker.errors import LedgerKeyConflict
+from worker.errors import LedgerKeyConflict, MissingBalance
 
 LEDGER_WRITE_SETTING = "pedro_webhooks.ledger_write"  # read by the trigger (migration 0002)
 
@@ -31,7 +33,7 @@ class LedgerChange:
     balance_after: int
 
 
-def _change_statement(*, with_floor: bool):
+def _change_statement(*, with_floor: bool) -> Select[int, int | None]:
     """The balance move and its ledger entry as one statement, built once (Core constructs on the
     mapped tables, so the engine's schema_translate_map applies and the compiled form is cached).
 
@@ -44,8 +46,8 @@ def _change_statement(*, with_floor: bool):
     No row: the floor refused the change (nothing written). A row whose entry id is NULL: the
     ledger key exists already (the balance moved; the caller's transaction must roll back).
     """
-    balance = CreditBalance.__table__
-    ledger = CreditLedgerEntry.__table__
+    balance = table_of(CreditBalance)
+    ledger = table_of(CreditLedgerEntry)
     delta = bindparam("delta", type_=Integer)
     # Marks the transaction as the service's within the same statement (an InitPlan, run once
     # before any row changes; set_config(..., true) lasts until the transaction ends), so the
@@ -66,7 +68,7 @@ def _change_statement(*, with_floor: bool):
     )
     if with_floor:
         moved = moved.where(balance.c.creditsRemaining + delta >= bindparam("floor", type_=Integer))
-    moved = moved.cte("moved")
+    moved_rows = moved.cte("moved")
     entry = (
         insert(ledger)
         .from_select(
@@ -81,11 +83,11 @@ def _change_statement(*, with_floor: bool):
                 "reference",
             ],
             select(
-                moved.c.userId,
-                moved.c.clerkUserId,
+                moved_rows.c.userId,
+                moved_rows.c.clerkUserId,
                 bindparam("credit_balance_id", type_=Text),
                 delta,
-                moved.c.creditsRemaining,
+                moved_rows.c.creditsRemaining,
                 bindparam("kind", type_=Text),
                 bindparam("idempotency_key", type_=Text),
                 bindparam("reference", type_=Text),
@@ -95,12 +97,38 @@ def _change_statement(*, with_floor: bool):
         .returning(ledger.c.id)
         .cte("entry")
     )
-    return select(moved.c.creditsRemaining, entry.c.id).select_from(moved.outerjoin(entry, true()))
+    return select(moved_rows.c.creditsRemaining, entry.c.id).select_from(moved_rows.outerjoin(entry, true()))
 
 
 _CHANGE = _change_statement(with_floor=False)
 _CHANGE_WITH_FLOOR = _change_statement(with_floor=True)
 _BALANCE_MAPPER = inspect(CreditBalance)
+
+
+@overload
+def change_credits(
+    session: Session,
+    credit_balance_id: str,
+    *,
+    delta: int,
+    kind: LedgerKind,
+    idempotency_key: str,
+    reference: str,
+    floor: None = None,
+) -> LedgerChange: ...
+
+
+@overload
+def change_credits(
+    session: Session,
+    credit_balance_id: str,
+    *,
+    delta: int,
+    kind: LedgerKind,
+    idempotency_key: str,
+    reference: str,
+    floor: int,
+) -> LedgerChange | None: ...
 
 
 def change_credits(
@@ -116,8 +144,9 @@ def change_credits(
     """Add `delta` (negative to take) to the balance and append its ledger entry.
 
     With `floor`, the change applies only if the balance stays at or above it (`floor=0`: never
-    an overdraft) and None is returned otherwise; nothing is written then. The caller makes sure
-    the balance exists and that this change was not applied before (its own idempotency check);
+    an overdraft) and None is returned otherwise; nothing is written then. Without it the change
+    always applies. The caller makes sure the balance exists (a missing one raises
+    `MissingBalance`) and that this change was not applied before (its own idempotency check);
     the unique `idempotency_key` is the last guard: a concurrent duplicate raises
     `LedgerKeyConflict` and the transaction rolls back.
     """
@@ -138,6 +167,9 @@ def change_credits(
         statement, params["floor"] = _CHANGE_WITH_FLOOR, floor
     row = session.execute(statement, params).one_or_none()
     if row is None:
+        if floor is None:
+            # No floor refuses anything: the balance row is not there.
+            raise MissingBalance(credit_balance_id)
         return None
     balance_after, entry_id = row
     _sync_loaded_balance(session, credit_balance_id, balance_after, now)
@@ -146,7 +178,7 @@ def change_credits(
     return LedgerChange(entry_id, credit_balance_id, delta, balance_after)
 
 
-def _sync_loaded_balance(session: Session, credit_balance_id: str, balance_after: int, now) -> None:
+def _sync_loaded_balance(session: Session, credit_balance_id: str, balance_after: int, now: datetime) -> None:
     """Keep a `CreditBalance` object this session holds in step with the row, as an ORM-enabled
     UPDATE would (it synchronised the identity map): callers may read it after the change."""
     if not session.identity_map:
@@ -175,5 +207,4 @@ def open_credit_balance(session: Session, user: User, credits: int, *, reference
         idempotency_key=f"signup:{user.id}",
         reference=reference,
     )
-    assert change is not None  # no floor: always applies
     return change

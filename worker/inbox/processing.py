@@ -46,5 +46,5 @@ def apply_delivery(session: Session, row: WebhookInbox) -> Outcome:
     handler = handler_for(row.source, row.event_type)
     if handler is None:
         return Outcome(InboxStatus.IGNORED, f"no handler for {row.source} {row.event_type}")
-    delivery = Delivery(row.id, row.source, row.external_id, row.event_type, row.payload)
+    delivery = Delivery(row.id, row.source, row.external_id, row.event_type, row.payload, row.received_at)
     return handler(session, delivery)

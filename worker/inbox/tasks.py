@@ -4,8 +4,9 @@ sweep. Each is one transaction (`TransactionalTask`) and only delegates."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, ParamSpec, TypedDict, TypeVar
 
+from billiard.einfo import ExceptionInfo
 from sqlalchemy import func, update
 
 from models.inbox import InboxStatus, WebhookInbox, record_delivery
@@ -23,27 +24,41 @@ from worker.inbox.processing import process_row
 from worker.inbox.sweep import stale_pending_ids
 from worker.task_base import TransactionalTask, send_after_commit
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R", covariant=True)
+
 log = logging.getLogger(__name__)
 
 PROCESS_MAX_RETRIES = 8
 
 
-class InboxTask(TransactionalTask):
+class InboxTask(TransactionalTask[_P, _R]):
     """Records each failed try on the inbox row, in a transaction of its own (the task's own
     transaction was rolled back): `attempts` and `last_error` on a retry, and `failed` (the
     dead letter) when retries are exhausted or the error is not transient."""
 
     abstract = True
 
-    def on_retry(self, exc, task_id, args, kwargs, einfo) -> None:
+    def on_retry(
+        self, exc: Exception, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: ExceptionInfo
+    ) -> None:
         _record_failed_try(kwargs["inbox_id"], exc, final=False)
 
-    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+    def on_failure(
+        self, exc: Exception, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: ExceptionInfo
+    ) -> None:
         _record_failed_try(kwargs["inbox_id"], exc, final=True)
 
 
+class RetryOptions(TypedDict):
+    autoretry_for: tuple[type[BaseException], ...]
+    retry_backoff: int
+    retry_backoff_max: int
+    retry_jitter: bool
+
+
 # Transient errors retry with exponential backoff (2, 4, 8 ... s), capped, with jitter.
-RETRY_TRANSIENT_ERRORS: dict[str, Any] = {
+RETRY_TRANSIENT_ERRORS: RetryOptions = {
     "autoretry_for": TRANSIENT_ERRORS,
     "retry_backoff": 2,
     "retry_backoff_max": MAX_RETRY_COUNTDOWN,
@@ -54,7 +69,7 @@ RETRY_TRANSIENT_ERRORS: dict[str, Any] = {
 @app.task(
     name=PROCESS_WEBHOOK_TASK, base=InboxTask, bind=True, max_retries=PROCESS_MAX_RETRIES, **RETRY_TRANSIENT_ERRORS
 )
-def process_webhook(task: TransactionalTask, inbox_id: int) -> dict[str, Any]:
+def process_webhook(task: InboxTask[..., dict[str, Any]], inbox_id: int) -> dict[str, Any]:
     return process_row(task.session, inbox_id)
 
 
@@ -81,7 +96,11 @@ def _record_failed_try(inbox_id: int, error: BaseException, *, final: bool) -> N
 # The delivery lives only in this message until it is stored: keep trying (max_retries=None).
 @app.task(name=INGEST_WEBHOOK_TASK, base=TransactionalTask, bind=True, max_retries=None, **RETRY_TRANSIENT_ERRORS)
 def ingest_webhook(
-    task: TransactionalTask, source: str, external_id: str, event_type: str, payload: dict[str, Any]
+    task: TransactionalTask[..., dict[str, Any]],
+    source: str,
+    external_id: str,
+    event_type: str,
+    payload: dict[str, Any],
 ) -> dict[str, Any]:
     """Store a verified delivery the receiver could not store (PostgreSQL was down), then
     process it like any other."""
@@ -94,7 +113,7 @@ def ingest_webhook(
 
 
 @app.task(name=SWEEP_INBOX_TASK, base=TransactionalTask, bind=True)
-def sweep_inbox(task: TransactionalTask) -> dict[str, int]:
+def sweep_inbox(task: TransactionalTask[..., dict[str, int]]) -> dict[str, int]:
     """Re-enqueue rows left `pending` (Redis lost the message, a worker died before its ack).
     Re-enqueueing is harmless: processing is idempotent."""
     ids = stale_pending_ids(task.session, process_settings())

@@ -9,11 +9,12 @@ from __future__ import annotations
 import enum
 from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from models.app import Plan
+from models.base import table_of
 from models.billing import UserPlan
 
 
@@ -61,12 +62,12 @@ def record_plan_change(
     )
 
 
-def current_plan_query(clerk_user_id: ColumnElement[str]):
+def current_plan_query(clerk_user_id: str | ColumnElement[str]) -> Select[str | None]:
     """SELECT the user's current plan id: set while the plan is in effect (cleared when it
     ends; a past-due or canceled-until-period-end subscription keeps it), whatever the
     provider's status spelling (Clerk `active`, Asaas `CONFIRMED`...). A Core statement on the
     table, so the debit can embed it in a statement of its own (worker.usage.debits, worker.usage.costs)."""
-    plans = UserPlan.__table__
+    plans = table_of(UserPlan)
     return select(plans.c.plan_id).where(plans.c.clerk_user_id == clerk_user_id, plans.c.plan_id.is_not(None))
 
 

@@ -20,6 +20,7 @@ from sqlalchemy import literal_column, select, true
 from sqlalchemy.orm import Session
 
 from models.app import CreditBalance, OperationType, User
+from models.base import table_of
 from models.ledger import LedgerKind
 from models.usage import UsageRequest
 from worker.credits.ledger import change_credits
@@ -40,9 +41,9 @@ from worker.usage.requests import (
     stored_request,
 )
 
-_requests = UsageRequest.__table__
-_users = User.__table__
-_balances = CreditBalance.__table__
+_requests = table_of(UsageRequest)
+_users = table_of(User)
+_balances = table_of(CreditBalance)
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,11 @@ def refund(session: Session, request: RefundRequest, *, final: bool = True) -> d
 
 
 def _give_back(session: Session, request: RefundRequest, debited: UsageRequest, credits: int) -> dict[str, Any]:
-    usage = session.get(UsageHistory, debited.usage_id)
+    # An applied debit always names the UsageHistory row it wrote; the Next.js app owns those
+    # rows, so one may have been deleted since. Refunding then needs a person: fail loudly.
+    usage = session.get(UsageHistory, debited.usage_id) if debited.usage_id is not None else None
+    if usage is None:
+        raise LookupError(f"the UsageHistory row {debited.usage_id} of debit {request.refund_of} does not exist")
     change = change_credits(
         session,
         usage.credit_balance_id,

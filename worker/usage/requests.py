@@ -19,14 +19,14 @@ schema_translate_map still names the configured service schema.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import BindParameter, Column, bindparam, delete, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from models.app import OperationType, UsageHistory
-from models.base import utcnow
+from models.base import table_of, utcnow
 from models.ids import cuid
 from models.usage import UsageRequest
 from worker.errors import LedgerKeyConflict
@@ -39,13 +39,16 @@ class NotYetKnown(Exception):
     webhook (or the debit task) to create it. The transaction must roll back."""
 
 
-def column_param(column, name: str | None = None):
+_T = TypeVar("_T")
+
+
+def column_param(column: Column[_T], name: str | None = None) -> BindParameter[_T]:
     """A bound parameter typed as the column (so JSONB, enums... are converted as the ORM did)."""
     return bindparam(name or column.key, type_=column.type)
 
 
-_requests = UsageRequest.__table__
-_history = UsageHistory.__table__
+_requests = table_of(UsageRequest)
+_history = table_of(UsageHistory)
 
 # INSERT the key as pending; RETURNING it only if this transaction now owns it.
 CLAIM = (

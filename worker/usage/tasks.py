@@ -11,7 +11,7 @@ back, so nothing is recorded for the key until that final answer.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypedDict
 
 from worker.celery_app import app
 from worker.errors import TRANSIENT_ERRORS
@@ -22,9 +22,17 @@ USER_WAIT_SECONDS = 300
 MAX_USER_WAIT_SECONDS = 900
 MAX_RETRY_DELAY = 30
 
-TASK_OPTIONS: dict[str, Any] = {
-    "base": TransactionalTask,
-    "bind": True,
+
+class UsageTaskOptions(TypedDict):
+    autoretry_for: tuple[type[BaseException], ...]
+    max_retries: int
+    retry_backoff: int
+    retry_backoff_max: int
+    retry_jitter: bool
+
+
+# Every task here is bound to a TransactionalTask (`base=TransactionalTask, bind=True`) with these.
+TASK_OPTIONS: UsageTaskOptions = {
     "autoretry_for": TRANSIENT_ERRORS,
     # Enough for the longest wait for a user (about 34 tries of up to 30 s for 900 s).
     "max_retries": 40,
@@ -43,7 +51,9 @@ def waited(tries: int) -> int:
     return sum(retry_delay(n) for n in range(tries))
 
 
-def run_or_wait(task: TransactionalTask, wait_for_user: float, attempt: Callable[[bool], dict]) -> dict:
+def run_or_wait(
+    task: TransactionalTask[..., dict[str, Any]], wait_for_user: float, attempt: Callable[[bool], dict[str, Any]]
+) -> dict[str, Any]:
     """Run `attempt(final)`; while the wait is not over (final=False), a `NotYetKnown` from it
     becomes a retry of the task after the next backoff delay."""
     tries = task.request.retries or 0
@@ -54,9 +64,9 @@ def run_or_wait(task: TransactionalTask, wait_for_user: float, attempt: Callable
         raise task.retry(countdown=retry_delay(tries)) from None
 
 
-@app.task(name="usage.debit", **TASK_OPTIONS)
+@app.task(name="usage.debit", base=TransactionalTask, bind=True, **TASK_OPTIONS)
 def debit(
-    task: TransactionalTask,
+    task: TransactionalTask[..., dict[str, Any]],
     clerk_user_id: str,
     operation: str,
     idempotency_key: str,
@@ -68,9 +78,9 @@ def debit(
     return run_or_wait(task, wait_for_user, lambda final: debits.debit(task.session, request, final=final))
 
 
-@app.task(name="usage.refund", **TASK_OPTIONS)
+@app.task(name="usage.refund", base=TransactionalTask, bind=True, **TASK_OPTIONS)
 def refund(
-    task: TransactionalTask,
+    task: TransactionalTask[..., dict[str, Any]],
     clerk_user_id: str,
     idempotency_key: str,
     refund_of: str,
@@ -82,14 +92,14 @@ def refund(
     return run_or_wait(task, wait_for_user, lambda final: refunds.refund(task.session, request, final=final))
 
 
-@app.task(name="usage.outcome", **TASK_OPTIONS)
-def outcome(task: TransactionalTask, idempotency_key: str) -> dict[str, Any]:
+@app.task(name="usage.outcome", base=TransactionalTask, bind=True, **TASK_OPTIONS)
+def outcome(task: TransactionalTask[..., dict[str, Any]], idempotency_key: str) -> dict[str, Any]:
     return requests.outcome(task.session, idempotency_key)
 
 
-@app.task(name="storage.record", **TASK_OPTIONS)
+@app.task(name="storage.record", base=TransactionalTask, bind=True, **TASK_OPTIONS)
 def record_storage(
-    task: TransactionalTask,
+    task: TransactionalTask[..., dict[str, Any]],
     clerk_user_id: str,
     url: str,
     pathname: str,
@@ -103,9 +113,9 @@ def record_storage(
     return run_or_wait(task, wait_for_user, lambda final: storage.record_object(task.session, record, final=final))
 
 
-@app.task(name="storage.delete", **TASK_OPTIONS)
+@app.task(name="storage.delete", base=TransactionalTask, bind=True, **TASK_OPTIONS)
 def delete_storage(
-    task: TransactionalTask,
+    task: TransactionalTask[..., dict[str, Any]],
     storage_object_id: str | None = None,
     pathname: str | None = None,
     provider: str = storage.DEFAULT_PROVIDER,

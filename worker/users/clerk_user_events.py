@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -59,12 +59,14 @@ def deactivate_user(session: Session, delivery: Delivery) -> Outcome:
         )
     )
     # Keep every row: UsageHistory's RESTRICT key forbids a hard delete, and history matters.
-    deactivated = session.execute(
+    result = session.execute(
         update(User)
         .where(User.clerk_id == clerk_id, User.is_active.is_(True))
         .values(is_active=False, updated_at=utcnow())
-    ).rowcount
-    return Outcome.processed("user deactivated" if deactivated else "no active user to deactivate")
+    )
+    # An UPDATE without RETURNING gives a CursorResult (Session.execute is typed as any Result).
+    assert isinstance(result, CursorResult)
+    return Outcome.processed("user deactivated" if result.rowcount else "no active user to deactivate")
 
 
 def primary_email(data: dict[str, Any]) -> str | None:
@@ -118,7 +120,7 @@ def _claimable_email(session: Session, email: str | None, clerk_id: str, *, dele
 
 def _upsert_user(session: Session, clerk_id: str, *, email: str | None, name: str | None, deleted: bool) -> User:
     now = utcnow()
-    changes = {"email": email, "name": name, "updatedAt": now}
+    changes: dict[str, object] = {"email": email, "name": name, "updatedAt": now}
     if deleted:
         changes["isActive"] = False
     statement = (
