@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -45,10 +45,18 @@ def test_updated_at_is_set_on_every_update(session):
     user = _user()
     session.add(user)
     session.commit()
+    # As if the row was last written long ago: the next update must move it to now (Prisma's
+    # @updatedAt has no database default or trigger; the writer sets it).
+    long_ago = datetime(2000, 1, 1)
+    session.execute(text('UPDATE "User" SET "updatedAt" = :t'), {"t": long_ago})
+    session.commit()
+    session.refresh(user)
     first = user.updated_at
+    assert first == long_ago
     user.name = "Bia"
     session.commit()
-    assert user.updated_at >= first
+    assert user.updated_at > first
+    assert abs(user.updated_at - utcnow()) < timedelta(minutes=1)
     stored = session.execute(text('SELECT "updatedAt" FROM "User"')).scalar_one()
     assert stored == user.updated_at
 
