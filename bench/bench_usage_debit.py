@@ -69,7 +69,8 @@ def plain_loop(factory, users: list[str], count: int, prefix: str) -> Counter:
     return statuses
 
 
-# The debit's three statements as worker/usage.py and worker/ledger.py send them, by hand.
+# The debit's three statements as worker/usage/debits.py and worker/credits/ledger.py send them, by hand
+# (the current plan as worker.plans.current_plan.current_plan_query reads it: whatever its status).
 CLAIM_AND_FIND_ACCOUNT = """
 WITH claim AS (
     INSERT INTO {schema}.usage_requests
@@ -78,7 +79,7 @@ WITH claim AS (
     ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key)
 SELECT (SELECT idempotency_key FROM claim), u.id, u."isActive", b.id, b."creditsRemaining",
        (SELECT plan_id FROM {schema}.user_plans p WHERE p.clerk_user_id = %(clerk_user_id)s
-          AND p.plan_id IS NOT NULL AND lower(p.status) IN ('active', 'trialing'))
+          AND p.plan_id IS NOT NULL)
 FROM (SELECT 1) AS one
 LEFT JOIN ("User" u JOIN "CreditBalance" b ON b."userId" = u.id) ON u."clerkId" = %(clerk_user_id)s
 """
