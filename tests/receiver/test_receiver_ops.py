@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 
@@ -20,6 +21,10 @@ from tests.support.receiver_support import (
     json_body,
     payload_bytes,
 )
+
+# A 32-byte key, whose base64 ends with padding ("=").
+PADDED_SECRET = "whsec_" + base64.b64encode(b"unpadded-secret-for-pedro-tests!").decode()
+assert PADDED_SECRET.endswith("=")
 
 
 def test_healthz_answers_while_the_process_is_alive(make_app, session_factory):
@@ -182,9 +187,25 @@ class TestStartUp:
         assert (key == "" or key not in message) and CLERK_TEST_SECRET.removeprefix("whsec_") not in message
         assert raised.value.__cause__ is None
 
-    @pytest.mark.parametrize("secret", [CLERK_TEST_SECRET, CLERK_TEST_SECRET.rstrip("="), "whsec_Zm9vYmFy"])
-    def test_a_well_formed_clerk_secret_is_accepted_padded_or_not(self, make_app, secret):
-        make_app(clerk_webhook_signing_secret=secret)
+    @pytest.mark.parametrize(
+        ("secret", "signed_with"),
+        [
+            (CLERK_TEST_SECRET, CLERK_TEST_SECRET),
+            (PADDED_SECRET, PADDED_SECRET),
+            # Svix secrets may come without their base64 padding: the same key.
+            (PADDED_SECRET.rstrip("="), PADDED_SECRET),
+            (PADDED_SECRET.rstrip("="), PADDED_SECRET.rstrip("=")),
+            ("whsec_Zm9vYmFy", "whsec_Zm9vYmFy"),
+        ],
+        ids=["test-secret", "padded", "unpadded", "unpadded-both", "short"],
+    )
+    def test_a_well_formed_clerk_secret_is_accepted_padded_or_not(self, make_app, session_factory, secret, signed_with):
+        """The app starts with the secret, and a delivery Svix signed with that key is accepted."""
+        client = make_app(clerk_webhook_signing_secret=secret).test_client()
+        body = payload_bytes("clerk/user.created")
+        response = client.post("/webhooks/clerk", data=body, headers=clerk_headers(body, secret=signed_with))
+        assert response.status_code == 200, response.json
+        assert response.json["status"] == "accepted"
 
     def test_the_receiver_imports_no_worker_task(self):
         # Tasks are sent by name: importing them would pull the worker's code (and its Celery
