@@ -59,11 +59,32 @@ def test_reversals_may_go_below_zero_without_a_floor(session):
     assert change.balance_after == -45
 
 
-def test_reused_key_raises_and_rolls_back(session):
+def test_reused_key_raises_and_rolls_back(session, session_factory):
     balance = _new_user(session)
     change_credits(session, balance.id, delta=10, kind=LedgerKind.GRANT, idempotency_key="g", reference="p")
+    session.commit()
+    before = _balance_and_ledger(session_factory)
+    assert before == (110, [("signup", 100, 100, f"signup:{balance.user_id}"), ("grant", 10, 110, "g")])
     with pytest.raises(LedgerKeyConflict):
         change_credits(session, balance.id, delta=10, kind=LedgerKind.GRANT, idempotency_key="g", reference="p")
+    session.rollback()  # what the caller's transaction does with the error
+    assert _balance_and_ledger(session_factory) == before  # the balance move went with it
+    assert session.scalar(select(CreditBalance.credits_remaining)) == 110 == ledger_sum(session, balance.user_id)
+
+
+def _balance_and_ledger(factory) -> tuple[int, list[tuple]]:
+    """The balance and every ledger entry (kind, delta, balance_after, key), read afresh."""
+    with factory() as session:
+        remaining = session.scalar(select(CreditBalance.credits_remaining))
+        entries = session.execute(
+            select(
+                CreditLedgerEntry.kind,
+                CreditLedgerEntry.delta,
+                CreditLedgerEntry.balance_after,
+                CreditLedgerEntry.idempotency_key,
+            ).order_by(CreditLedgerEntry.id)
+        ).all()
+    return remaining, [tuple(entry) for entry in entries]
 
 
 @pytest.mark.parametrize(
