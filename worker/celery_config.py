@@ -5,6 +5,8 @@ Importing this module imports no task: a producer sends tasks by name.
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 from kombu import Exchange, Queue
 
@@ -40,7 +42,7 @@ def _queue(name: str) -> Queue:
     return Queue(name, Exchange(name, type="direct"), routing_key=name)
 
 
-def celery_config(settings: Settings) -> dict:
+def celery_config(settings: Settings) -> dict[str, Any]:
     redis_url = settings.redis_url.get_secret_value()
     return {
         "broker_url": redis_url,

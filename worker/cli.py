@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from models import migrate
-from models.settings import ConfigError, load_settings
+from models.settings import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:  # for annotations: the commands import what they use inside themselves
+    from sqlalchemy.orm import Session, sessionmaker
 
 
 @click.group()
@@ -99,7 +103,7 @@ def replay(inbox_ids: tuple[int, ...], statuses: tuple[str, ...]) -> None:
     click.echo(f"replayed {len(replayed)} row(s), enqueued {sent}: {replayed}")
 
 
-def _session_factory():
+def _session_factory() -> sessionmaker[Session]:
     from models.db import make_engine, make_session_factory
 
     return make_session_factory(make_engine(_settings_or_exit()))
@@ -122,7 +126,7 @@ def run(data_dir: Path, procfile: str) -> None:
     """
     from worker.dev import local_run
 
-    started: list = []
+    started: list[local_run.EmbeddedServer] = []
     try:
         local_run.start_missing_servers(data_dir, started)
         secrets_file = local_run.ensure_local_secrets(data_dir)
@@ -135,7 +139,7 @@ def run(data_dir: Path, procfile: str) -> None:
             server.stop()
 
 
-def _settings_or_exit():
+def _settings_or_exit() -> Settings:
     try:
         return load_settings()
     except ConfigError as exc:

@@ -43,7 +43,7 @@ def producer_for(redis_url: str) -> Celery:
 
 
 class UsageClient:
-    def __init__(self, broker: str | Settings | Celery):
+    def __init__(self, broker: str | Settings | Celery) -> None:
         if isinstance(broker, Celery):
             self.app = broker
         elif isinstance(broker, Settings):
@@ -59,7 +59,7 @@ class UsageClient:
         cost: int | None = None,
         details: dict[str, Any] | None = None,
         **options: Any,
-    ) -> AsyncResult:
+    ) -> AsyncResult[dict[str, Any]]:
         """Spend credits. `operation`: an OperationType name (or member); `cost`: None to use the
         configured cost (plan override, else AdminSettings.featureCosts)."""
         kwargs = {
@@ -79,7 +79,7 @@ class UsageClient:
         credits: int | None = None,
         details: dict[str, Any] | None = None,
         **options: Any,
-    ) -> AsyncResult:
+    ) -> AsyncResult[dict[str, Any]]:
         """Give back `credits` (None: all that is left) of the debit whose key is `refund_of`."""
         kwargs = {
             "clerk_user_id": clerk_user_id,
@@ -90,7 +90,7 @@ class UsageClient:
         }
         return self._send("usage.refund", kwargs, options)
 
-    def outcome(self, idempotency_key: str) -> AsyncResult:
+    def outcome(self, idempotency_key: str) -> AsyncResult[dict[str, Any]]:
         return self._send("usage.outcome", {"idempotency_key": idempotency_key}, {})
 
     def record_storage(
@@ -102,7 +102,7 @@ class UsageClient:
         size: int,
         content_type: str | None = None,
         provider: str = "vercel_blob",
-    ) -> AsyncResult:
+    ) -> AsyncResult[dict[str, Any]]:
         kwargs = {
             "clerk_user_id": clerk_user_id,
             "url": url,
@@ -116,11 +116,11 @@ class UsageClient:
 
     def delete_storage(
         self, storage_object_id: str | None = None, pathname: str | None = None, provider: str = "vercel_blob"
-    ) -> AsyncResult:
+    ) -> AsyncResult[dict[str, Any]]:
         kwargs = {"storage_object_id": storage_object_id, "pathname": pathname, "provider": provider}
         return self._send("storage.delete", kwargs, {})
 
-    def _send(self, name: str, kwargs: dict[str, Any], options: dict[str, Any]) -> AsyncResult:
+    def _send(self, name: str, kwargs: dict[str, Any], options: dict[str, Any]) -> AsyncResult[dict[str, Any]]:
         """`options`: extra task kwargs the tasks accept (`wait_for_user`, in seconds)."""
         return self.app.send_task(name, kwargs={**kwargs, **options})
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from contextvars import ContextVar
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
 from celery import Celery, Task
 from sqlalchemy.orm import Session
@@ -60,7 +60,9 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R", covariant=True)
 
 
-class TransactionalTask(Task[_P, _R]):
+# Generic in the task's parameters and result (`Generic`, not `Task[_P, _R]`: Celery's Task can
+# be subscripted at run time only in its latest releases, and `celery>=5.4` is allowed).
+class TransactionalTask(Task, Generic[_P, _R]):
     abstract = True
 
     @property

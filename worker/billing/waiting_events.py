@@ -8,7 +8,7 @@ exactly once. The payload paths that name a user are billing knowledge, so the q
 
 from __future__ import annotations
 
-from sqlalchemy import Text, and_, bindparam, func, or_, select
+from sqlalchemy import BindParameter, ColumnElement, Text, and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from models.billing import ProviderLink
@@ -23,14 +23,14 @@ def unmatched_inbox_ids_for_user(session: Session, clerk_user_id: str) -> list[i
     return list(session.scalars(_UNMATCHED_FOR_USER, {"clerk_user_id": clerk_user_id}))
 
 
-def _clerk_payer_is(clerk_user_id):
+def _clerk_payer_is(clerk_user_id: BindParameter[str]) -> ColumnElement[bool]:
     return and_(
         WebhookInbox.source == "clerk",
         WebhookInbox.payload[("data", "payer", "user_id")].astext == clerk_user_id,
     )
 
 
-def _asaas_reference_names(clerk_user_id):
+def _asaas_reference_names(clerk_user_id: BindParameter[str]) -> ColumnElement[bool]:
     references = [
         func.split_part(WebhookInbox.payload[(kind, "externalReference")].astext, "|", 1) == clerk_user_id
         for kind in ASAAS_OBJECTS
@@ -38,7 +38,7 @@ def _asaas_reference_names(clerk_user_id):
     return and_(WebhookInbox.source == "asaas", or_(*references))
 
 
-def _asaas_linked_to(clerk_user_id):
+def _asaas_linked_to(clerk_user_id: BindParameter[str]) -> ColumnElement[bool]:
     linked = select(ProviderLink.external_id).where(
         ProviderLink.provider == "asaas", ProviderLink.clerk_user_id == clerk_user_id
     )

@@ -14,8 +14,10 @@ import click
 
 from worker.dev.embedded_servers import EmbeddedPostgres, EmbeddedRedis
 
+EmbeddedServer = EmbeddedPostgres | EmbeddedRedis
 
-def start_missing_servers(data_dir: Path, started: list) -> None:
+
+def start_missing_servers(data_dir: Path, started: list[EmbeddedServer]) -> None:
     for variable, server_class, folder in (
         ("DATABASE_URL", EmbeddedPostgres, "postgres"),
         ("REDIS_URL", EmbeddedRedis, "redis"),

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import literal_column, select, true
+from sqlalchemy import Select, literal_column, select, true
 from sqlalchemy.orm import Session
 
 from models.app import CreditBalance, OperationType, User
@@ -63,7 +63,7 @@ class Account:
     credits_remaining: int
 
 
-def _claim_and_find_account():
+def _claim_and_find_account() -> Select[str | None, str | None, bool | None, str | None, int | None, str | None]:
     """The claim, the user's account and the user's current plan, in one statement:
 
         WITH claim AS (INSERT ... ON CONFLICT DO NOTHING RETURNING idempotency_key)
