@@ -11,6 +11,8 @@ import time
 import uuid
 
 from celery import Celery
+from celery.result import AsyncResult
+from celery.states import READY_STATES
 
 
 class WorkerProcess:
@@ -79,3 +81,12 @@ class WorkerProcess:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
+
+
+def wait_for_state(result: AsyncResult, state: str, timeout: float = 30) -> None:
+    """Poll a task's state (from the result backend) until it is `state`, e.g. RETRY."""
+    deadline = time.monotonic() + timeout
+    while (current := result.state) != state:
+        assert current not in READY_STATES, f"task ended {current} without reaching {state}: {result.result!r}"
+        assert time.monotonic() < deadline, f"task still {current}"
+        time.sleep(0.05)

@@ -6,9 +6,11 @@ import pytest
 from sqlalchemy import select
 
 from models.app import StorageObject
+from tests.support.celery_worker import wait_for_state
 from tests.support.usage import count_rows, make_user
 from worker.client import UsageClient
 from worker.usage import storage
+from worker.usage.requests import NotYetKnown
 
 BLOB = {
     "url": "https://blob.example/u/a.png",
@@ -66,9 +68,24 @@ def test_delete_by_pathname_then_record_again_is_a_new_upload(session_factory):
     assert delete(session_factory)["error"] == "invalid_arguments"
 
 
-def test_an_unknown_user_is_answered_after_the_wait(session_factory):
+def test_an_unknown_user_is_answered_when_the_wait_is_over(session_factory):
     assert record(session_factory, clerk_user_id="user_ghost")["status"] == "unknown_user"
     assert count_rows(session_factory, StorageObject) == 0
+    with pytest.raises(NotYetKnown), session_factory.begin() as session:  # still waiting: a retry
+        storage.record_object(session, storage.StorageRecord("user_ghost", **BLOB), final=False)
+    assert count_rows(session_factory, StorageObject) == 0
+
+
+def test_a_user_created_during_the_wait_has_the_upload_recorded_after_it(celery_worker, producer, session_factory):
+    result = UsageClient(producer).record_storage("user_late", **BLOB)
+    wait_for_state(result, "RETRY")  # the worker ran it, found no user, and is waiting
+    assert count_rows(session_factory, StorageObject) == 0
+    make_user(session_factory, "user_late")
+    answer = result.get(timeout=60)
+    assert answer["status"] == "recorded"
+    with session_factory() as session:
+        row = session.get(StorageObject, answer["storage_object_id"])
+        assert (row.clerk_user_id, row.pathname) == ("user_late", "u/a.png")
 
 
 def test_storage_tasks_through_a_worker(celery_worker, producer, session_factory):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import pytest
 
 from models.app import UsageHistory
-from tests.support.celery_worker import WorkerProcess
+from tests.support.celery_worker import WorkerProcess, wait_for_state
 from tests.support.inbox import assert_ledger_matches_balances, deliver, payload
 from tests.support.usage import balance, count_rows, ledger_deltas, make_user
 from worker.client import UsageClient
@@ -82,10 +81,3 @@ def test_refund_and_outcome_through_the_worker(client, session_factory):
     assert sorted(r["status"] for r in answers(refunds)) == ["applied", "duplicate"]
     assert client.outcome("img-1-refund").get(timeout=30)["remaining"] == 100
     assert balance(session_factory) == 100
-
-
-def wait_for_state(result, state: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while result.state != state:
-        assert time.monotonic() < deadline, f"task still {result.state}"
-        time.sleep(0.05)
