@@ -43,6 +43,40 @@ def test_a_message_delivered_twice_concurrently_has_one_effect(celery_worker, pr
     assert inbox_row(session_factory, inbox_id).attempts == 1
 
 
+def test_a_copy_that_finds_the_row_locked_leaves_it_and_a_later_copy_applies_it_once(
+    celery_worker, producer, session_factory, settings
+):
+    """Another transaction holds the inbox row's lock (as a copy of the message being processed
+    would) while a copy runs: SKIP LOCKED makes the copy answer `busy_or_missing` and apply
+    nothing; the row stays pending, and the message processed again applies it once."""
+    inbox_id = store(session_factory, "clerk", payload("clerk/user.created"))
+    holder = psycopg.connect(libpq_url(settings.database_url.get_secret_value()))
+    try:
+        holder.execute(f"SELECT 1 FROM {settings.service_schema}.webhook_inbox WHERE id = %s FOR UPDATE", (inbox_id,))
+        copy = producer.send_task("webhooks.process", kwargs={"inbox_id": inbox_id})
+        assert copy.get(timeout=30) == {"inbox_id": inbox_id, "status": "busy_or_missing"}
+        row = inbox_row(session_factory, inbox_id)
+        assert (row.status, row.attempts, row.processed_at) == ("pending", 0, None)
+        assert _effects(session_factory) == (0, 0)
+    finally:
+        holder.close()  # the lock goes with the connection
+    again = producer.send_task("webhooks.process", kwargs={"inbox_id": inbox_id})
+    assert again.get(timeout=30) == {"inbox_id": inbox_id, "status": "processed"}
+    assert _effects(session_factory) == (1, 1)
+    assert inbox_row(session_factory, inbox_id).attempts == 1
+    assert process(inbox_id)["status"] == "processed"  # yet another copy: still one effect
+    assert _effects(session_factory) == (1, 1)
+
+
+def _effects(factory) -> tuple[int, int]:
+    """Users and ledger entries: what processing user.created once adds (1, 1)."""
+    with factory() as session:
+        users, entries = session.execute(
+            text('SELECT (SELECT count(*) FROM "User"), (SELECT count(*) FROM ingest.credit_ledger)')
+        ).one()
+    return users, entries
+
+
 def test_webhooks_ingest_stores_then_processes(celery_worker, producer, session_factory):
     body = payload("clerk/user.created")
     args = {"source": "clerk", "external_id": "msg_ingest", "event_type": "user.created", "payload": body}
