@@ -74,9 +74,11 @@ def test_a_balance_the_session_holds_shows_the_change(session_factory):
         assert held not in session.dirty
 
 
-def test_debits_and_refunds_write_the_configured_service_schema(admin_url, monkeypatch):
+def test_debits_and_refunds_write_the_configured_service_schema(admin_url, redis_urls, monkeypatch):
+    # Its whole environment: it must not rely on another test having loaded the run's settings.
     database_url = create_database(admin_url)
     monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("REDIS_URL", redis_urls["scratch"])
     monkeypatch.setenv("SERVICE_SCHEMA", "pedro_ledger")
     engine = None
     try:
