@@ -177,14 +177,25 @@ def _accepted(server: Server) -> float:
     raise AssertionError("no webhook_deliveries_total{source=asaas,outcome=accepted} sample")
 
 
+def _log_once_it_holds(server: Server, *texts: str, timeout: float = 10) -> str:
+    """The server's log as soon as it holds every one of `texts` (polled until `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while missing := [text for text in texts if text not in (log := server.log())]:
+        assert time.monotonic() < deadline, f"{missing} never reached the log:\n{log[-3000:]}"
+        time.sleep(0.05)
+    return log
+
+
 def test_the_log_names_events_and_holds_no_secret(server, session_factory, redis_client):
     body = payload_bytes("clerk/user.created")
     headers = clerk_headers(body)
     server.request("POST", "/webhooks/clerk", body, headers)
     server.request("POST", "/webhooks/clerk", body, {**headers, "svix-signature": "v1,Zm9yZ2Vk"})
     server.request("POST", "/webhooks/asaas", body, asaas_headers("a-wrong-token-value"))
-    time.sleep(0.2)  # the access log is written after the response
-    log = server.log()
+    # The access log is written after the response: wait for the three requests' lines.
+    log = _log_once_it_holds(
+        server, '"POST /webhooks/clerk" 200', '"POST /webhooks/clerk" 401', '"POST /webhooks/asaas" 401'
+    )
     assert "webhook.accepted source=clerk" in log
     assert "webhook.rejected source=clerk reason=bad_signature" in log
     assert '"POST /webhooks/clerk" 200' in log  # the access log, without query or headers
