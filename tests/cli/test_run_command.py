@@ -1,5 +1,6 @@
 """`pedro-webhooks run` with no DATABASE_URL/REDIS_URL: embedded servers, migrations, the
-Procfile processes; SIGTERM stops every process it started."""
+Procfile processes; SIGTERM or Ctrl-C stops every process it started. The Procfile's Flower
+refuses to run without credentials."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -80,18 +82,27 @@ def _run_env(**changes: str) -> dict[str, str]:
     return {**env, "FLOWER_PORT": str(free_port()), "PORT": str(free_port()), **changes}
 
 
+@dataclass
+class Run:
+    process: subprocess.Popen
+    seen: dict[int, psutil.Process] = field(default_factory=dict)  # every process seen under it
+    stopped_by_itself: bool = False  # it exited after the stop signal, without being killed
+
+
 @contextmanager
-def _running(env: dict[str, str], data_dir: Path, log: Path) -> Iterator[dict[int, psutil.Process]]:
-    """`pedro-webhooks run` until its worker is ready; on exit SIGTERM it and wait for it.
-    Yields every process seen under it (filled in while it runs)."""
+def _running(env: dict[str, str], data_dir: Path, log: Path, *, ctrl_c: bool = False) -> Iterator[Run]:
+    """`pedro-webhooks run` until its worker is ready; on exit stop it and wait for it: SIGTERM
+    to it, or (`ctrl_c`) SIGINT to its whole process group, as a terminal's Ctrl-C sends it."""
     run = subprocess.Popen(
         [sys.executable, "-m", "worker.cli", "run", "--data-dir", str(data_dir)],
         cwd=PROJECT_ROOT,
         env=env,
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
+        start_new_session=ctrl_c,  # a process group of its own, like a terminal's foreground job
     )
-    seen: dict[int, psutil.Process] = {}
+    state = Run(run)
+    seen = state.seen
     deadline = time.monotonic() + 90
     try:
         while time.monotonic() < deadline and run.poll() is None:
@@ -102,35 +113,62 @@ def _running(env: dict[str, str], data_dir: Path, log: Path) -> Iterator[dict[in
         assert "ready." in log.read_text(), log.read_text()[-3000:]
         _assert_receiver_ready(env["PORT"])
         seen.update({child.pid: child for child in _descendants(psutil.Process(run.pid))})
-        yield seen
-    finally:  # SIGTERM also when the test failed: the command must stop what it started
-        run.send_signal(signal.SIGTERM)
+        yield state
+    finally:  # stopped also when the test failed: the command must stop what it started
+        if ctrl_c:
+            os.killpg(run.pid, signal.SIGINT)
+        else:
+            run.send_signal(signal.SIGTERM)
         try:
             run.wait(timeout=60)
+            state.stopped_by_itself = True
         except subprocess.TimeoutExpired:
             run.kill()
+            run.wait()
 
 
-def _assert_none_alive(seen: dict[int, psutil.Process]) -> None:
-    time.sleep(0.5)
-    alive = [p for p in seen.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert alive == [], [p.cmdline() for p in alive]
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _assert_none_alive(seen: dict[int, psutil.Process], timeout: float = 15) -> None:
+    """Every process seen is gone (polled until `timeout`: a child may still be exiting)."""
+    deadline = time.monotonic() + timeout
+    while alive := [p for p in seen.values() if _alive(p)]:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still running: {[_describe(p) for p in alive]}")
+        time.sleep(0.1)
+
+
+def _describe(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return f"pid {process.pid}"
+
+
+def _postmasters(data_dir: Path) -> list[psutil.Process]:
+    """The embedded PostgreSQL's processes: started by pg_ctl (detached), found by data folder."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if str(data_dir / "postgres") in " ".join(process.info["cmdline"] or []):
+            found.append(process)
+    return found
 
 
 def test_run_starts_embedded_servers_and_leaves_nothing_behind(data_dir, tmp_path):
     env, log = _run_env(), tmp_path / "run.log"
-    with _running(env, data_dir, log) as seen:
+    with _running(env, data_dir, log) as run:
         _assert_flower_requires_the_local_credentials(env["FLOWER_PORT"], data_dir)
         assert "started EmbeddedPostgres" in log.read_text() and "started EmbeddedRedis" in log.read_text()
-        # Started by pg_ctl (detached): find the embedded postmaster by its data folder.
-        postmasters = [
-            p
-            for p in psutil.process_iter(["cmdline"])
-            if str(data_dir / "postgres") in " ".join(p.info["cmdline"] or [])
-        ]
+        postmasters = _postmasters(data_dir)
         assert postmasters, "the embedded PostgreSQL is not running"
-        seen.update({p.pid: p for p in postmasters})
-    _assert_none_alive(seen)
+        run.seen.update({p.pid: p for p in postmasters})
+    assert run.stopped_by_itself, log.read_text()[-3000:]
+    _assert_none_alive(run.seen)
     secrets_file = data_dir / "local-secrets.env"
     assert oct(secrets_file.stat().st_mode & 0o777) == "0o600"
     clerk_secret = secrets_file.read_text().splitlines()[0].split("=", 1)[1]
@@ -141,11 +179,49 @@ def test_run_uses_the_servers_it_is_given_and_migrates(data_dir, tmp_path, admin
     database_url = create_database(admin_url, prefix="pw_run")
     try:
         env, log = _run_env(DATABASE_URL=database_url, REDIS_URL=redis_urls["scratch"]), tmp_path / "run.log"
-        with _running(env, data_dir, log) as seen:
+        with _running(env, data_dir, log) as run:
             assert "started Embedded" not in log.read_text()
-        _assert_none_alive(seen)
+        assert run.stopped_by_itself, log.read_text()[-3000:]
+        _assert_none_alive(run.seen)
         with psycopg.connect(libpq_url(database_url)) as conn:
             heads = conn.execute("SELECT version_num FROM ingest.alembic_version").fetchall()
         assert heads == [(ScriptDirectory(str(PROJECT_ROOT / "migrations")).get_current_head(),)]
     finally:
         drop_database(admin_url, database_url)
+
+
+def test_ctrl_c_stops_every_process_and_the_command_exits(data_dir, tmp_path):
+    """Ctrl-C in a terminal sends SIGINT to the whole foreground process group: the command,
+    honcho and every Procfile process get it at once. All of them stop, the embedded servers
+    too, and the command exits by itself."""
+    env, log = _run_env(), tmp_path / "run.log"
+    with _running(env, data_dir, log, ctrl_c=True) as run:
+        postmasters = _postmasters(data_dir)
+        assert postmasters, "the embedded PostgreSQL is not running"
+        run.seen.update({p.pid: p for p in postmasters})
+        assert len(run.seen) > len(postmasters) + 4  # honcho and the four Procfile processes, at least
+    assert run.stopped_by_itself, log.read_text()[-3000:]
+    _assert_none_alive(run.seen)
+    assert "stopping EmbeddedPostgres" in log.read_text() and "stopping EmbeddedRedis" in log.read_text()
+
+
+def _procfile_line(name: str) -> str:
+    for line in (PROJECT_ROOT / "Procfile").read_text().splitlines():
+        process, _, command = line.partition(":")
+        if process.strip() == name:
+            return command.strip()
+    raise AssertionError(f"the Procfile has no {name} process")
+
+
+@pytest.mark.parametrize("credentials", [None, ""], ids=["unset", "empty"])
+def test_flower_refuses_to_start_without_credentials(credentials):
+    env = {key: value for key, value in os.environ.items() if key != "FLOWER_BASIC_AUTH"}
+    if credentials is not None:
+        env["FLOWER_BASIC_AUTH"] = credentials
+    env.update(FLOWER_PORT=str(free_port()), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    # As honcho runs a Procfile line: through the shell.
+    result = subprocess.run(
+        _procfile_line("flower"), shell=True, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode != 0
+    assert "FLOWER_BASIC_AUTH (user:password) is not set: Flower does not run without authentication" in result.stderr
