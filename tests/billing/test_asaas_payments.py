@@ -156,6 +156,26 @@ def test_partial_refund_before_the_grant_leaves_the_rest(session_factory, pro):
     assert balance(session_factory) == SIGNUP + PRO_CREDITS - 150
 
 
+def test_cash_receipt_undone_reverses_the_grant_once(session_factory, pro):
+    cash = {"billingType": "UNDEFINED", "status": "RECEIVED_IN_CASH"}  # marked as received in cash
+    _deliver_asaas(session_factory, asaas_event("PAYMENT_RECEIVED", **cash))
+    undone = asaas_event("PAYMENT_RECEIVED", event_id="evt_cash_undone&1", status="PENDING", billingType="UNDEFINED")
+    undone["event"] = "PAYMENT_RECEIVED_IN_CASH_UNDONE"
+    row = _deliver_asaas(session_factory, undone)
+    assert (row.status, row.detail.startswith(f"reversed {PRO_CREDITS} credits")) == ("processed", True), row.detail
+    assert process(row.id)["status"] == "processed"  # the message delivered again
+    undone_again = {**undone, "id": "evt_cash_undone&2"}  # Asaas sends the event again
+    _deliver_asaas(session_factory, undone_again)
+    assert ledger(session_factory) == [GRANT, ("reversal", -PRO_CREDITS, REVERSAL_REFERENCE)]
+    assert balance(session_factory) == SIGNUP
+    statuses = [(e.event_type, e.status) for e in subscription_events(session_factory)]
+    assert statuses == [
+        ("PAYMENT_RECEIVED", "RECEIVED_IN_CASH"),
+        ("PAYMENT_RECEIVED_IN_CASH_UNDONE", "PENDING"),
+        ("PAYMENT_RECEIVED_IN_CASH_UNDONE", "PENDING"),
+    ]
+
+
 def test_deleting_an_unpaid_charge_reverses_nothing_later(session_factory, pro):
     deleted = _deliver_asaas(session_factory, asaas_event("PAYMENT_DELETED"))
     assert "never granted" in deleted.detail
@@ -230,6 +250,46 @@ def test_current_plan_starts_when_paid_and_ends_with_the_subscription(session_fa
     _deliver_asaas(session_factory, asaas_event("SUBSCRIPTION_INACTIVATED"))
     with session_factory() as session:
         assert current_plan(session, CLERK_ID) is None
+
+
+@pytest.mark.parametrize(
+    ("event_type", "status"),
+    [
+        ("CHECKOUT_CREATED", "ACTIVE"),
+        ("CHECKOUT_PAID", "PAID"),
+        ("CHECKOUT_CANCELED", "CANCELED"),
+        ("CHECKOUT_EXPIRED", "EXPIRED"),
+    ],
+)
+def test_checkout_events_are_logged_and_move_neither_credits_nor_the_plan(session_factory, pro, event_type, status):
+    """A checkout's payment comes as its own PAYMENT_* events (those grant); the checkout's
+    events are only logged."""
+    body = asaas_event("CHECKOUT_CREATED", event_id=f"evt_{event_type}&1", status=status)
+    body["event"] = event_type
+    row = _deliver_asaas(session_factory, body)
+    assert (row.status, row.detail) == ("processed", f"logged; {event_type} moves no credits")
+    [event] = subscription_events(session_factory)
+    assert (event.clerk_user_id, event.plan_key, event.status) == (CLERK_ID, "pro", status)
+    assert event.event_type == event_type
+    assert event.occurred_at == datetime(2024, 6, 12, 19, 40)  # 16:40 in São Paulo
+    assert ledger(session_factory) == [] and balance(session_factory) == SIGNUP
+    with session_factory() as session:
+        assert current_plan(session, CLERK_ID) is None
+
+
+def test_subscription_deleted_is_logged_and_ends_the_current_plan(session_factory, pro):
+    _deliver_asaas(session_factory, asaas_event("PAYMENT_CONFIRMED", subscription="sub_m5gdy1upm25fbwgx"))
+    with session_factory() as session:
+        assert current_plan(session, CLERK_ID).id == pro
+    deleted = asaas_event("SUBSCRIPTION_INACTIVATED", event_id="evt_sub_deleted&1", deleted=True)
+    deleted["event"] = "SUBSCRIPTION_DELETED"
+    row = _deliver_asaas(session_factory, deleted)
+    assert (row.status, row.detail) == ("processed", "logged; SUBSCRIPTION_DELETED moves no credits")
+    with session_factory() as session:
+        assert current_plan(session, CLERK_ID) is None
+    last = subscription_events(session_factory)[-1]
+    assert (last.event_type, last.status, last.plan_key) == ("SUBSCRIPTION_DELETED", "INACTIVE", "pro")
+    assert balance(session_factory) == SIGNUP + PRO_CREDITS  # what was paid for stays granted
 
 
 @pytest.mark.parametrize("event_type", ["PAYMENT_SOMETHING_NEW", "SUBSCRIPTION_PAUSED"])
