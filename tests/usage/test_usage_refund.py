@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import psycopg
 import pytest
 
+from models.db import make_engine, make_session_factory
+from tests.support.databases import libpq_url, settings_copy
 from tests.support.inbox import assert_ledger_matches_balances
 from tests.support.usage import balance, debit, ledger_deltas, make_user, refund, usage_credits
 from worker.usage import refunds, requests
@@ -63,6 +69,48 @@ def test_a_refund_of_an_unknown_or_foreign_debit(session_factory):
     assert refund(session_factory, "r1", "not-yet")["status"] == "unknown_debit"
     assert refund(session_factory, "r2", "d1", clerk_user_id="user_b")["status"] == "unknown_debit"
     assert balance(session_factory) == 90
+
+
+@pytest.fixture
+def patient_factory(settings):
+    """Sessions whose lock waits last 30 s (the run's DB_LOCK_TIMEOUT_MS is 1 s)."""
+    engine = make_engine(settings_copy(settings, db_lock_timeout_ms=30_000))
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def test_two_refunds_of_one_debit_at_once_never_give_back_more_than_it_took(session_factory, patient_factory, settings):
+    """Two refunds of d1 (10 credits) under different keys, 7 credits each, in two threads: the
+    second starts while the first is mid-transaction. Together they give back at most 10."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        with patient_factory() as first, first.begin():
+            applied = refunds.refund(first, refunds.RefundRequest("user_a", "r1", "d1", credits=7))
+            assert applied["status"] == "applied"
+            second = pool.submit(refund, patient_factory, "r2", "d1", credits=7)
+            _wait_until_blocked_or_done(settings, second)
+        # The first committed: the second goes on.
+        answer = second.result(timeout=30)
+    assert answer["status"] == "over_refund", answer
+    assert answer["refundable"] == 3
+    assert balance(session_factory) == 97
+    assert usage_credits(session_factory) == [10, -7]
+    assert ledger_deltas(session_factory, "refund") == [7]
+
+
+def _wait_until_blocked_or_done(settings, future: Future, timeout: float = 30) -> None:
+    """Until the other thread's transaction waits for a lock (or has finished)."""
+    url = libpq_url(settings.database_url.get_secret_value())
+    # A connection of its own, in autocommit: pg_stat_activity is a snapshot per transaction.
+    with psycopg.connect(url, autocommit=True) as conn:
+        deadline = time.monotonic() + timeout
+        while not future.done():
+            waiting = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ).fetchone()[0]
+            if waiting:
+                return
+            assert time.monotonic() < deadline, "the second refund neither waited nor finished"
+            time.sleep(0.02)
 
 
 def test_invalid_credits_are_an_error(session_factory):
