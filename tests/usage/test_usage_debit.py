@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import text
 
 from models.app import UsageHistory
 from models.ledger import CreditLedgerEntry
 from models.usage import UsageRequest
-from tests.support.inbox import assert_ledger_matches_balances
+from tests.support.billing import CLERK_ID, PRO_CREDITS, add_pro_plan, add_user, asaas_event
+from tests.support.inbox import assert_ledger_matches_balances, deliver
 from tests.support.usage import (
     balance,
     count_rows,
@@ -64,6 +66,24 @@ def test_insufficient_credits_is_recorded_and_takes_nothing(session_factory):
     assert stored_status(session_factory, "k1") == "insufficient_credits"
     assert usage_credits(session_factory) == [] and ledger_deltas(session_factory, "usage") == []
     assert debit(session_factory, "k1", cost=6)["original_status"] == "insufficient_credits"
+
+
+def test_a_debit_against_a_balance_a_reversal_took_below_zero_takes_nothing(session_factory):
+    """A chargeback after the credits were spent leaves the balance negative: no debit applies
+    until it is topped up, whatever it costs."""
+    add_user(session_factory)  # user.created: 100 signup credits
+    add_pro_plan(session_factory)
+    assert deliver(session_factory, "asaas", asaas_event("PAYMENT_CONFIRMED")).status == "processed"  # +500
+    with session_factory.begin() as session:  # the app spends credits directly, through Prisma
+        session.execute(text('UPDATE "CreditBalance" SET "creditsRemaining" = 20'))
+    assert deliver(session_factory, "asaas", asaas_event("PAYMENT_CHARGEBACK_REQUESTED")).status == "processed"
+    assert balance(session_factory, CLERK_ID) == 20 - PRO_CREDITS
+    for key, fields in (("k1", {"cost": 1}), ("k2", {})):  # explicit, and the configured cost
+        result = debit(session_factory, key, clerk_user_id=CLERK_ID, **fields)
+        assert result == {"status": "insufficient_credits", "remaining": 20 - PRO_CREDITS, "usage_id": None}
+        assert stored_status(session_factory, key) == "insufficient_credits"
+    assert balance(session_factory, CLERK_ID) == 20 - PRO_CREDITS
+    assert usage_credits(session_factory) == [] and ledger_deltas(session_factory, "usage") == []
 
 
 def test_a_debit_can_take_the_last_credit(session_factory):
