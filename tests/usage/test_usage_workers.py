@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 import pytest
@@ -72,6 +73,20 @@ def test_a_user_that_never_comes_is_unknown_user_after_the_wait(client):
     result = client.debit("user_ghost", "AI_TEXT_CHAT", "ghost-1", wait_for_user=1).get(timeout=30)
     assert result == {"status": "unknown_user", "remaining": None, "usage_id": None}
     assert client.outcome("ghost-1").get(timeout=30)["status"] == "unknown_user"
+
+
+def test_a_client_built_from_the_redis_url_as_the_readme_shows(workers, session_factory):
+    """`UsageClient(os.environ["REDIS_URL"])`: a service that knows only the Redis URL."""
+    make_user(session_factory)
+    usage = UsageClient(os.environ["REDIS_URL"])
+    try:
+        answer = usage.debit("user_a", "AI_IMAGE_GENERATION", idempotency_key="gen:1").get(timeout=30)
+        assert answer["status"] == "applied" and answer["remaining"] == 90  # the seed's cost: 10
+        assert usage.outcome("gen:1").get(timeout=30) == {**answer, "kind": "debit"}
+    finally:
+        usage.app.close()
+    assert balance(session_factory) == 90 and count_rows(session_factory, UsageHistory) == 1
+    assert_ledger_matches_balances(session_factory)
 
 
 def test_refund_and_outcome_through_the_worker(client, session_factory):
