@@ -1,5 +1,6 @@
 """Property tests: whatever bytes arrive, the webhook endpoints answer with a deliberate status
-(200, 400, 401, 403, 413) and a JSON body, never a 500."""
+(200, 400, 401, 403, 413) and a JSON body, never a 500; and a 200 to an authenticated body
+means the inbox holds it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, reject
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from sqlalchemy import Text, cast, literal, select
+from sqlalchemy.dialects.postgresql import JSONB
 
+from models.inbox import WebhookInbox
 from tests.conftest import ASAAS_TEST_TOKEN
 from tests.support.receiver_support import clerk_headers
 
@@ -142,6 +146,8 @@ def test_clerk_answers_200_or_400_to_any_signed_body(fuzz_client, session_factor
     response = fuzz_client.post("/webhooks/clerk", data=body, headers=clerk_headers(body, msg_id=msg_id))
     _assert_deliberate(response)
     assert response.status_code in {200, 400, 413}
+    if response.status_code == 200:
+        _assert_stored(session_factory, response.json, "clerk", msg_id, body)
 
 
 @FUZZ
@@ -151,3 +157,23 @@ def test_asaas_answers_200_or_400_to_any_authenticated_body(fuzz_client, session
     response = fuzz_client.post("/webhooks/asaas", data=body, headers={"asaas-access-token": ASAAS_TEST_TOKEN})
     _assert_deliberate(response)
     assert response.status_code in {200, 400, 413}
+    if response.status_code == 200:
+        _assert_stored(session_factory, response.json, "asaas", json.loads(body)["id"], body)
+
+
+def _assert_stored(factory, answer: dict, source: str, external_id: str, body: bytes) -> None:
+    """A 200 means the inbox holds the delivery under its provider id: `accepted` stored this
+    body (compared as PostgreSQL compares jsonb: numbers by value, object keys unordered, the
+    last of duplicate keys), `duplicate` found the one stored under that id before."""
+    with factory() as session:
+        row = session.execute(
+            select(WebhookInbox.id, WebhookInbox.payload == cast(literal(body.decode("utf-8"), Text), JSONB)).where(
+                WebhookInbox.source == source, WebhookInbox.external_id == external_id
+            )
+        ).one_or_none()
+    assert row is not None, f"answered {answer} but no {source} row has the id {external_id!r}"
+    if answer["status"] == "accepted":
+        assert answer == {"status": "accepted", "inbox_id": row.id}
+        assert row[1] is True, "the stored payload is not the body that was sent"
+    else:
+        assert answer == {"status": "duplicate"}
