@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -14,8 +16,9 @@ from tests.support.databases import create_database, drop_database, libpq_url, s
 REFERENCE_DDL = Path(__file__).resolve().parents[1] / "fixtures" / "prisma-reference.sql"
 
 
-@pytest.fixture
-def fresh_database(admin_url):
+@contextmanager
+def _databases(admin_url: str) -> Iterator[Callable[[], str]]:
+    """Make empty databases on demand; drop them all at the end."""
     created: list[str] = []
 
     def make() -> str:
@@ -23,19 +26,30 @@ def fresh_database(admin_url):
         created.append(url)
         return url
 
-    yield make
-    for url in created:
-        drop_database(admin_url, url)
+    try:
+        yield make
+    finally:
+        for url in created:
+            drop_database(admin_url, url)
 
 
 @pytest.fixture
-def migrated_and_reference(fresh_database, settings):
-    reference_url = fresh_database()
-    with psycopg.connect(libpq_url(reference_url), autocommit=True) as conn:
-        conn.execute(REFERENCE_DDL.read_text())
-    migrated_url = fresh_database()
-    migrate.upgrade(settings_copy(settings, database_url=migrated_url))
-    return describe_schema(libpq_url(reference_url)), describe_schema(libpq_url(migrated_url))
+def fresh_database(admin_url):
+    with _databases(admin_url) as make:
+        yield make
+
+
+@pytest.fixture(scope="module")
+def migrated_and_reference(admin_url, settings):
+    """Prisma's reference DDL in one database, the migrations in another, both described once
+    for the module: the tests below only read the descriptions."""
+    with _databases(admin_url) as make:
+        reference_url = make()
+        with psycopg.connect(libpq_url(reference_url), autocommit=True) as conn:
+            conn.execute(REFERENCE_DDL.read_text())
+        migrated_url = make()
+        migrate.upgrade(settings_copy(settings, database_url=migrated_url))
+        yield describe_schema(libpq_url(reference_url)), describe_schema(libpq_url(migrated_url))
 
 
 @pytest.mark.parametrize("aspect", ["relations", "columns", "indexes", "constraints", "enums", "types", "functions"])
