@@ -84,7 +84,7 @@ def test_a_client_built_from_the_redis_url_as_the_readme_shows(workers, session_
         assert answer["status"] == "applied" and answer["remaining"] == 90  # the seed's cost: 10
         assert usage.outcome("gen:1").get(timeout=30) == {**answer, "kind": "debit"}
     finally:
-        usage.app.close()
+        usage.close()
     assert balance(session_factory) == 90 and count_rows(session_factory, UsageHistory) == 1
     assert_ledger_matches_balances(session_factory)
 
