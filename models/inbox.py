@@ -22,8 +22,14 @@ class InboxStatus(enum.StrEnum):
     PENDING = "pending"  # stored, not yet handled (or a transient failure is being retried)
     PROCESSED = "processed"  # its effect is committed
     IGNORED = "ignored"  # no handler for this type (yet); replayable
-    UNMATCHED = "unmatched"  # no user/plan to apply it to yet; replayable
-    FAILED = "failed"  # dead letter: retries exhausted or a payload that can never succeed
+    UNMATCHED = "unmatched"  # no user to apply it to yet; replayed when the user or link appears
+    # Logged, but money it should have moved did not move (no Plan matched a paid event, a paid
+    # amount below the plan's price): a person must look. Replayable once the cause is fixed.
+    NEEDS_ATTENTION = "needs_attention"
+    FAILED = "failed"  # dead letter: a payload that can never succeed, or a run that kept dying
+
+
+FINAL_STATUSES = tuple(status for status in InboxStatus if status is not InboxStatus.PENDING)
 
 
 class WebhookInbox(Base):
@@ -32,13 +38,13 @@ class WebhookInbox(Base):
         UniqueConstraint("source", "external_id", name="webhook_inbox_source_external_id_key"),
         CheckConstraint("source IN ('clerk', 'asaas')", name="webhook_inbox_source_check"),
         CheckConstraint(
-            "status IN ('pending', 'processed', 'ignored', 'unmatched', 'failed')",
+            "status IN ('pending', 'processed', 'ignored', 'unmatched', 'needs_attention', 'failed')",
             name="webhook_inbox_status_check",
         ),
-        # Serves the sweeper's "pending rows older than T" and nothing else.
+        # Serves the sweeper's "pending rows last enqueued before T" and nothing else.
         Index(
-            "webhook_inbox_pending_received_at_idx",
-            "received_at",
+            "webhook_inbox_pending_enqueued_at_idx",
+            "enqueued_at",
             postgresql_where=text("status = 'pending'"),
         ),
         # Serves replays, which look for a user's unmatched rows (migration 0003).
@@ -56,8 +62,15 @@ class WebhookInbox(Base):
     attempts: Mapped[int] = mapped_column(server_default=text("0"))
     last_error: Mapped[str | None] = mapped_column(Text)  # the last failure (dead letter: why)
     detail: Mapped[str | None] = mapped_column(Text)  # why it ended as it did (unmatched, no plan)
-    last_attempt_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+    last_attempt_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))  # the latest run's start
     processed_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+    # When the row's latest message was sent, or, for a retry, when that message is due: the
+    # sweeper tells "waiting for its message" from "its message is gone" by this (migration 0005).
+    enqueued_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=text("now()"))
+    # Set while a run is in progress and cleared when it ends either way; found set when a run
+    # starts, it means the previous run died mid-task (SIGKILL, OOM, hard time limit): a crash.
+    running_since: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
+    crashes: Mapped[int] = mapped_column(server_default=text("0"))
 
 
 def record_delivery(

@@ -75,7 +75,7 @@ def status() -> None:
     "--status",
     "statuses",
     multiple=True,
-    type=click.Choice(["unmatched", "failed", "ignored"]),
+    type=click.Choice(["unmatched", "needs_attention", "failed", "ignored"]),
     help="Replay every row with this status (repeatable).",
 )
 def replay(inbox_ids: tuple[int, ...], statuses: tuple[str, ...]) -> None:

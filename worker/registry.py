@@ -50,6 +50,11 @@ class Outcome:
     def unmatched(cls, detail: str) -> Outcome:
         return cls(InboxStatus.UNMATCHED, detail)
 
+    @classmethod
+    def needs_attention(cls, detail: str) -> Outcome:
+        """Logged, but the money the event should have moved did not move: a person must look."""
+        return cls(InboxStatus.NEEDS_ATTENTION, detail)
+
 
 Handler = Callable[[Session, Delivery], Outcome]
 

@@ -121,7 +121,7 @@ def test_no_plan_logs_and_says_why(session_factory):
     add_user(session_factory)
     row = _clerk(session_factory, clerk_event("paymentAttempt.updated.paid"))
     assert (row.status, row.detail) == (
-        "processed",
+        "needs_attention",
         "logged; no plan matches the attempt's items ['pro-plan']; nothing granted",
     )
     assert count(session_factory, '"SubscriptionEvent"') == 1

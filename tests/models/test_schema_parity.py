@@ -92,7 +92,7 @@ def test_service_schema_holds_alembic_version_and_inbox(settings, fresh_database
     constraints = {row[0] for row in service["constraints"]}
     assert "webhook_inbox_source_external_id_key" in constraints
     indexes = {row[0]: row[4] for row in service["indexes"]}
-    assert "WHERE (status = 'pending'::text)" in indexes["webhook_inbox_pending_received_at_idx"]
+    assert "WHERE (status = 'pending'::text)" in indexes["webhook_inbox_pending_enqueued_at_idx"]
 
 
 def test_upgrade_downgrade_upgrade_on_an_empty_database(settings, fresh_database):

@@ -163,7 +163,7 @@ def _apply_money(
     payment = _payment(obj)
     if rule is MoneyRule.GRANT:
         if plan is None:
-            return Outcome.processed(f"logged; no plan: {_plan_clues(obj, owner)}; nothing granted")
+            return Outcome.needs_attention(f"logged; no plan: {_plan_clues(obj, owner)}; nothing granted")
         return Outcome.processed(
             grant_payment(
                 session,

@@ -119,7 +119,7 @@ def _grant_paid_attempt(
     plan = next(filter(None, (_plan_of(session, item) for item in items)), None)
     if plan is None:
         slugs = [_plan_payload(item).get("slug") for item in items]
-        return Outcome.processed(f"logged; no plan matches the attempt's items {slugs}; nothing granted")
+        return Outcome.needs_attention(f"logged; no plan matches the attempt's items {slugs}; nothing granted")
     payment = Payment(PROVIDER, attempt_id, f"clerk payment attempt {attempt_id} ({data.get('charge_type')})")
     return Outcome.processed(
         grant_payment(
@@ -131,7 +131,7 @@ def _grant_paid_attempt(
 def _grant_free_period(session: Session, item: dict[str, Any], clerk_user_id: str, account: Account | None) -> Outcome:
     plan = _plan_of(session, item)
     if plan is None:
-        return Outcome.processed(f"logged; no plan matches {_plan_payload(item).get('slug')!r}; nothing granted")
+        return Outcome.needs_attention(f"logged; no plan matches {_plan_payload(item).get('slug')!r}; nothing granted")
     if not is_free(item, plan) or plan.credits <= 0:
         return Outcome.processed("logged; a paid plan is granted by its payment attempt")
     if account is None or account.credit_balance_id is None:

@@ -14,11 +14,11 @@ from worker.billing.waiting_events import unmatched_inbox_ids_for_user
 from worker.celery_config import PROCESS_WEBHOOK_TASK
 from worker.task_base import send_after_commit
 
-REPLAYABLE = (InboxStatus.IGNORED, InboxStatus.UNMATCHED, InboxStatus.FAILED)
+REPLAYABLE = (InboxStatus.IGNORED, InboxStatus.UNMATCHED, InboxStatus.NEEDS_ATTENTION, InboxStatus.FAILED)
 
 
 def requeue(session: Session, inbox_ids: list[int], *, include_processed: bool = False) -> list[int]:
-    """Put `ignored`, `unmatched` and `failed` rows (and, asked by id, `processed` ones) back to
+    """Put `ignored`, `unmatched`, `needs_attention` and `failed` rows (and, asked by id, `processed` ones) back to
     `pending` and enqueue them after the commit. Returns the ids that were put back.
 
     Replaying a processed row is how a row processed without effect, e.g. a payment logged
