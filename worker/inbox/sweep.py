@@ -9,7 +9,8 @@ from sqlalchemy.orm import Session
 
 from models.inbox import InboxStatus, WebhookInbox
 from models.settings import Settings
-from worker.celery_config import MAX_RETRY_COUNTDOWN
+from worker.celery_config import MAX_RETRY_COUNTDOWN, PROCESS_WEBHOOK_TASK
+from worker.task_base import send_after_commit
 
 SWEEP_BATCH = 1000
 
@@ -31,3 +32,12 @@ def stale_pending_ids(session: Session, settings: Settings) -> list[int]:
             .limit(SWEEP_BATCH)
         )
     )
+
+
+def sweep(session: Session, settings: Settings) -> list[int]:
+    """One sweeper pass: re-enqueue (after the caller's commit) the rows whose message may be lost.
+    Returns their ids. Re-enqueueing is harmless: processing is idempotent."""
+    ids = stale_pending_ids(session, settings)
+    for inbox_id in ids:
+        send_after_commit(session, PROCESS_WEBHOOK_TASK, inbox_id=inbox_id)
+    return ids

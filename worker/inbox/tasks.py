@@ -21,7 +21,7 @@ from worker.celery_config import (
 )
 from worker.errors import TRANSIENT_ERRORS, describe
 from worker.inbox.processing import process_row
-from worker.inbox.sweep import stale_pending_ids
+from worker.inbox.sweep import sweep
 from worker.task_base import TransactionalTask, send_after_commit
 
 _P = ParamSpec("_P")
@@ -114,9 +114,5 @@ def ingest_webhook(
 
 @app.task(name=SWEEP_INBOX_TASK, base=TransactionalTask, bind=True)
 def sweep_inbox(task: TransactionalTask[..., dict[str, int]]) -> dict[str, int]:
-    """Re-enqueue rows left `pending` (Redis lost the message, a worker died before its ack).
-    Re-enqueueing is harmless: processing is idempotent."""
-    ids = stale_pending_ids(task.session, process_settings())
-    for inbox_id in ids:
-        send_after_commit(task.session, PROCESS_WEBHOOK_TASK, inbox_id=inbox_id)
-    return {"requeued": len(ids)}
+    """Re-enqueue rows left `pending` (Redis lost the message, a worker died before its ack)."""
+    return {"requeued": len(sweep(task.session, process_settings()))}
