@@ -14,6 +14,9 @@ from models.settings import Settings
 
 WEBHOOKS_QUEUE = "webhooks"
 USAGE_QUEUE = "usage"
+# The sweeper's own queue: a sweep is never stuck behind a backlog of webhooks (a worker serving
+# several queues takes from each in turn).
+MAINTENANCE_QUEUE = "maintenance"
 
 # Task names: the public interface of the workers. Producers (the receiver, other services, the
 # pipeline's own follow-ups) send by name and never import task code.
@@ -26,11 +29,14 @@ SWEEP_INBOX_TASK = "inbox.sweep"
 # (or a task waiting out its retry countdown) would be handed to a second worker.
 TASK_HARD_TIME_LIMIT = 120
 MAX_RETRY_COUNTDOWN = 600
+# The longest countdown between two tries of `webhooks.process`: no longer than the default
+# pending age, so a row whose fault has ended is tried again within the sweeper's bound.
+PROCESS_RETRY_BACKOFF_MAX = 60
 VISIBILITY_TIMEOUT = 3600
 
 TASK_ROUTES = {
     "webhooks.*": {"queue": WEBHOOKS_QUEUE},
-    "inbox.*": {"queue": WEBHOOKS_QUEUE},
+    "inbox.*": {"queue": MAINTENANCE_QUEUE},
     "usage.*": {"queue": USAGE_QUEUE},
     "storage.*": {"queue": USAGE_QUEUE},
 }
@@ -60,18 +66,28 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
-        "task_queues": [_queue(WEBHOOKS_QUEUE), _queue(USAGE_QUEUE)],
+        "task_queues": [_queue(WEBHOOKS_QUEUE), _queue(USAGE_QUEUE), _queue(MAINTENANCE_QUEUE)],
         "task_default_queue": WEBHOOKS_QUEUE,
         "task_routes": TASK_ROUTES,
         # Events for Flower.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "beat_schedule": {
-            "inbox-sweep": {"task": SWEEP_INBOX_TASK, "schedule": settings.sweep_interval_seconds},
+            "inbox-sweep": {
+                "task": SWEEP_INBOX_TASK,
+                "schedule": settings.sweep_interval_seconds,
+                # A sweep not started before the next one is due is dropped: with workers down,
+                # sweeps never pile up behind one another.
+                "options": {"expires": sweep_expiry_seconds(settings)},
+            },
         },
         "timezone": "UTC",
         "enable_utc": True,
     }
+
+
+def sweep_expiry_seconds(settings: Settings) -> float:
+    return max(settings.sweep_interval_seconds * 0.9, 0.5)
 
 
 def create_producer(settings: Settings) -> Celery:

@@ -7,6 +7,11 @@ wants sent next are handed to `send_after_commit`, by name, and go out only once
 committed, so a worker never enqueues work for rows that were rolled back. Sending by name means
 the code that asks for a follow-up never imports the task module that defines it.
 
+A transient error at COMMIT (the connection dropped, a serialization failure) is retried like one
+raised by the function itself (`autoretry_for`, with the task's backoff): Celery's autoretry wraps
+only the function, and the commit happens after it returned. Whether the lost commit landed or
+not, the retry is safe: every task is idempotent.
+
 Typing (celery-types): `TransactionalTask` is generic in the task's parameters and result like
 Celery's own `Task`. A task is declared with the options spelled out, so the decorator's overloads
 apply, and its function takes the bound task as `TransactionalTask[..., <its result>]`:
@@ -23,6 +28,7 @@ from contextvars import ContextVar
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from celery import Celery, Task
+from celery.utils.time import get_exponential_backoff_interval
 from sqlalchemy.orm import Session
 
 from worker.database import session_factory
@@ -74,9 +80,39 @@ class TransactionalTask(Task, Generic[_P, _R]):
         with session_factory()() as session:
             token = _current_session.set(session)
             try:
-                with session.begin():
+                session.begin()
+                try:
                     result = super().__call__(*args, **kwargs)
+                except BaseException:
+                    session.rollback()
+                    raise
+                self._commit(session)
             finally:
                 _current_session.reset(token)
             send_follow_ups(session, self.app)
         return result
+
+    def _commit(self, session: Session) -> None:
+        try:
+            session.commit()
+        except Exception as exc:
+            if not isinstance(exc, self._commit_retry_errors()):
+                raise
+            raise self.retry(exc=exc, countdown=self.retry_countdown()) from exc
+
+    def _commit_retry_errors(self) -> tuple[type[BaseException], ...]:
+        return tuple(getattr(self, "autoretry_for", ()) or ())
+
+    def retry_countdown(self) -> float:
+        """The countdown autoretry would give the next try: exponential, capped, jittered."""
+        backoff = getattr(self, "retry_backoff", False)
+        if not backoff:
+            return float(getattr(self, "default_retry_delay", 180))
+        return float(
+            get_exponential_backoff_interval(
+                factor=int(backoff),
+                retries=self.request.retries,
+                maximum=getattr(self, "retry_backoff_max", 600),
+                full_jitter=getattr(self, "retry_jitter", True),
+            )
+        )

@@ -89,6 +89,8 @@ def test_pool_child_killed_mid_task_is_redelivered_and_applied_once(stalled_task
     holder.rollback()  # release the lock: the redelivered task can now finish
     _wait_until_processed(session_factory, inbox_id)
     assert _effects(session_factory) == (1, 1)
+    row = inbox_row(session_factory, inbox_id)
+    assert (row.attempts, row.crashes, row.running_since) == (2, 1, None)  # the killed run counted
     assert process(inbox_id)["status"] == "processed"  # yet another copy: still one effect
     assert _effects(session_factory) == (1, 1)
 
@@ -106,7 +108,7 @@ def test_whole_worker_killed_mid_task_is_recovered_by_the_sweep(
             session.execute(
                 update(WebhookInbox)
                 .where(WebhookInbox.id == inbox_id)
-                .values(received_at=text("now() - interval '5 minutes'"))
+                .values(enqueued_at=text("now() - interval '5 minutes'"))
             )
         assert producer.send_task("inbox.sweep").get(timeout=30) == {"requeued": 1}
         _wait_until_processed(session_factory, inbox_id)

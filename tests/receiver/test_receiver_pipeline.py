@@ -106,7 +106,7 @@ def test_the_sweep_recovers_a_delivery_whose_message_redis_lost(
     assert response.json["status"] == "accepted"
     redis_client.flushdb()
     with session_factory.begin() as session:  # older than the sweep threshold
-        session.execute(update(WebhookInbox).values(received_at=text("now() - interval '5 minutes'")))
+        session.execute(update(WebhookInbox).values(enqueued_at=text("now() - interval '5 minutes'")))
 
     assert producer.send_task("inbox.sweep").get(timeout=30) == {"requeued": 1}
     assert _settled_row(session_factory, headers["svix-id"]).status == "processed"

@@ -19,7 +19,7 @@ class WorkerProcess:
     def __init__(
         self,
         producer: Celery,
-        queues: str = "webhooks,usage",
+        queues: str = "webhooks,usage,maintenance",
         concurrency: int = 2,
         env: dict[str, str] | None = None,
     ):

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.app import CreditBalance, User
+from models.locks import lock_names, user_lock
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,13 @@ class Account:
 
 
 def find_account(session: Session, clerk_user_id: str) -> Account | None:
+    """The user's account, read under the user's lock, held until this transaction ends.
+
+    Clerk `user.created` takes the same lock, so an event that finds no account here is
+    committed as `unmatched` before the new user's replay looks for waiting events, or waits and
+    then sees the committed user: an unmatched event is never missed by that replay.
+    """
+    lock_names(session, user_lock(clerk_user_id))
     row = session.execute(
         select(User.id, CreditBalance.id)
         .outerjoin(CreditBalance, CreditBalance.user_id == User.id)

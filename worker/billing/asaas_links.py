@@ -15,6 +15,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from models.billing import ProviderLink
+from models.locks import asaas_link_lock, lock_names
 
 PROVIDER = "asaas"
 CLERK_USER_ID_PREFIX = "user_"  # Clerk user ids look like user_29w83sxmDNGwOuEthce5gg56FcC
@@ -55,7 +56,11 @@ def asaas_ids(obj: dict[str, Any], object_kind: str) -> dict[str, str]:
 
 
 def resolve_owner(session: Session, obj: dict[str, Any], object_kind: str) -> Owner | None:
+    """Who the object belongs to. The locks of the Asaas ids it carries are held until the
+    transaction ends: an event that learns a link and an event that looks for that link take
+    turns, so the one that finds nothing is `unmatched` before the learner's replay looks."""
     ids = asaas_ids(obj, object_kind)
+    lock_names(session, *(asaas_link_lock(kind, external_id) for kind, external_id in ids.items()))
     reference = parse_external_reference(obj.get("externalReference"))
     if reference is not None:
         learned = [_remember_link(session, kind, external_id, reference) for kind, external_id in ids.items()]

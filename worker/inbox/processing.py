@@ -1,7 +1,9 @@
-"""Process one inbox row: lock it, apply the handler for its (source, type), set its final status.
+"""Process one inbox row: apply the handler for its (source, type), set its final status.
 
 All of it happens on the caller's session, in the caller's one transaction: the effect and the
-status commit together or not at all, so a redelivered message changes nothing.
+status commit together or not at all, so a redelivered message changes nothing. The caller holds
+the row's lock (`claim_row`) for the whole transaction, so two copies of a message never run at
+once, and records the run's start (`worker.inbox.runs`) before calling `process_row`.
 """
 
 from __future__ import annotations
@@ -12,21 +14,24 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models.inbox import InboxStatus, WebhookInbox
+from models.locks import inbox_row_lock, try_lock_name
 from worker.inbox.replay import replay_waiting_for_user
 from worker.inbox.routing import handler_for
 from worker.registry import Delivery, Outcome
 
 
+def claim_row(session: Session, inbox_id: int) -> bool:
+    """Take the row's lock for this transaction; False if another run holds it (busy)."""
+    return try_lock_name(session, inbox_row_lock(inbox_id))
+
+
 def process_row(session: Session, inbox_id: int) -> dict[str, Any]:
-    """Lock the row (SKIP LOCKED: a second copy of the message finds it busy and leaves), return
-    if it is no longer pending, apply it and record the outcome."""
+    """Apply a pending row and record its outcome (the caller holds its lock)."""
     row = session.execute(
-        select(WebhookInbox).where(WebhookInbox.id == inbox_id).with_for_update(skip_locked=True)
+        select(WebhookInbox).where(WebhookInbox.id == inbox_id).execution_options(populate_existing=True)
     ).scalar_one_or_none()
-    if row is None:
-        return {"inbox_id": inbox_id, "status": "busy_or_missing"}
-    if row.status != InboxStatus.PENDING:
-        return {"inbox_id": inbox_id, "status": row.status}
+    if row is None or row.status != InboxStatus.PENDING:
+        return {"inbox_id": inbox_id, "status": row.status if row else "missing"}
     outcome = apply_delivery(session, row)
     detail = outcome.detail
     if outcome.unblocks_user is not None:
@@ -36,8 +41,8 @@ def process_row(session: Session, inbox_id: int) -> dict[str, Any]:
             detail = f"{detail or 'processed'}; replaying {len(replayed)} unmatched billing event(s)"
     row.status = outcome.status
     row.detail = detail
-    row.attempts += 1
-    row.last_attempt_at = row.processed_at = func.now()
+    row.processed_at = func.now()
+    row.running_since = None
     row.last_error = None
     return {"inbox_id": inbox_id, "status": outcome.status.value}
 

@@ -6,7 +6,7 @@ Messages go out by task name (`webhooks.process`): this module never imports the
 
 from __future__ import annotations
 
-from sqlalchemy import update
+from sqlalchemy import func, literal, update
 from sqlalchemy.orm import Session
 
 from models.inbox import InboxStatus, WebhookInbox
@@ -29,7 +29,15 @@ def requeue(session: Session, inbox_ids: list[int], *, include_processed: bool =
     ids = session.scalars(
         update(WebhookInbox)
         .where(WebhookInbox.id.in_(inbox_ids), WebhookInbox.status.in_(statuses))
-        .values(status=InboxStatus.PENDING.value, last_error=None)
+        # A fresh start: the cause was fixed, so earlier crashes no longer count, and the row is
+        # enqueued now (the sweeper measures its pending age from here).
+        .values(
+            status=InboxStatus.PENDING.value,
+            last_error=None,
+            crashes=0,
+            running_since=literal(None),
+            enqueued_at=func.now(),
+        )
         .returning(WebhookInbox.id)
     ).all()
     for inbox_id in ids:

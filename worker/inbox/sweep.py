@@ -1,43 +1,54 @@
-"""Which pending inbox rows the sweeper re-enqueues: those whose message may be lost."""
+"""The sweeper: re-enqueue the pending rows whose message is gone, and only those.
+
+A row's `enqueued_at` says when its latest message was sent (or, for a retry or a slow re-drive,
+when it is due). A pending row is swept when:
+- that was more than SWEEP_PENDING_AFTER_SECONDS ago (a message normally runs within seconds);
+- no run holds the row's lock (a run in progress is not lost; a run that died released it);
+- it was enqueued before the oldest `webhooks.process` message still waiting in the broker, when
+  there is one: a row enqueued after that may simply be waiting in a backlog.
+Sweeping a row sets its `enqueued_at` again, so the next sweeps leave it alone for another
+pending age: with the workers down, the broker holds about one message per pending row.
+Re-enqueueing is harmless anyway: processing is idempotent.
+"""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from models.inbox import InboxStatus, WebhookInbox
+from models.locks import inbox_row_lock_of, try_lock_clause
 from models.settings import Settings
-from worker.celery_config import MAX_RETRY_COUNTDOWN, PROCESS_WEBHOOK_TASK
+from worker.celery_config import PROCESS_WEBHOOK_TASK
 from worker.task_base import send_after_commit
 
 SWEEP_BATCH = 1000
 
 
-def stale_pending_ids(session: Session, settings: Settings) -> list[int]:
-    """Rows `pending` for longer than SWEEP_PENDING_AFTER_SECONDS. A row that is retrying is left
-    to its retry chain for up to the longest countdown."""
-    stale = func.now() - timedelta(seconds=settings.sweep_pending_after_seconds)
-    retrying = func.now() - timedelta(seconds=settings.sweep_pending_after_seconds + MAX_RETRY_COUNTDOWN)
-    return list(
-        session.scalars(
-            select(WebhookInbox.id)
-            .where(
-                WebhookInbox.status == InboxStatus.PENDING,
-                WebhookInbox.received_at < stale,
-                (WebhookInbox.last_attempt_at.is_(None)) | (WebhookInbox.last_attempt_at < retrying),
-            )
-            .order_by(WebhookInbox.received_at)
-            .limit(SWEEP_BATCH)
-        )
-    )
-
-
-def sweep(session: Session, settings: Settings) -> list[int]:
-    """One sweeper pass: re-enqueue (after the caller's commit) the rows whose message may be lost.
-    Returns their ids. Re-enqueueing is harmless: processing is idempotent."""
-    ids = stale_pending_ids(session, settings)
+def sweep(session: Session, settings: Settings, *, oldest_waiting_id: int | None = None) -> list[int]:
+    """One sweeper pass: re-enqueue (after the caller's commit) the rows whose message may be
+    lost; `oldest_waiting_id` is the row of the oldest message still queued, if known
+    (`worker.inbox.queue_probe`). Returns the re-enqueued ids."""
+    ids = _sweepable_ids(session, settings, oldest_waiting_id)
+    if ids:
+        session.execute(update(WebhookInbox).where(WebhookInbox.id.in_(ids)).values(enqueued_at=func.now()))
     for inbox_id in ids:
         send_after_commit(session, PROCESS_WEBHOOK_TASK, inbox_id=inbox_id)
     return ids
+
+
+def _sweepable_ids(session: Session, settings: Settings, oldest_waiting_id: int | None) -> list[int]:
+    stale = WebhookInbox.enqueued_at < func.now() - timedelta(seconds=settings.sweep_pending_after_seconds)
+    conditions = [WebhookInbox.status == InboxStatus.PENDING, stale]
+    if oldest_waiting_id is not None:
+        waiting_since = select(WebhookInbox.enqueued_at).where(WebhookInbox.id == oldest_waiting_id).scalar_subquery()
+        conditions.append(WebhookInbox.enqueued_at < func.coalesce(waiting_since, func.now()))
+    candidates = (select(WebhookInbox.id).where(*conditions).order_by(WebhookInbox.enqueued_at).limit(SWEEP_BATCH)).cte(
+        "candidates"
+    )
+    # The lock a run holds for its whole transaction, tried without waiting: taken here, it also
+    # keeps a run from starting on the row until this sweep commits (that run retries shortly).
+    unlocked = try_lock_clause(inbox_row_lock_of(candidates.c.id))
+    return list(session.scalars(select(candidates.c.id).where(unlocked)))

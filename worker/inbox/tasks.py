@@ -4,23 +4,28 @@ sweep. Each is one transaction (`TransactionalTask`) and only delegates."""
 from __future__ import annotations
 
 import logging
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypedDict, TypeVar
 
 from billiard.einfo import ExceptionInfo
-from sqlalchemy import func, update
+from sqlalchemy.orm import Session
 
-from models.inbox import InboxStatus, WebhookInbox, record_delivery
+from models.inbox import record_delivery
 from models.settings import process_settings
 from worker import database
 from worker.celery_app import app
 from worker.celery_config import (
     INGEST_WEBHOOK_TASK,
-    MAX_RETRY_COUNTDOWN,
+    PROCESS_RETRY_BACKOFF_MAX,
     PROCESS_WEBHOOK_TASK,
     SWEEP_INBOX_TASK,
 )
-from worker.errors import TRANSIENT_ERRORS, describe
-from worker.inbox.processing import process_row
+from worker.errors import TRANSIENT_ERRORS
+from worker.inbox import runs
+from worker.inbox.processing import claim_row, process_row
+from worker.inbox.queue_probe import oldest_waiting_inbox_id
 from worker.inbox.sweep import sweep
 from worker.task_base import TransactionalTask, send_after_commit
 
@@ -30,24 +35,66 @@ _R = TypeVar("_R", covariant=True)
 log = logging.getLogger(__name__)
 
 PROCESS_MAX_RETRIES = 8
+# A copy of the message that finds another run holding the row tries again after this long
+# (with jitter): the other run may fail and need this copy, so it is never just dropped.
+BUSY_RETRY_SECONDS = 2.0
+
+
+class RowBusy(Exception):
+    """Another run holds the row's lock."""
 
 
 class InboxTask(TransactionalTask[_P, _R]):
-    """Records each failed try on the inbox row, in a transaction of its own (the task's own
-    transaction was rolled back): `attempts` and `last_error` on a retry, and `failed` (the
-    dead letter) when retries are exhausted or the error is not transient."""
+    """Records how each run of `webhooks.process` ended when its own transaction did not commit,
+    in a transaction of its own (`worker.inbox.runs`): a retry is due later; a transient error
+    that outlasted the retries is re-driven later by the sweeper (never dead-lettered: the
+    database may simply have been away); any other error is the dead letter (`failed`)."""
 
     abstract = True
 
     def on_retry(
         self, exc: Exception, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: ExceptionInfo
     ) -> None:
-        _record_failed_try(kwargs["inbox_id"], exc, final=False)
+        if isinstance(exc, RowBusy):
+            return  # the run holding the row records its own end
+        due_at = datetime.now(UTC) + timedelta(seconds=_countdown(einfo))
+        _record(lambda session: runs.record_retry(session, kwargs["inbox_id"], exc, due_at))
 
     def on_failure(
         self, exc: Exception, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: ExceptionInfo
     ) -> None:
-        _record_failed_try(kwargs["inbox_id"], exc, final=True)
+        inbox_id = kwargs["inbox_id"]
+        if isinstance(exc, RowBusy):
+            return  # retries ran out while other runs held the row: the sweeper takes over
+        if isinstance(exc, TRANSIENT_ERRORS):
+            due_at = datetime.now(UTC) + slow_backoff(self.request.retries)
+            _record(lambda session: runs.record_exhausted(session, inbox_id, exc, due_at))
+        else:
+            _record(lambda session: runs.record_failure(session, inbox_id, exc))
+
+
+def slow_backoff(retries: int) -> timedelta:
+    """How long a row whose retries ran out waits before the sweeper's pending age starts to
+    count: nothing the first time, then doubling with each exhausted chain, up to an hour."""
+    chains = max(retries // (PROCESS_MAX_RETRIES + 1), 0)
+    return timedelta(seconds=min(60 * (2**chains - 1), 3600))
+
+
+def _countdown(einfo: ExceptionInfo) -> float:
+    when = getattr(einfo.exception, "when", None)  # the Retry's countdown, or its ETA
+    if isinstance(when, datetime):
+        return max((when - datetime.now(when.tzinfo or UTC)).total_seconds(), 0.0)
+    return float(when or 0)
+
+
+def _record(write: Callable[[Session], None]) -> None:
+    try:
+        with database.session_factory().begin() as session:
+            write(session)
+    except Exception:
+        # The database is what failed: the row stays pending and the sweeper brings it back
+        # once the database answers (its run then counts the lost end as a crash).
+        log.exception("could not record how a run of an inbox row ended")
 
 
 class RetryOptions(TypedDict):
@@ -61,7 +108,7 @@ class RetryOptions(TypedDict):
 RETRY_TRANSIENT_ERRORS: RetryOptions = {
     "autoretry_for": TRANSIENT_ERRORS,
     "retry_backoff": 2,
-    "retry_backoff_max": MAX_RETRY_COUNTDOWN,
+    "retry_backoff_max": PROCESS_RETRY_BACKOFF_MAX,
     "retry_jitter": True,
 }
 
@@ -70,27 +117,15 @@ RETRY_TRANSIENT_ERRORS: RetryOptions = {
     name=PROCESS_WEBHOOK_TASK, base=InboxTask, bind=True, max_retries=PROCESS_MAX_RETRIES, **RETRY_TRANSIENT_ERRORS
 )
 def process_webhook(task: InboxTask[..., dict[str, Any]], inbox_id: int) -> dict[str, Any]:
+    """Take the row (or try again shortly if another run has it), record the run's start in a
+    transaction of its own, then apply the row in the task's transaction."""
+    if not claim_row(task.session, inbox_id):
+        raise task.retry(exc=RowBusy(inbox_id), countdown=BUSY_RETRY_SECONDS * (1 + random.random()))
+    with database.session_factory().begin() as bookkeeping:
+        skip = runs.start_run(bookkeeping, inbox_id)
+    if skip is not None:
+        return skip.answer
     return process_row(task.session, inbox_id)
-
-
-def _record_failed_try(inbox_id: int, error: BaseException, *, final: bool) -> None:
-    values: dict[str, Any] = {
-        "attempts": WebhookInbox.attempts + 1,
-        "last_error": describe(error),
-        "last_attempt_at": func.now(),
-    }
-    if final:
-        values["status"] = InboxStatus.FAILED.value
-    try:
-        with database.session_factory().begin() as session:
-            session.execute(
-                update(WebhookInbox)
-                .where(WebhookInbox.id == inbox_id, WebhookInbox.status == InboxStatus.PENDING)
-                .values(**values)
-            )
-    except Exception:
-        # The database is what failed: the row stays pending and the sweep brings it back.
-        log.exception("could not record the failed try of inbox row %s", inbox_id)
 
 
 # The delivery lives only in this message until it is stored: keep trying (max_retries=None).
@@ -114,5 +149,8 @@ def ingest_webhook(
 
 @app.task(name=SWEEP_INBOX_TASK, base=TransactionalTask, bind=True)
 def sweep_inbox(task: TransactionalTask[..., dict[str, int]]) -> dict[str, int]:
-    """Re-enqueue rows left `pending` (Redis lost the message, a worker died before its ack)."""
-    return {"requeued": len(sweep(task.session, process_settings()))}
+    """Re-enqueue rows left `pending` whose message is gone (Redis lost it, a worker died)."""
+    settings = process_settings()
+    waiting = oldest_waiting_inbox_id(settings.redis_url.get_secret_value())
+    requeued = sweep(task.session, settings, oldest_waiting_id=waiting)
+    return {"requeued": len(requeued)}

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from models.app import CreditBalance, User
 from models.base import utcnow
 from models.ids import cuid
+from models.locks import lock_names, user_lock
 from models.settings import process_settings
 from models.user_sync import UserSyncState
 from worker.credits.ledger import open_credit_balance
@@ -31,6 +32,8 @@ from worker.registry import Delivery, Outcome, handles
 def sync_user(session: Session, delivery: Delivery) -> Outcome:
     data = _data(delivery)
     clerk_id = _required_str(data, "id")
+    # Billing events deciding whether this user exists take the same lock (billing/accounts.py).
+    lock_names(session, user_lock(clerk_id))
     version = data.get("updated_at") or data.get("created_at")
     if not isinstance(version, int):
         raise PermanentError("data.updated_at (ms) is missing or not an integer")

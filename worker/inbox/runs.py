@@ -1,0 +1,97 @@
+"""The bookkeeping of runs of `webhooks.process`: started, ended, died, waiting for a retry.
+
+A run starts by taking the row's lock (`inbox_row_lock`, held by its transaction), then records
+the start in a short transaction of its own, committed before any work: `attempts` + 1,
+`last_attempt_at`, and `running_since`. A run that ends either way clears `running_since`: its
+own transaction commits the final status, or the task's failure hooks record the error. Found
+still set when the next run starts, `running_since` means the previous run died mid-task
+(SIGKILL, out of memory, a hard time limit): a crash. A row whose runs died `MAX_CRASHES` times
+is dead-lettered instead of being run again, so a poison message ends in `failed`, not in a loop.
+
+`enqueued_at` is when the row's latest message was sent or, for a retry, when it is due; the
+sweeper (`worker.inbox.sweep`) re-enqueues a pending row only once that is old.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import case, func, literal, select, update
+from sqlalchemy.orm import Session
+
+from models.inbox import InboxStatus, WebhookInbox
+from worker.errors import describe
+
+# A row killed mid-run this many times is dead-lettered. Above 1: infrastructure kills a healthy
+# run too (a worker SIGKILLed during a deploy, the database dropping mid-run).
+MAX_CRASHES = 4
+
+
+@dataclass(frozen=True)
+class Skip:
+    """The run does no work: the row is final, missing, or has just been dead-lettered."""
+
+    answer: dict[str, Any]
+
+
+def start_run(session: Session, inbox_id: int) -> Skip | None:
+    """Record the start of a run on a pending row (the caller holds the row's lock and commits
+    this before the work). None: go on and process it."""
+    died = WebhookInbox.running_since.is_not(None)
+    started = session.execute(
+        update(WebhookInbox)
+        .where(WebhookInbox.id == inbox_id, WebhookInbox.status == InboxStatus.PENDING)
+        .values(
+            attempts=WebhookInbox.attempts + 1,
+            last_attempt_at=func.now(),
+            running_since=func.now(),
+            crashes=WebhookInbox.crashes + case((died, 1), else_=0),
+        )
+        .returning(WebhookInbox.crashes)
+    ).scalar_one_or_none()
+    if started is None:
+        status = session.scalar(select(WebhookInbox.status).where(WebhookInbox.id == inbox_id))
+        return Skip({"inbox_id": inbox_id, "status": status or "missing"})
+    if started >= MAX_CRASHES:
+        dead_letter(
+            session, inbox_id, f"dead letter: {started} runs died mid-task (killed, out of memory or timed out)"
+        )
+        return Skip({"inbox_id": inbox_id, "status": InboxStatus.FAILED.value})
+    return None
+
+
+def dead_letter(session: Session, inbox_id: int, why: str) -> None:
+    _end_run(session, inbox_id, status=InboxStatus.FAILED.value, last_error=why[:2000])
+
+
+def record_retry(session: Session, inbox_id: int, error: BaseException, due_at: datetime) -> None:
+    """A try failed and its retry is due at `due_at`: the row waits for that message."""
+    _end_run(session, inbox_id, last_error=describe(error), enqueued_at=due_at)
+
+
+def record_failure(session: Session, inbox_id: int, error: BaseException) -> None:
+    """A try failed for good (a payload that can never succeed, a bug): the dead letter."""
+    _end_run(session, inbox_id, status=InboxStatus.FAILED.value, last_error=describe(error))
+
+
+def record_exhausted(session: Session, inbox_id: int, error: BaseException, due_at: datetime) -> None:
+    """Transient errors outlasted the retries while the database answered (this write needs it):
+    the row stays pending, due again at `due_at`, and the sweeper re-drives it from then on: a
+    slow backoff, not a dead letter. When the database itself is down this cannot be written:
+    the row then stays as it was and the sweeper re-drives it as soon as the database answers."""
+    _end_run(
+        session,
+        inbox_id,
+        last_error=f"{describe(error)} (retries exhausted: re-driven by the sweeper)"[:2000],
+        enqueued_at=due_at,
+    )
+
+
+def _end_run(session: Session, inbox_id: int, **values: Any) -> None:
+    session.execute(
+        update(WebhookInbox)
+        .where(WebhookInbox.id == inbox_id, WebhookInbox.status == InboxStatus.PENDING)
+        .values(running_since=literal(None), **values)
+    )
