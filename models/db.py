@@ -20,7 +20,7 @@ def make_engine(settings: Settings, **kwargs: Any) -> Engine:
         pool_pre_ping=True,
         # Prisma writes TIMESTAMP(3) values in UTC; make CURRENT_TIMESTAMP defaults agree.
         connect_args={
-            "options": f"-c timezone=UTC -c lock_timeout={settings.db_lock_timeout_ms}",
+            "options": _server_options(settings),
             "connect_timeout": 5,
         },
         execution_options={"schema_translate_map": {SERVICE_SCHEMA: settings.service_schema}},
@@ -38,3 +38,10 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One unit of work: commit when the block ends, roll back if it raises."""
     with factory.begin() as session:
         yield session
+
+
+def _server_options(settings: Settings) -> str:
+    options = f"-c timezone=UTC -c lock_timeout={settings.db_lock_timeout_ms}"
+    if settings.db_client_check_ms:
+        options += f" -c client_connection_check_interval={settings.db_client_check_ms}"
+    return options

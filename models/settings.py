@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     sweep_pending_after_seconds: float = Field(default=60.0, gt=0)
     # A worker transaction waits at most this long for a row lock, then retries with backoff.
     db_lock_timeout_ms: int = Field(default=10_000, ge=0)
+    # How often PostgreSQL checks, during a long statement, that the client is still there
+    # (PostgreSQL 14+). A worker killed mid-task then releases its locks within this time instead
+    # of when its statement ends. 0: not set (leave the server's default).
+    db_client_check_ms: int = Field(default=2_000, ge=0)
 
     @field_validator("database_url")
     @classmethod

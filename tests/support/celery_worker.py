@@ -22,6 +22,7 @@ class WorkerProcess:
         queues: str = "webhooks,usage,maintenance",
         concurrency: int = 2,
         env: dict[str, str] | None = None,
+        extra_args: tuple[str, ...] = (),
     ):
         self.producer = producer
         self.env = {**os.environ, **(env or {})}
@@ -40,6 +41,7 @@ class WorkerProcess:
             f"--hostname={self.name}",
             "--without-gossip",
             "--without-mingle",
+            *extra_args,
         ]
         self.process: subprocess.Popen | None = None
 

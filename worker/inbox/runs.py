@@ -56,7 +56,9 @@ def start_run(session: Session, inbox_id: int) -> Skip | None:
         return Skip({"inbox_id": inbox_id, "status": status or "missing"})
     if started >= MAX_CRASHES:
         dead_letter(
-            session, inbox_id, f"dead letter: {started} runs died mid-task (killed, out of memory or timed out)"
+            session,
+            inbox_id,
+            f"dead letter: {started} runs died mid-task (killed, out of memory or over the time limit)",
         )
         return Skip({"inbox_id": inbox_id, "status": InboxStatus.FAILED.value})
     return None

@@ -1,0 +1,132 @@
+"""Runs of `webhooks.process`: counted when they start, a run that died is a crash, a poison row
+ends in the dead letter, a failure at COMMIT is a retry."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+from sqlalchemy import text, update
+
+from models.inbox import WebhookInbox
+from tests.support.celery_worker import WorkerProcess
+from tests.support.databases import libpq_url
+from tests.support.inbox import inbox_row, payload, process, store
+from worker.inbox.runs import MAX_CRASHES
+
+CLERK_ID = "user_29w83sxmDNGwOuEthce5gg56FcC"
+
+
+def _users(factory) -> int:
+    with factory() as session:
+        return session.scalar(text('SELECT count(*) FROM "User"'))
+
+
+def _as_if_runs_died(factory, inbox_id: int, crashes: int) -> None:
+    """What `crashes` earlier runs that died, the latest just now, leave on the row."""
+    with factory.begin() as session:
+        session.execute(
+            update(WebhookInbox)
+            .where(WebhookInbox.id == inbox_id)
+            .values(attempts=crashes + 1, crashes=crashes, running_since=text("now()"))
+        )
+
+
+def test_a_run_that_died_is_counted_as_a_crash_by_the_next_run(session_factory):
+    inbox_id = store(session_factory, "clerk", payload("clerk/user.created"))
+    _as_if_runs_died(session_factory, inbox_id, crashes=0)  # one run started and never ended
+    assert process(inbox_id)["status"] == "processed"
+    row = inbox_row(session_factory, inbox_id)
+    assert (row.attempts, row.crashes, row.running_since) == (2, 1, None)
+
+
+def test_a_row_whose_runs_keep_dying_is_dead_lettered_instead_of_run_again(session_factory):
+    inbox_id = store(session_factory, "clerk", payload("clerk/user.created"))
+    _as_if_runs_died(session_factory, inbox_id, crashes=MAX_CRASHES - 1)
+    assert process(inbox_id) == {"inbox_id": inbox_id, "status": "failed"}
+    row = inbox_row(session_factory, inbox_id)
+    assert (row.status, row.crashes, row.running_since) == ("failed", MAX_CRASHES, None)
+    assert row.last_error == (
+        f"dead letter: {MAX_CRASHES} runs died mid-task (killed, out of memory or over the time limit)"
+    )
+    assert _users(session_factory) == 0  # not run again
+    assert process(inbox_id) == {"inbox_id": inbox_id, "status": "failed"}  # a late copy changes nothing
+
+
+def _hold_sync_state_lock(settings) -> psycopg.Connection:
+    conn = psycopg.connect(libpq_url(settings.database_url.get_secret_value()))
+    conn.execute("INSERT INTO ingest.user_sync_state (clerk_user_id, last_updated_at_ms) VALUES (%s, 0)", (CLERK_ID,))
+    conn.commit()
+    conn.execute("SELECT 1 FROM ingest.user_sync_state WHERE clerk_user_id = %s FOR UPDATE", (CLERK_ID,))
+    return conn
+
+
+@pytest.mark.celery_worker
+def test_a_poison_row_that_kills_its_pool_process_ends_in_the_dead_letter(producer, session_factory, settings):
+    """Each run of the row kills its own pool process mid-task (tests/inbox/poison_plugin.py);
+    `task_reject_on_worker_lost` puts the message back every time. The starts counted in their
+    own transactions end it: dead-lettered after MAX_CRASHES runs died, and the worker goes on."""
+    poison = store(session_factory, "clerk", payload("clerk/user.created"))
+    healthy = store(session_factory, "clerk", {"type": "session.created", "data": {}})
+    holder = _hold_sync_state_lock(settings)  # keeps each run busy until the kill
+    worker = WorkerProcess(
+        producer,
+        queues="poison-test",
+        concurrency=1,
+        env={"POISON_INBOX_IDS": str(poison), "DB_LOCK_TIMEOUT_MS": "60000"},
+        extra_args=("--include=tests.inbox.poison_plugin",),
+    )
+    try:
+        worker.start()
+        for inbox_id in (poison, healthy):
+            producer.send_task("webhooks.process", kwargs={"inbox_id": inbox_id}, queue="poison-test")
+        deadline = time.monotonic() + 90
+        while inbox_row(session_factory, poison).status == "pending" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        row = inbox_row(session_factory, poison)
+        assert (row.status, row.crashes) == ("failed", MAX_CRASHES), (row.status, row.crashes, row.last_error)
+        assert "runs died mid-task" in row.last_error
+        deadline = time.monotonic() + 30
+        while inbox_row(session_factory, healthy).status == "pending" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert inbox_row(session_factory, healthy).status == "ignored"  # the worker went on
+    finally:
+        holder.close()
+        worker.stop()
+    assert _users(session_factory) == 0
+
+
+def test_a_failure_at_commit_is_retried_not_dead_lettered(session_factory, engine):
+    """A deferred trigger fails the first COMMIT of a user row with a serialization failure (as
+    a dropped connection or a concurrent transaction would): the task retries and the row ends
+    processed, with its effect once."""
+    # A sequence counts the commits tried: nextval is not undone by the rollback.
+    ddl = """
+        CREATE SEQUENCE public.commits_tried;
+        CREATE FUNCTION public.fail_commit_once() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF nextval('public.commits_tried') = 1 THEN
+                RAISE EXCEPTION 'commit failed' USING ERRCODE = 'serialization_failure';
+            END IF;
+            RETURN NULL;
+        END $$;
+        CREATE CONSTRAINT TRIGGER fail_commit_once AFTER INSERT ON "User"
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.fail_commit_once();
+    """
+    with engine.begin() as conn:
+        conn.exec_driver_sql(ddl)
+    try:
+        inbox_id = store(session_factory, "clerk", payload("clerk/user.created"))
+        assert process(inbox_id)["status"] == "processed"
+        row = inbox_row(session_factory, inbox_id)
+        assert (row.status, row.attempts, row.crashes) == ("processed", 2, 0)
+        assert _users(session_factory) == 1
+        with session_factory() as session:
+            assert session.scalar(text("SELECT last_value FROM public.commits_tried")) == 2  # failed, then committed
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                'DROP TRIGGER fail_commit_once ON "User"; DROP FUNCTION public.fail_commit_once();'
+                "DROP SEQUENCE public.commits_tried;"
+            )
