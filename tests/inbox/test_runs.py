@@ -130,3 +130,22 @@ def test_a_failure_at_commit_is_retried_not_dead_lettered(session_factory, engin
                 'DROP TRIGGER fail_commit_once ON "User"; DROP FUNCTION public.fail_commit_once();'
                 "DROP SEQUENCE public.commits_tried;"
             )
+
+
+def test_rows_whose_retries_keep_running_out_are_re_driven_ever_more_slowly(session_factory):
+    from worker.inbox.runs import record_exhausted
+
+    inbox_id = store(session_factory, "clerk", payload("clerk/user.created"))
+    waits = []
+    for chains in (1, 2, 3, 4, 12):
+        with session_factory.begin() as session:
+            session.execute(update(WebhookInbox).where(WebhookInbox.id == inbox_id).values(attempts=9 * chains))
+            record_exhausted(session, inbox_id, TimeoutError("database busy"), runs_per_chain=9)
+            waits.append(
+                session.scalar(text(f"SELECT enqueued_at - now() FROM ingest.webhook_inbox WHERE id = {inbox_id}"))
+            )
+    # Before the pending age starts to count: 0, 1, 3, 7 minutes ... at most an hour.
+    assert [round(wait.total_seconds()) for wait in waits] == [0, 60, 180, 420, 3600]
+    row = inbox_row(session_factory, inbox_id)
+    assert (row.status, row.running_since) == ("pending", None)
+    assert row.last_error == "TimeoutError: database busy (retries exhausted: re-driven by the sweeper)"

@@ -27,6 +27,9 @@ from worker.errors import describe
 # A row killed mid-run this many times is dead-lettered. Above 1: infrastructure kills a healthy
 # run too (a worker SIGKILLed during a deploy, the database dropping mid-run).
 MAX_CRASHES = 4
+# The sweeper's slow re-drive of a row whose retries ran out (`record_exhausted`).
+SLOW_BACKOFF_STEP_SECONDS = 60
+SLOW_BACKOFF_MAX_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -78,16 +81,20 @@ def record_failure(session: Session, inbox_id: int, error: BaseException) -> Non
     _end_run(session, inbox_id, status=InboxStatus.FAILED.value, last_error=describe(error))
 
 
-def record_exhausted(session: Session, inbox_id: int, error: BaseException, due_at: datetime) -> None:
-    """Transient errors outlasted the retries while the database answered (this write needs it):
-    the row stays pending, due again at `due_at`, and the sweeper re-drives it from then on: a
-    slow backoff, not a dead letter. When the database itself is down this cannot be written:
-    the row then stays as it was and the sweeper re-drives it as soon as the database answers."""
+def record_exhausted(session: Session, inbox_id: int, error: BaseException, *, runs_per_chain: int) -> None:
+    """Transient errors outlasted a chain of `runs_per_chain` tries while the database answered
+    (this write needs it): not a dead letter. The row stays pending and the sweeper re-drives it
+    with a slow backoff: after the pending age plus 0, 1, 3, 7 ... minutes for the 1st, 2nd, 3rd,
+    4th... exhausted chain (counted from `attempts`), at most an hour. When the database itself
+    is down this cannot be written: the row stays as it was and the sweeper re-drives it as soon
+    as the database answers again."""
+    chains = func.greatest(WebhookInbox.attempts / runs_per_chain, 1)  # integer division
+    extra_seconds = func.least(SLOW_BACKOFF_STEP_SECONDS * (func.power(2, chains - 1) - 1), SLOW_BACKOFF_MAX_SECONDS)
     _end_run(
         session,
         inbox_id,
         last_error=f"{describe(error)} (retries exhausted: re-driven by the sweeper)"[:2000],
-        enqueued_at=due_at,
+        enqueued_at=func.now() + func.make_interval(0, 0, 0, 0, 0, 0, extra_seconds),
     )
 
 

@@ -67,17 +67,10 @@ class InboxTask(TransactionalTask[_P, _R]):
         if isinstance(exc, RowBusy):
             return  # retries ran out while other runs held the row: the sweeper takes over
         if isinstance(exc, TRANSIENT_ERRORS):
-            due_at = datetime.now(UTC) + slow_backoff(self.request.retries)
-            _record(lambda session: runs.record_exhausted(session, inbox_id, exc, due_at))
+            chain = PROCESS_MAX_RETRIES + 1
+            _record(lambda session: runs.record_exhausted(session, inbox_id, exc, runs_per_chain=chain))
         else:
             _record(lambda session: runs.record_failure(session, inbox_id, exc))
-
-
-def slow_backoff(retries: int) -> timedelta:
-    """How long a row whose retries ran out waits before the sweeper's pending age starts to
-    count: nothing the first time, then doubling with each exhausted chain, up to an hour."""
-    chains = max(retries // (PROCESS_MAX_RETRIES + 1), 0)
-    return timedelta(seconds=min(60 * (2**chains - 1), 3600))
 
 
 def _countdown(einfo: ExceptionInfo) -> float:
