@@ -1,0 +1,67 @@
+"""Fixtures of the fault-injection suite: a migrated PostgreSQL cluster made once per run (with
+the plan the workload's payments buy), copied for every scenario, and a scratch folder per test."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session
+
+from models import migrate
+from models.app import Plan
+from models.db import make_engine
+from models.settings import Settings
+from tests.faults.servers import LocalPostgres, give_to
+from tests.faults.workload import plan_row
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "faults: fault-injection scenarios (own servers, the real Procfile processes); issue 9"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/faults/" in item.nodeid:
+            item.add_marker(pytest.mark.faults)
+
+
+@pytest.fixture(scope="session")
+def fault_scratch() -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="pw-faults-"))
+    root.chmod(0o755)  # the database's OS user must reach the clusters inside
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_template(fault_scratch: Path) -> Iterator[LocalPostgres]:
+    """A stopped cluster with the migrated schema and the `pro` plan: initdb and migrations run
+    once per test run, and each scenario starts a copy of it on a port of its own."""
+    server = LocalPostgres(fault_scratch / "template")
+    server.start()
+    try:
+        settings = Settings(database_url=server.url, redis_url="redis://127.0.0.1:1/0")
+        migrate.upgrade(settings)
+        engine = make_engine(settings)
+        with Session(engine) as session, session.begin():
+            session.add(Plan(**plan_row()))
+        engine.dispose()
+    finally:
+        server.stop("fast")
+    give_to(server.data_dir, server.user)
+    yield server
+
+
+@pytest.fixture
+def scenario_root(fault_scratch: Path, request: pytest.FixtureRequest) -> Path:
+    """Where one scenario's servers, logs and temporary files live (removed by the cluster)."""
+    folder = Path(tempfile.mkdtemp(prefix=re.sub(r"\W", "-", request.node.name)[:40] + "-", dir=fault_scratch))
+    folder.chmod(0o755)
+    return folder / "world"

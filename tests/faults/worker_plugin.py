@@ -1,0 +1,68 @@
+"""Fault hooks loaded into a real Celery worker with Celery's `--include` option
+(`celery -A worker.celery_app worker ... --include=tests.faults.worker_plugin`): no product change.
+
+- Poison: while a `webhooks.process` run is in progress, the first SQL statement whose
+  parameters name one of the markers listed in the Redis set POISON_MARKERS (e.g. a Clerk user
+  id) SIGKILLs the pool process running it, every time, as an out-of-memory kill in the middle
+  of the handler would. It fires inside the handler's work, after anything the run records when
+  it starts (a kill at `task_prerun`, before the task's own code, would test nothing the task
+  could ever see). POISON_KILLS counts the kills.
+- Probe: every `webhooks.process` run that ends (success, retry or failure) is appended to the
+  Redis list RUNS as JSON `{"inbox_id", "state", "result"}`, so a test can wait for a run to
+  have happened instead of sleeping.
+
+The hooks read REDIS_URL (the broker the worker uses) when they first run, never at import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from typing import Any
+
+import redis
+from celery.signals import task_postrun, task_prerun
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+POISON_MARKERS = "faults:poison-markers"
+POISON_KILLS = "faults:poison-kills"
+RUNS = "faults:runs"
+PROCESS_TASK = "webhooks.process"
+
+_run: dict[str, Any] = {}  # the run in progress in this (pool) process
+_clients: dict[int, redis.Redis] = {}
+
+
+def _redis() -> redis.Redis:
+    pid = os.getpid()  # one client per process: a connection never crosses a fork
+    if pid not in _clients:
+        _clients[pid] = redis.Redis.from_url(os.environ["REDIS_URL"])
+    return _clients[pid]
+
+
+@task_prerun.connect
+def _run_starts(task: Any = None, kwargs: dict[str, Any] | None = None, **_: Any) -> None:
+    _run.clear()
+    if task is not None and task.name == PROCESS_TASK:
+        markers = {marker.decode() for marker in _redis().smembers(POISON_MARKERS)}
+        _run.update(inbox_id=(kwargs or {}).get("inbox_id"), markers=markers)
+
+
+@task_postrun.connect
+def _run_ends(
+    task: Any = None, kwargs: dict[str, Any] | None = None, state: str | None = None, retval: Any = None, **_: Any
+) -> None:
+    if task is not None and task.name == PROCESS_TASK:
+        record = {"inbox_id": (kwargs or {}).get("inbox_id"), "state": state, "result": repr(retval)[:300]}
+        _redis().rpush(RUNS, json.dumps(record))
+    _run.clear()
+
+
+@event.listens_for(Engine, "before_cursor_execute")
+def _poison(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+    markers = _run.get("markers")
+    if markers and any(marker in repr(parameters) for marker in markers):
+        _redis().incr(POISON_KILLS)
+        os.kill(os.getpid(), signal.SIGKILL)
