@@ -52,16 +52,6 @@ DEBITS_ANSWERED_WITHIN = 60  # a service's whole patience, re-sends included
 
 pytestmark = pytest.mark.faults
 
-# Today's code loses rows intermittently in every scenario with two pool processes (issue 9
-# point 2: a payment processed while its user's `user.created` commits ends `unmatched` for
-# good) and, when a replay's message is lost, leaves a replayed row pending for 10 minutes
-# (point 1). Not strict: whether a run meets them is timing. Remove with those fixes.
-KNOWN_INTERMITTENT = pytest.mark.xfail(
-    strict=False,
-    reason="issue 9 points 1 and 2: a replayed row whose message is lost waits SWEEP_PENDING_AFTER_SECONDS + 600 s; "
-    "a payment racing its user's user.created ends unmatched with nothing to re-drive it",
-)
-
 
 class Scenario:
     """One run of the workload through a cluster, with a fault injected mid-stream."""
@@ -160,7 +150,6 @@ def run(
 # --- 1. the worker SIGKILLed mid-stream, twice --------------------------------------------------
 
 
-@KNOWN_INTERMITTENT
 def test_worker_sigkilled_twice_mid_stream(run):
     scenario = run("worker-sigkill")
     world = scenario.world
@@ -176,7 +165,6 @@ def test_worker_sigkilled_twice_mid_stream(run):
 # --- 2. Redis killed and restarted empty --------------------------------------------------------
 
 
-@KNOWN_INTERMITTENT
 def test_redis_killed_and_restarted_empty(run):
     scenario = run("redis-restart-empty")
     world = scenario.world
@@ -191,7 +179,6 @@ def test_redis_killed_and_restarted_empty(run):
 # --- 3. PostgreSQL stopped for a few seconds ----------------------------------------------------
 
 
-@KNOWN_INTERMITTENT
 @pytest.mark.parametrize("sweep", [SHORT_SWEEP, DEFAULT_SWEEP], ids=["short-sweep", "default-sweep"])
 def test_postgres_stopped_for_seconds(run, sweep):
     scenario = run("postgres-stop" + ("" if sweep == SHORT_SWEEP else "-default-sweep"), sweep)
@@ -208,7 +195,6 @@ def test_postgres_stopped_for_seconds(run, sweep):
 # --- 4. web SIGKILLed mid-stream ----------------------------------------------------------------
 
 
-@KNOWN_INTERMITTENT
 def test_web_sigkilled_mid_stream(run):
     scenario = run("web-sigkill")
     world = scenario.world
@@ -225,11 +211,6 @@ def test_web_sigkilled_mid_stream(run):
 POISON_USER = "user_poisonpill0001"  # no workload id contains it: only its own run is killed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9 point 3: a run that kills its process is requeued for ever (reject_on_worker_lost); "
-    "nothing counts the deaths, so the row never reaches the dead letter",
-)
 def test_poison_task_is_dead_lettered(run):
     base = _workload("poison")
     poison = user_created(POISON_USER)
@@ -259,11 +240,6 @@ STORM_SWEEP = SweepSettings(interval=1, pending_after=3)
 STOPPED_FOR_INTERVALS = 8
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9 point 5: the sweeps published while the workers were down never expire; they all run "
-    "when the workers come back, behind the backlog in the webhooks queue, each re-enqueueing the rows still waiting",
-)
 def test_workers_stopped_under_load_do_not_storm(run):
     scenario = run("storm", sweep=STORM_SWEEP)
     world = scenario.world
@@ -311,11 +287,6 @@ def test_workers_stopped_under_load_do_not_storm(run):
 RACE_USER = "user_raceuser0001"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9 point 2: a payment that found no user commits `unmatched` after the user's "
-    "replay looked for waiting events; nothing re-drives it",
-)
 def test_unmatched_race_ends_processed(run):
     """Worker A processes the payment and finds no user; while A's transaction is still open,
     worker B processes `user.created` (and its replay, which cannot see A's row as unmatched);
@@ -364,11 +335,6 @@ NO_SWEEPER_HELP = SweepSettings(interval=2, pending_after=600)
 RETRY_BOUND = 20  # seconds after the lock is released; far below the pending age
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9 point 6: a webhooks.process run that finds the row locked answers "
-    "busy_or_missing and its chain ends; only the sweeper (after the pending age) brings it back",
-)
 def test_retry_that_meets_its_own_lock_tries_again(run):
     scenario = run("retry-lock", sweep=NO_SWEEPER_HELP, with_plugin=True, DB_LOCK_TIMEOUT_MS="2000")
     world = scenario.world
