@@ -106,7 +106,9 @@ def assert_money(world: Cluster, workload: Workload, debits: DebitService) -> No
     assert debits.answered(), f"debits without an answer: {debits.total - len(debits.answers)} ({debits.stats})"
     assert not_applied == {}, f"debits not applied: {not_applied}"
     with world.connect() as conn:
-        balances = dict(conn.execute('SELECT "clerkUserId", "creditsRemaining" FROM "CreditBalance"').fetchall())
+        balances: dict[str, int] = dict(
+            conn.execute('SELECT "clerkUserId", "creditsRemaining" FROM "CreditBalance"').fetchall()
+        )
         mismatched = conn.execute(
             'SELECT b."clerkUserId", b."creditsRemaining", coalesce(sum(l.delta), 0) FROM "CreditBalance" b '
             "LEFT JOIN ingest.credit_ledger l ON l.credit_balance_id = b.id "

@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,10 @@ from models import migrate
 from models.app import Plan
 from models.db import make_engine
 from models.settings import Settings
+from tests.faults.harness import SHORT_SWEEP, SweepSettings, cluster
+from tests.faults.scenario import Scenario
 from tests.faults.servers import LocalPostgres, give_to
-from tests.faults.workload import plan_row
+from tests.faults.workload import USERS, Workload, build_workload, plan_row
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -65,3 +68,28 @@ def scenario_root(fault_scratch: Path, request: pytest.FixtureRequest) -> Path:
     folder = Path(tempfile.mkdtemp(prefix=re.sub(r"\W", "-", request.node.name)[:40] + "-", dir=fault_scratch))
     folder.chmod(0o755)
     return folder / "world"
+
+
+@pytest.fixture
+def make_scenario(
+    scenario_root: Path, postgres_template: LocalPostgres, capsys: pytest.CaptureFixture[str]
+) -> Iterator[Callable[..., Scenario]]:
+    """Builds the test's scenario: its cluster (servers started, processes defined), its workload
+    (USERS users unless given) and its traffic; all stopped and removed at the end, also on failure."""
+    with ExitStack() as stack:
+
+        def make(
+            name: str,
+            sweep: SweepSettings = SHORT_SWEEP,
+            workload: Workload | None = None,
+            with_plugin: bool = False,
+            **env: str,
+        ) -> Scenario:
+            world = stack.enter_context(
+                cluster(scenario_root, postgres_template, sweep, with_plugin=with_plugin, **env)
+            )
+            scenario = Scenario(name, world, workload or build_workload(USERS, seed=name), capsys)
+            stack.callback(scenario.stop_traffic)
+            return scenario
+
+        yield make

@@ -12,10 +12,11 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
-import redis
 from pydantic import SecretStr
+from redis import Redis
 
 from models.settings import Settings
 from tests.conftest import ASAAS_TEST_TOKEN, CLERK_TEST_SECRET
@@ -44,7 +45,7 @@ class SweepSettings:
         return 2 * (self.interval + self.pending_after)
 
 
-SHORT_SWEEP = SweepSettings(interval=2, pending_after=4)
+SHORT_SWEEP = SweepSettings(interval=2, pending_after=6)
 DEFAULT_SWEEP = SweepSettings(interval=30, pending_after=60)  # models.settings' defaults
 
 
@@ -95,12 +96,12 @@ class Cluster:
         self.processes[name].start()
         self.processes[name].wait_ready()
 
-    def connect(self) -> psycopg.Connection[tuple[object, ...]]:
+    def connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         """A plain connection to the scenario's database (autocommit)."""
         return psycopg.connect(self.postgres.url, autocommit=True, connect_timeout=5)
 
-    def redis_client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    def redis_client(self) -> Redis:
+        return Redis.from_url(self.redis_url, socket_connect_timeout=2, socket_timeout=5)
 
     def sweeps(self) -> list[dict[str, int]]:
         """The results of every `inbox.sweep` the worker ran (from its INFO log)."""

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 RESEND_PAUSE = 0.2  # seconds a provider waits before sending a failed delivery again
 REQUEST_TIMEOUT = 10.0
-DEBIT_ANSWER_TIMEOUT = 5.0  # a service's patience before it sends a debit again
+DEBIT_ANSWER_TIMEOUT = 10.0  # a service's patience before it sends a debit again
 
 
 @dataclass
@@ -173,7 +173,7 @@ class DebitService:
         self.give_up_after = give_up_after
         self.answers: dict[str, dict[str, Any]] = {}
         self.stats = DebitStats()
-        self.finished_at: float | None = None
+        self.finished_at: float | None = None  # when the last answer came
         self._known: queue.Queue[str] = queue.Queue()
         self._in_flight: dict[str, tuple[Debit, Any, float]] = {}
         self._stop = threading.Event()
@@ -210,7 +210,7 @@ class DebitService:
                             self._send(client, debit)
                 self._collect(client)
                 time.sleep(0.05)
-            self.finished_at = time.monotonic()
+
         finally:
             with contextlib.suppress(Exception):
                 client.close()
@@ -239,6 +239,8 @@ class DebitService:
             if isinstance(answer, dict):
                 self.answers[key] = answer
                 del self._in_flight[key]
+                if self.answered():
+                    self.finished_at = time.monotonic()
             elif (
                 (result is None and waited > RESEND_PAUSE)  # it never left: the broker was down
                 or answer is not None  # the task raised instead of answering

@@ -42,11 +42,15 @@ def _redis() -> redis.Redis:
     return _clients[pid]
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 @task_prerun.connect
 def _run_starts(task: Any = None, kwargs: dict[str, Any] | None = None, **_: Any) -> None:
     _run.clear()
     if task is not None and task.name == PROCESS_TASK:
-        markers = {marker.decode() for marker in _redis().smembers(POISON_MARKERS)}
+        markers = {_text(marker) for marker in _redis().smembers(POISON_MARKERS)}
         _run.update(inbox_id=(kwargs or {}).get("inbox_id"), markers=markers)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from tests.support.inbox import payload
 
+USERS = 20  # per scenario (3 events each, each sent twice; 3 debits each): keeps a scenario fast
 SIGNUP_CREDITS = 100
 PLAN_ID = "pro"  # Plan.id and Plan.asaasId; the externalReference's plan key
 PLAN_CREDITS = 500
@@ -106,6 +107,16 @@ def build_workload(users: int, seed: str, prefix: str = "user_fault") -> Workloa
     ]
     assert DEBITS_PER_USER * DEBIT_COST < SIGNUP_CREDITS  # debits apply whatever the order
     return Workload(clerk_ids, deliveries, sends, debits)
+
+
+def with_deliveries(
+    workload: Workload, extra: list[ProviderDelivery], *, sends: int = 2, users: list[str] | None = None
+) -> Workload:
+    """`workload` plus `extra` deliveries, each sent `sends` times at random points of the stream
+    (and `users`, whose balances the checks then expect too)."""
+    merged = [*workload.sends, *(extra * sends)]
+    random.Random(",".join(delivery.event_id for delivery in extra)).shuffle(merged)
+    return Workload([*workload.users, *(users or [])], [*workload.deliveries, *extra], merged, workload.debits)
 
 
 def plan_row() -> dict[str, Any]:
