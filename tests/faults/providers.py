@@ -210,7 +210,6 @@ class DebitService:
                             self._send(client, debit)
                 self._collect(client)
                 time.sleep(0.05)
-
         finally:
             with contextlib.suppress(Exception):
                 client.close()

@@ -82,7 +82,7 @@ class Scenario:
                 "recovered_by_sweeper": self.world.recovered_by_sweeper(),
                 "converged_s": converged if converged is not None else f">{bound:g}",
                 "bound_s": f"{bound:g}",
-                "debits_answered_s": round(debits_done - since, 1) if debits_done else None,
+                "debits_answered_s": round(max(0.0, debits_done - since), 1) if debits_done else None,
                 **self.figures.values,
                 **(measure() if measure else {}),
                 "scenario_s": round(time.monotonic() - self._created_at, 1),
