@@ -19,7 +19,7 @@ from models.db import make_engine
 from models.settings import Settings
 from tests.faults.harness import SHORT_SWEEP, SweepSettings, cluster
 from tests.faults.scenario import Scenario
-from tests.faults.servers import LocalPostgres, give_to
+from tests.faults.servers import LocalPostgres
 from tests.faults.workload import USERS, Workload, build_workload, plan_row
 
 
@@ -27,12 +27,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "faults: fault-injection scenarios (own servers, the real Procfile processes); issue 9"
     )
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/faults/" in item.nodeid:
-            item.add_marker(pytest.mark.faults)
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +52,6 @@ def postgres_template(fault_scratch: Path) -> Iterator[LocalPostgres]:
         engine.dispose()
     finally:
         server.stop("fast")
-    give_to(server.data_dir, server.user)
     yield server
 
 

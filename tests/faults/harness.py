@@ -21,7 +21,8 @@ from redis import Redis
 from models.settings import Settings
 from tests.conftest import ASAAS_TEST_TOKEN, CLERK_TEST_SECRET
 from tests.faults.processes import ProcfileProcess, log_says, procfile_commands, web_ready
-from tests.faults.servers import LocalPostgres, LocalRedis, give_to
+from tests.faults.servers import LocalPostgres, LocalRedis
+from tests.faults.workload import SIGNUP_CREDITS
 from tests.support.servers import PROJECT_ROOT
 from worker.celery_config import celery_config
 from worker.dev.embedded_servers import free_port
@@ -148,7 +149,7 @@ def scenario_environment(
         REDIS_URL=redis_server.url(0),
         CLERK_WEBHOOK_SIGNING_SECRET=CLERK_TEST_SECRET,
         ASAAS_WEBHOOK_TOKEN=ASAAS_TEST_TOKEN,
-        SIGNUP_CREDITS="100",
+        SIGNUP_CREDITS=str(SIGNUP_CREDITS),
         DB_LOCK_TIMEOUT_MS="10000",
         PORT=str(free_port()),
         WEB_CONCURRENCY="2",
@@ -171,7 +172,6 @@ def cluster(
     root.mkdir(parents=True)
     root.chmod(0o755)  # the database's OS user must reach its data folder
     postgres = template.copy_to(root / "postgres")
-    give_to(postgres.data_dir, postgres.user)
     redis_server = LocalRedis(root / "redis")
     world = Cluster(
         root, postgres, redis_server, sweep, scenario_environment(postgres, redis_server, root, sweep, **env)

@@ -101,7 +101,7 @@ class LocalPostgres:
             self._run("pg_ctl", "-D", str(self.data_dir), "-w", "-t", "60", "-m", mode, "stop")
 
     def copy_to(self, data_dir: Path) -> LocalPostgres:
-        """A new cluster on a free port, a copy of this (stopped) one."""
+        """A new cluster on a free port, a copy of this (stopped) one (`cp -a` keeps its owner)."""
         subprocess.run(["cp", "-a", str(self.data_dir), str(data_dir)], check=True)
         return LocalPostgres(data_dir, bin_dir=self.bin_dir, user=self.user)
 
