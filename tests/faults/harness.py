@@ -46,7 +46,7 @@ class SweepSettings:
         return 2 * (self.interval + self.pending_after)
 
 
-SHORT_SWEEP = SweepSettings(interval=2, pending_after=6)
+SHORT_SWEEP = SweepSettings(interval=2, pending_after=8)
 DEFAULT_SWEEP = SweepSettings(interval=30, pending_after=60)  # models.settings' defaults
 
 

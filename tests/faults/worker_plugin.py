@@ -7,9 +7,9 @@
   of the handler would. It fires inside the handler's work, after anything the run records when
   it starts (a kill at `task_prerun`, before the task's own code, would test nothing the task
   could ever see). POISON_KILLS counts the kills.
-- Probe: every `webhooks.process` run that ends (success, retry or failure) is appended to the
-  Redis list RUNS as JSON `{"inbox_id", "state", "result"}`, so a test can wait for a run to
-  have happened instead of sleeping.
+- Probe: every `webhooks.process` run that starts is appended to the Redis list STARTS, and every
+  one that ends (success, retry or failure; a killed run never ends) to RUNS as JSON
+  `{"inbox_id", "state", "result"}`, so a test can wait for a run instead of sleeping.
 
 The hooks read REDIS_URL (the broker the worker uses) when they first run, never at import.
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from typing import Any
 
 import redis
@@ -29,6 +30,7 @@ from sqlalchemy.engine import Engine
 POISON_MARKERS = "faults:poison-markers"
 POISON_KILLS = "faults:poison-kills"
 RUNS = "faults:runs"
+STARTS = "faults:starts"  # every `webhooks.process` run that started: {"inbox_id", "pid", "at"}
 PROCESS_TASK = "webhooks.process"
 
 _run: dict[str, Any] = {}  # the run in progress in this (pool) process
@@ -52,6 +54,7 @@ def _run_starts(task: Any = None, kwargs: dict[str, Any] | None = None, **_: Any
     if task is not None and task.name == PROCESS_TASK:
         markers = {_text(marker) for marker in _redis().smembers(POISON_MARKERS)}
         _run.update(inbox_id=(kwargs or {}).get("inbox_id"), markers=markers)
+        _redis().rpush(STARTS, json.dumps({"inbox_id": _run["inbox_id"], "pid": os.getpid(), "at": time.time()}))
 
 
 @task_postrun.connect
