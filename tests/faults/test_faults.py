@@ -159,7 +159,7 @@ def test_poison_task_is_dead_lettered(make_scenario: MakeScenario) -> None:
 # --- 6. workers stopped for several sweep intervals while deliveries arrive (the storm) ------------
 
 STORM_SWEEP = SweepSettings(interval=1, pending_after=7)
-STOPPED_FOR_INTERVALS = 8
+STOPPED_FOR_INTERVALS = 6
 
 
 def test_workers_stopped_under_load_do_not_storm(make_scenario: MakeScenario) -> None:
