@@ -51,12 +51,22 @@ class PaymentCredit(Base):
         # The last guard of "the reversals of a payment never exceed its grant".
         CheckConstraint("credits_reversed <= credits_granted", name="payment_credits_reversed_within_grant_check"),
         Index("payment_credits_clerk_user_id_idx", "clerk_user_id"),
+        Index(
+            "payment_credits_installment_id_idx",
+            "provider",
+            "installment_id",
+            postgresql_where=text("installment_id IS NOT NULL"),
+        ),
         {"schema": SERVICE_SCHEMA},
     )
 
     provider: Mapped[str] = mapped_column(Text, primary_key=True)  # 'asaas' | 'clerk'
     payment_id: Mapped[str] = mapped_column(Text, primary_key=True)
     clerk_user_id: Mapped[str | None] = mapped_column(Text)
+    # The balance the grant went to: reversals take from it, whoever the payment names later.
+    credit_balance_id: Mapped[str | None] = mapped_column(Text)
+    # The Asaas installment sale this payment is one installment of.
+    installment_id: Mapped[str | None] = mapped_column(Text)
     plan_id: Mapped[str | None] = mapped_column(Text)
     payment_value: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))
     refunded_value: Mapped[Decimal | None] = mapped_column(Numeric(14, 2))  # None: no refund seen

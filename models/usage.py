@@ -1,4 +1,5 @@
-"""Idempotency records of usage debits and refunds: the authoritative outcome of each key.
+"""Idempotency records of usage debits and refunds (the authoritative outcome of each key), and
+the pathname index of storage objects.
 
 One row per idempotency key, inserted first in the debit's (or refund's) own transaction, so a
 concurrent request with the same key waits on that row and then reads its committed outcome.
@@ -36,3 +37,18 @@ class UsageRequest(Base):
     result: Mapped[dict[str, Any]]  # the answer given for this key
     usage_id: Mapped[str | None] = mapped_column(Text)  # the UsageHistory row it wrote
     created_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=text("now()"))
+
+
+class StoragePathname(Base):
+    """(provider, pathname) -> the latest `StorageObject` recorded for it (live unless its
+    `deletedAt` is set): the index Prisma's `StorageObject` cannot get, so lookups by pathname
+    never scan that table. Written only by `worker.usage.storage`, in the same transaction as
+    the row it points to."""
+
+    __tablename__ = "storage_pathnames"
+    __table_args__ = ({"schema": SERVICE_SCHEMA},)
+
+    provider: Mapped[str] = mapped_column(Text, primary_key=True)
+    pathname: Mapped[str] = mapped_column(Text, primary_key=True)
+    storage_object_id: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=text("now()"))

@@ -156,12 +156,12 @@ def _apply_money(
     rule = MONEY_RULES.get(event_type)
     if rule is None:
         return Outcome.processed(f"logged; {event_type} moves no credits")
-    if account is None or account.credit_balance_id is None:
-        return Outcome.unmatched(
-            f"user {owner.clerk_user_id} has no User and CreditBalance yet (found by {owner.found_by})"
-        )
     payment = _payment(obj)
     if rule is MoneyRule.GRANT:
+        if account is None or account.credit_balance_id is None:
+            return Outcome.unmatched(
+                f"user {owner.clerk_user_id} has no User and CreditBalance yet (found by {owner.found_by})"
+            )
         if plan is None:
             return Outcome.needs_attention(f"logged; no plan: {_plan_clues(obj, owner)}; nothing granted")
         return Outcome.processed(
@@ -179,11 +179,11 @@ def _apply_money(
             return Outcome.processed("logged; no completed refund in payment.refunds: nothing reversed")
     else:
         refunded = None  # all of it
+    # From the balance the grant went to, whoever the event's reference or links name now.
     return Outcome.processed(
         reverse_payment(
             session,
             payment,
-            credit_balance_id=account.credit_balance_id,
             refunded=refunded,
             only_if_granted=rule is MoneyRule.REVERSE_ALL_IF_GRANTED,
         )

@@ -7,6 +7,9 @@ What should be reversed is always `floor(credits_granted x refunded / value)`, a
 writes only the difference from what was reversed already, so every event is idempotent and a
 refund that came before the grant is applied the moment the grant lands.
 
+A reversal takes the credits from the balance the grant went to (recorded on the payment's row),
+never from whoever a refund's reference or a re-pointed customer link names now.
+
 Ledger keys are deterministic: `grant:<provider>:<payment>` and
 `reversal:<provider>:<payment>:<credits reversed in total after this entry>`.
 """
@@ -24,6 +27,7 @@ from models.app import Plan
 from models.billing import PaymentCredit
 from models.ledger import LedgerKind
 from worker.credits.ledger import change_credits
+from worker.errors import MissingBalance
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,7 @@ def grant_payment(session: Session, payment: Payment, *, credit_balance_id: str,
     state = _locked_state(session, payment)
     if state.granted_at is not None:
         return f"{payment.reference} already granted {state.credits_granted} credits"
-    state.clerk_user_id, state.plan_id = clerk_user_id, plan.id
+    state.clerk_user_id, state.plan_id, state.credit_balance_id = clerk_user_id, plan.id, credit_balance_id
     state.payment_value = payment.value if payment.value is not None else state.payment_value
     change_credits(
         session,
@@ -50,7 +54,7 @@ def grant_payment(session: Session, payment: Payment, *, credit_balance_id: str,
         reference=f"{payment.reference} ({plan.name})",
     )
     state.credits_granted, state.granted_at = plan.credits, func.now()
-    reversed_now = _settle_reversal(session, state, payment, credit_balance_id)
+    reversed_now = _settle_reversal(session, state, payment)
     detail = f"granted {plan.credits} credits of plan {plan.id} for {payment.reference}"
     return detail + (f"; reversed {reversed_now} refunded before the grant" if reversed_now else "")
 
@@ -59,11 +63,11 @@ def reverse_payment(
     session: Session,
     payment: Payment,
     *,
-    credit_balance_id: str,
     refunded: Decimal | None,
     only_if_granted: bool = False,
 ) -> str:
-    """Take back the share of the grant that `refunded` (None: all of it) represents.
+    """Take back the share of the grant that `refunded` (None: all of it) represents, from the
+    balance the grant went to.
 
     Before the grant the refund is remembered (unless `only_if_granted`), and the grant nets
     to what is left.
@@ -77,7 +81,7 @@ def reverse_payment(
     state.refunded_value = max(total, state.refunded_value or Decimal(0))
     if state.granted_at is None:
         return f"refund of {state.refunded_value} remembered: {payment.reference} is not granted yet"
-    reversed_now = _settle_reversal(session, state, payment, credit_balance_id)
+    reversed_now = _settle_reversal(session, state, payment)
     return (
         f"reversed {reversed_now} credits for {payment.reference} "
         f"({state.credits_reversed} of {state.credits_granted} reversed in total)"
@@ -94,15 +98,18 @@ def credits_to_reverse(granted: int, value: Decimal | None, refunded: Decimal | 
     return min(granted, max(0, int(share)))
 
 
-def _settle_reversal(session: Session, state: PaymentCredit, payment: Payment, credit_balance_id: str) -> int:
+def _settle_reversal(session: Session, state: PaymentCredit, payment: Payment) -> int:
     target = credits_to_reverse(state.credits_granted, state.payment_value, state.refunded_value)
     delta = target - state.credits_reversed
     if delta <= 0:
         return 0
+    if state.credit_balance_id is None:
+        # Every grant records its balance (migration 0006 backfilled older ones from the ledger).
+        raise MissingBalance(f"the balance granted for {payment.reference} is not recorded")
     # No floor: a reversal may take the balance below zero (the user then cannot spend).
     change_credits(
         session,
-        credit_balance_id,
+        state.credit_balance_id,
         delta=-delta,
         kind=LedgerKind.REVERSAL,
         idempotency_key=f"reversal:{payment.provider}:{payment.payment_id}:{target}",

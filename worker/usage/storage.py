@@ -5,6 +5,9 @@ keeps one row (and takes the newer url/name/size/contentType, as an overwrite of
 pathname would). `StorageObject` has no unique key and must not get one (Prisma would see
 drift), so concurrent records of one pathname are serialised by a transaction-scoped advisory
 lock on it instead.
+Nor can it get an index on (provider, pathname): the service keeps one in its own schema
+(`storage_pathnames`: each pathname's latest row), written in the same transaction as the row,
+and every lookup by pathname goes through it instead of scanning `StorageObject`.
 Deleting sets `deletedAt` once; deleting again keeps the first `deletedAt`.
 """
 
@@ -13,11 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, func, select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from models.app import StorageObject, User
 from models.base import utcnow
+from models.usage import StoragePathname
 from worker.usage.requests import NotYetKnown
 
 DEFAULT_PROVIDER = "vercel_blob"
@@ -38,9 +43,7 @@ def record_object(session: Session, record: StorageRecord, *, final: bool = True
     """`recorded` (a new row), `duplicate` (the live row already says this), `updated` (the live
     row of this pathname took the new fields), or `unknown_user` (with `final=False`: raise
     `NotYetKnown` so the task waits for the Clerk webhook)."""
-    session.execute(
-        select(func.pg_advisory_xact_lock(func.hashtextextended(f"storage:{record.provider}:{record.pathname}", 0)))
-    )
+    _lock_pathname(session, record.provider, record.pathname)
     user_id = session.scalar(select(User.id).where(User.clerk_id == record.clerk_user_id))
     if user_id is None:
         if not final:
@@ -54,17 +57,13 @@ def record_object(session: Session, record: StorageRecord, *, final: bool = True
         "size": record.size,
         "content_type": record.content_type,
     }
-    live = session.scalar(
-        select(StorageObject).where(
-            StorageObject.provider == record.provider,
-            StorageObject.pathname == record.pathname,
-            StorageObject.deleted_at.is_(None),
-        )
-    )
+    latest = session.scalar(latest_object_query(record.provider, record.pathname))
+    live = latest if latest is not None and latest.deleted_at is None else None
     if live is None:
         row = StorageObject(provider=record.provider, pathname=record.pathname, **fields)
         session.add(row)
         session.flush()
+        _point_pathname_at(session, row)
         return {"status": "recorded", "storage_object_id": row.id}
     if all(getattr(live, name) == value for name, value in fields.items()):
         return {"status": "duplicate", "storage_object_id": live.id}
@@ -89,10 +88,16 @@ def delete_object(
             "error": "invalid_arguments",
             "detail": "give exactly one of storage_object_id and pathname",
         }
-    if storage_object_id is not None:
-        match = StorageObject.id == storage_object_id
-    else:
-        match = (StorageObject.provider == provider) & (StorageObject.pathname == pathname)
+    if pathname is not None:
+        _lock_pathname(session, provider, pathname)  # a concurrent record of it waits, then records anew
+        storage_object_id = session.scalar(
+            select(StoragePathname.storage_object_id).where(
+                StoragePathname.provider == provider, StoragePathname.pathname == pathname
+            )
+        )
+        if storage_object_id is None:
+            return {"status": "not_found", "storage_object_id": None, "deleted_at": None}
+    match = StorageObject.id == storage_object_id
     now = utcnow()
     # A concurrent delete of the same row waits on its lock, re-checks `deletedAt IS NULL` and
     # updates nothing: the first `deletedAt` stays.
@@ -113,6 +118,30 @@ def delete_object(
     if earlier is None:
         return {"status": "not_found", "storage_object_id": None, "deleted_at": None}
     return _deletion("already_deleted", *earlier)
+
+
+def latest_object_query(provider: str, pathname: str) -> Select[StorageObject]:
+    """The latest row recorded for a pathname (live unless its `deletedAt` is set), found
+    through the service's index: a primary-key lookup on each table, never a scan."""
+    return (
+        select(StorageObject)
+        .join(StoragePathname, StoragePathname.storage_object_id == StorageObject.id)
+        .where(StoragePathname.provider == provider, StoragePathname.pathname == pathname)
+    )
+
+
+def _lock_pathname(session: Session, provider: str, pathname: str) -> None:
+    session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(f"storage:{provider}:{pathname}", 0))))
+
+
+def _point_pathname_at(session: Session, row: StorageObject) -> None:
+    statement = insert(StoragePathname).values(provider=row.provider, pathname=row.pathname, storage_object_id=row.id)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[StoragePathname.provider, StoragePathname.pathname],
+            set_={"storage_object_id": row.id, "updated_at": func.now()},
+        )
+    )
 
 
 def _deletion(status: str, storage_object_id: str, deleted_at: Any) -> dict[str, Any]:
