@@ -9,10 +9,15 @@ statement: a data-modifying CTE), `change_credits` (one statement), and the `Usa
 together with the stored answer (one statement).
 
 An inactive (deleted) user cannot spend: `insufficient_credits` with `"reason": "inactive_user"`.
+
+A debit may carry a deadline (`not_after`, Unix time in seconds: when its caller stops waiting).
+Past it nothing is taken: the answer is `expired`, stored on the key like any final answer, so
+the same key later answers `duplicate` with `original_status` `expired`.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,6 +36,7 @@ from worker.usage.requests import (
     NotYetKnown,
     answer,
     autoflush,
+    claim_key,
     column_param,
     error,
     finish,
@@ -53,6 +59,10 @@ class DebitRequest:
     idempotency_key: str
     cost: int | None = None
     details: dict[str, Any] | None = None
+    not_after: float | None = None  # Unix time (s) after which the caller no longer waits
+
+    def past_deadline(self) -> bool:
+        return self.not_after is not None and time.time() > self.not_after
 
 
 @dataclass(frozen=True)
@@ -127,14 +137,10 @@ def debit(session: Session, request: DebitRequest, *, final: bool = True) -> dic
         },
     ).one()
     if found.claimed is None:
-        stored = stored_request(session, request.idempotency_key)
-        same = (stored.kind, stored.clerk_user_id, stored.operation, stored.request.get("cost")) == (
-            "debit",
-            request.clerk_user_id,
-            operation.value,
-            request.cost,
-        )
-        return repeat_answer(stored, same)
+        return _repeat(session, request, operation.value)
+    if request.past_deadline():
+        # Checked once the key is ours, so a debit that did apply before answers `duplicate`.
+        return finish(session, request.idempotency_key, answer("expired"))
     account = (
         None
         if found.user_id is None
@@ -153,6 +159,34 @@ def debit(session: Session, request: DebitRequest, *, final: bool = True) -> dic
         forget_key(session, request.idempotency_key)
         return error("unknown_cost", str(exc))
     return _take(session, request, account, operation, cost)
+
+
+def expire(session: Session, request: DebitRequest) -> dict[str, Any]:
+    """Store `expired` on the key of a debit that will never run (its message expired in the
+    queue), unless the key already has an answer: then that answer stands."""
+    autoflush(session)
+    stored = claim_key(
+        session,
+        request.idempotency_key,
+        "debit",
+        request.clerk_user_id,
+        operation=request.operation,
+        request=asdict(request),
+    )
+    if stored is not None:
+        return _repeat(session, request, request.operation)
+    return finish(session, request.idempotency_key, answer("expired"))
+
+
+def _repeat(session: Session, request: DebitRequest, operation: str) -> dict[str, Any]:
+    stored = stored_request(session, request.idempotency_key)
+    same = (stored.kind, stored.clerk_user_id, stored.operation, stored.request.get("cost")) == (
+        "debit",
+        request.clerk_user_id,
+        operation,
+        request.cost,
+    )
+    return repeat_answer(stored, same)
 
 
 def _take(

@@ -6,17 +6,36 @@ for a user the Clerk webhook has not created yet (or a refund of a debit still i
 retries with backoff, 1, 2, 4 ... 30 s, for about `wait_for_user` seconds (default
 USER_WAIT_SECONDS), and only then answers `unknown_user` / `unknown_debit`. Each try rolls
 back, so nothing is recorded for the key until that final answer.
+
+A debit has a deadline (`not_after`, with the message's `expires` set to the same moment by
+`UsageClient.debit`): its caller has stopped waiting by then, so nothing may be taken after it.
+A run past it answers `expired`, the wait for a user never goes beyond it, and a message Celery
+discards as expired (it never runs) still has `expired` stored on its key, by the
+`task_revoked` handler below. Refunds and storage tasks have no deadline: each records
+something that already happened (a failed operation to pay back, an upload made or removed),
+and recording it late is still right, while dropping it would not be.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypedDict
 
+from celery import Task
+from celery.signals import task_revoked
+from sqlalchemy.exc import SQLAlchemyError
+
+from worker import database
 from worker.celery_app import app
 from worker.errors import TRANSIENT_ERRORS
 from worker.task_base import TransactionalTask
 from worker.usage import debits, refunds, requests, storage
+
+log = logging.getLogger(__name__)
+
+DEBIT_TASK = "usage.debit"
 
 USER_WAIT_SECONDS = 300
 MAX_USER_WAIT_SECONDS = 900
@@ -52,19 +71,26 @@ def waited(tries: int) -> int:
 
 
 def run_or_wait(
-    task: TransactionalTask[..., dict[str, Any]], wait_for_user: float, attempt: Callable[[bool], dict[str, Any]]
+    task: TransactionalTask[..., dict[str, Any]],
+    wait_for_user: float,
+    attempt: Callable[[bool], dict[str, Any]],
+    not_after: float | None = None,
 ) -> dict[str, Any]:
     """Run `attempt(final)`; while the wait is not over (final=False), a `NotYetKnown` from it
-    becomes a retry of the task after the next backoff delay."""
+    becomes a retry of the task after the next backoff delay, never later than `not_after`
+    (the run at the deadline answers `expired`, or its message expires)."""
     tries = task.request.retries or 0
     final = waited(tries) >= min(max(wait_for_user, 0), MAX_USER_WAIT_SECONDS)
     try:
         return attempt(final)
     except requests.NotYetKnown:
-        raise task.retry(countdown=retry_delay(tries)) from None
+        countdown: float = retry_delay(tries)
+        if not_after is not None:
+            countdown = min(countdown, max(not_after - time.time(), 0))
+        raise task.retry(countdown=countdown) from None
 
 
-@app.task(name="usage.debit", base=TransactionalTask, bind=True, **TASK_OPTIONS)
+@app.task(name=DEBIT_TASK, base=TransactionalTask, bind=True, **TASK_OPTIONS)
 def debit(
     task: TransactionalTask[..., dict[str, Any]],
     clerk_user_id: str,
@@ -73,9 +99,40 @@ def debit(
     cost: int | None = None,
     details: dict[str, Any] | None = None,
     wait_for_user: float = USER_WAIT_SECONDS,
+    not_after: float | None = None,
 ) -> dict[str, Any]:
-    request = debits.DebitRequest(clerk_user_id, operation, idempotency_key, cost, details)
-    return run_or_wait(task, wait_for_user, lambda final: debits.debit(task.session, request, final=final))
+    request = debits.DebitRequest(clerk_user_id, operation, idempotency_key, cost, details, not_after)
+    return run_or_wait(
+        task, wait_for_user, lambda final: debits.debit(task.session, request, final=final), not_after=not_after
+    )
+
+
+@task_revoked.connect
+def store_expired_debit(sender: Task | None = None, request: Any = None, expired: bool = False, **_: Any) -> None:
+    """A debit message Celery discarded because its `expires` passed never runs: store
+    `expired` on its key anyway (in a transaction of its own, in the worker's main process), so
+    `usage.outcome` and a later send of the same key answer what happened."""
+    if not expired or getattr(sender, "name", None) != DEBIT_TASK or request is None:
+        return
+    kwargs = request.kwargs or {}
+    try:
+        expired_debit = debits.DebitRequest(
+            kwargs["clerk_user_id"],
+            kwargs["operation"],
+            kwargs["idempotency_key"],
+            kwargs.get("cost"),
+            kwargs.get("details"),
+            kwargs.get("not_after"),
+        )
+    except (KeyError, TypeError):
+        log.warning("usage.debit expired without the arguments of a debit: nothing to store")
+        return
+    try:
+        with database.session_factory().begin() as session:
+            debits.expire(session, expired_debit)
+    except SQLAlchemyError as exc:
+        # Nothing was taken either way; only the stored answer is missing (outcome: unknown).
+        log.error("could not store the expiry of a debit: %s", type(exc).__name__)
 
 
 @app.task(name="usage.refund", base=TransactionalTask, bind=True, **TASK_OPTIONS)
