@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from functools import cache, cached_property
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,8 +28,12 @@ class Settings(BaseSettings):
     redis_url: SecretStr
     clerk_webhook_signing_secret: SecretStr | None = None
     asaas_webhook_token: SecretStr | None = None
+    # Signs what the receiver hands the workers through Redis; comma-separated, newest first.
+    ingest_signing_key: SecretStr | None = None
     asaas_allowed_ips: str = ""
     trusted_proxy_count: int = Field(default=0, ge=0, le=10)
+    # May a delivery wait in Redis when PostgreSQL is down? auto: read Redis's persistence settings.
+    redis_durable: Literal["auto", "yes", "no"] = "auto"
     signup_credits: int = Field(default=100, ge=0)
     service_schema: str = "ingest"
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
@@ -67,6 +72,10 @@ class Settings(BaseSettings):
     @cached_property
     def asaas_tokens(self) -> list[str]:
         return _split_secret(self.asaas_webhook_token)
+
+    @cached_property
+    def ingest_signing_keys(self) -> list[str]:
+        return _split_secret(self.ingest_signing_key)
 
     @cached_property
     def asaas_ip_allowlist(self) -> frozenset[str]:

@@ -16,16 +16,21 @@ from receiver.ingest import BROKER_SOCKET_TIMEOUT
 log = logging.getLogger(__name__)
 
 
+def probe_client(settings: Settings) -> redis.Redis:
+    """A Redis client for probes, with short timeouts: a probe must answer before the
+    orchestrator's probe timeout (and a delivery before the provider's), even when Redis hangs
+    rather than refuses."""
+    return redis.Redis.from_url(
+        settings.redis_url.get_secret_value(),
+        socket_connect_timeout=BROKER_SOCKET_TIMEOUT,
+        socket_timeout=BROKER_SOCKET_TIMEOUT,
+    )
+
+
 class Readiness:
-    def __init__(self, settings: Settings, engine: Engine) -> None:
+    def __init__(self, engine: Engine, client: redis.Redis) -> None:
         self._engine = engine
-        # A client of its own, with short timeouts: a probe must answer before the
-        # orchestrator's probe timeout, even when Redis hangs rather than refuses.
-        self._redis = redis.Redis.from_url(
-            settings.redis_url.get_secret_value(),
-            socket_connect_timeout=BROKER_SOCKET_TIMEOUT,
-            socket_timeout=BROKER_SOCKET_TIMEOUT,
-        )
+        self._redis = client
 
     def check(self) -> dict[str, str]:
         return {"postgresql": self._postgresql(), "redis": self._redis_ping()}

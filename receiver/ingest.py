@@ -1,8 +1,9 @@
 """From raw bytes to a stored, enqueued delivery: size limit, JSON parsing, inbox, queue.
 
 The promise to a provider is "200 means we have it": an answer of 200 is given only once the
-delivery is in PostgreSQL (the inbox) or, with PostgreSQL down, in Redis (a `webhooks.ingest`
-message whose task stores it first). Anything else is an error the provider retries.
+delivery is in PostgreSQL (the inbox) or, with PostgreSQL down, in a Redis that persists it (a
+`webhooks.ingest` message whose task stores it first; see receiver/durability.py). Anything
+else is an error the provider retries.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from werkzeug.exceptions import ClientDisconnected
 from models.db import transaction
 from models.inbox import Source, record_delivery
 from models.settings import Settings
+from receiver.durability import RedisDurability
 from receiver.errors import Rejected
 from worker.celery_config import INGEST_WEBHOOK_TASK, PROCESS_WEBHOOK_TASK, create_producer
+from worker.ingest_message import IngestSigner
 
 log = logging.getLogger(__name__)
 
@@ -191,9 +194,13 @@ def make_producer(settings: Settings) -> Celery:
 class Inbox:
     """Store a verified delivery once, then hand it to the workers."""
 
-    def __init__(self, sessions: sessionmaker[Session], producer: Celery) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], producer: Celery, signer: IngestSigner, durability: RedisDurability
+    ) -> None:
         self._sessions = sessions
         self._producer = producer
+        self._signer = signer
+        self._durability = durability
 
     def accept(self, delivery: Delivery) -> Outcome:
         try:
@@ -221,8 +228,17 @@ class Inbox:
         return Outcome("accepted", inbox_id)
 
     def _queue_for_ingest(self, delivery: Delivery) -> Outcome:
+        broker = self._durability.check()
+        if not broker.durable:
+            # A Redis restart would lose it after we said 200: the provider must keep it instead.
+            log.error(
+                "webhook.unavailable source=%s reason=broker_not_durable detail=%s", delivery.source, broker.reason
+            )
+            raise Rejected(503, "unavailable", "the delivery could not be stored; retry later")
         try:
-            self._send(INGEST_WEBHOOK_TASK, delivery.task_kwargs())
+            # Signed: a worker stores only what the receiver verified, never a message someone
+            # else with access to Redis put there.
+            self._send(INGEST_WEBHOOK_TASK, {"signed_delivery": self._signer.sign(delivery.task_kwargs())})
         except BROKER_ERRORS as exc:
             log.error("webhook.unavailable source=%s error=%s", delivery.source, type(exc).__name__)
             # Stored nowhere: the provider must keep it and retry.

@@ -26,6 +26,7 @@ from worker.celery_config import create_producer
 # Webhook secrets the tests sign with. Test-only values, never used anywhere else.
 CLERK_TEST_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtZm9yLXBlZHJvLXdlYmhvb2tz"
 ASAAS_TEST_TOKEN = "asaas-test-token-0123456789"
+INGEST_TEST_KEY = "ingest-test-key-for-pedro-webhooks-0123456789"
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +61,7 @@ def settings(admin_url, redis_urls) -> Iterator[Settings]:
         env.setenv("REDIS_URL", redis_urls["broker"])
         env.setenv("CLERK_WEBHOOK_SIGNING_SECRET", CLERK_TEST_SECRET)
         env.setenv("ASAAS_WEBHOOK_TOKEN", ASAAS_TEST_TOKEN)
+        env.setenv("INGEST_SIGNING_KEY", INGEST_TEST_KEY)
         env.setenv("SIGNUP_CREDITS", "100")
         # Short, so tests that hold a lock on purpose see the worker's retry path quickly.
         env.setenv("DB_LOCK_TIMEOUT_MS", "1000")

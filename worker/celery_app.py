@@ -8,11 +8,23 @@ first needs it, that is, when a worker or beat starts.
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import worker_init
 
-from models.settings import load_settings
+from models.settings import ConfigError, load_settings
 from worker.celery_config import celery_config
+from worker.ingest_message import IngestSigner
 
 TASK_MODULES = ["worker.inbox.tasks", "worker.usage.tasks"]
 
 app = Celery("pedro_webhooks", include=TASK_MODULES)
 app.add_defaults(lambda: celery_config(load_settings()))
+
+
+@worker_init.connect
+def require_ingest_signing_key(**_: object) -> None:
+    """A worker without INGEST_SIGNING_KEY would refuse every genuine `webhooks.ingest` message:
+    it does not start. (SystemExit: Celery logs and ignores a signal handler's Exception.)"""
+    try:
+        IngestSigner(load_settings().ingest_signing_keys)
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None

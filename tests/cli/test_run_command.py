@@ -68,7 +68,7 @@ def _assert_receiver_ready(port: str) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.3)
-    assert response.json() == {"checks": {"postgresql": "ok", "redis": "ok"}, "status": "ready"}
+    assert response.json() == {"status": "ready"}
 
 
 def _run_env(**changes: str) -> dict[str, str]:
@@ -76,7 +76,14 @@ def _run_env(**changes: str) -> dict[str, str]:
         k: v
         for k, v in os.environ.items()
         if k
-        not in ("DATABASE_URL", "REDIS_URL", "CLERK_WEBHOOK_SIGNING_SECRET", "ASAAS_WEBHOOK_TOKEN", "FLOWER_BASIC_AUTH")
+        not in (
+            "DATABASE_URL",
+            "REDIS_URL",
+            "CLERK_WEBHOOK_SIGNING_SECRET",
+            "ASAAS_WEBHOOK_TOKEN",
+            "FLOWER_BASIC_AUTH",
+            "INGEST_SIGNING_KEY",
+        )
     }
     # Free ports: Flower's, and honcho's base port (the Procfile's first process, web, gets it).
     return {**env, "FLOWER_PORT": str(free_port()), "PORT": str(free_port()), **changes}
@@ -171,8 +178,15 @@ def test_run_starts_embedded_servers_and_leaves_nothing_behind(data_dir, tmp_pat
     _assert_none_alive(run.seen)
     secrets_file = data_dir / "local-secrets.env"
     assert oct(secrets_file.stat().st_mode & 0o777) == "0o600"
-    clerk_secret = secrets_file.read_text().splitlines()[0].split("=", 1)[1]
-    assert clerk_secret not in log.read_text()
+    local = dict(line.split("=", 1) for line in secrets_file.read_text().splitlines())
+    assert set(local) == {
+        "CLERK_WEBHOOK_SIGNING_SECRET",
+        "ASAAS_WEBHOOK_TOKEN",
+        "FLOWER_BASIC_AUTH",
+        "INGEST_SIGNING_KEY",
+    }
+    for secret in local.values():
+        assert secret not in log.read_text()
 
 
 def test_run_uses_the_servers_it_is_given_and_migrates(data_dir, tmp_path, admin_url, redis_urls):

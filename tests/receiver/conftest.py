@@ -18,6 +18,7 @@ from flask.testing import FlaskClient
 from models.settings import Settings
 from tests.support.databases import settings_copy
 from tests.support.receiver_support import QueuedTask, queued_tasks, receiver_apps
+from tests.support.servers import private_redis
 
 
 @pytest.fixture
@@ -46,3 +47,21 @@ def client(app) -> FlaskClient:
 def queue(redis_client: redis.Redis) -> Callable[[], list[QueuedTask]]:
     """The `webhooks` queue of the receiver's broker, oldest message first."""
     return lambda: queued_tasks(redis_client)
+
+
+@pytest.fixture(scope="session")
+def durable_redis_url() -> Iterator[str]:
+    """A Redis of the run's own configured as production needs it (append-only file fsynced every
+    second, never evicting): the only kind of broker a delivery may wait in."""
+    with private_redis("--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction") as url:
+        yield url
+
+
+@pytest.fixture
+def durable_redis(durable_redis_url) -> Iterator[redis.Redis]:
+    """A client of the durable Redis, empty before and after the test."""
+    client = redis.Redis.from_url(durable_redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()

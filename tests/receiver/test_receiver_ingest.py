@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.conftest import INGEST_TEST_KEY
 from tests.support.receiver_support import (
     CountingStream,
     QueuedTask,
@@ -22,7 +23,9 @@ from tests.support.receiver_support import (
     json_body,
     payload_bytes,
     post_raw,
+    queued_tasks,
 )
+from worker.ingest_message import IngestSigner
 
 LIMIT = 2048
 
@@ -109,47 +112,51 @@ def test_a_body_shorter_than_its_content_length_is_a_400(app, session_factory, q
     assert inbox_rows(session_factory) == [] and queue() == []
 
 
+def _signed_delivery(task: QueuedTask) -> dict:
+    assert task.task == "webhooks.ingest" and set(task.kwargs) == {"signed_delivery"}, task
+    return IngestSigner([INGEST_TEST_KEY]).open(task.kwargs["signed_delivery"])
+
+
 class TestPostgresqlDown:
-    def test_a_clerk_delivery_is_queued_for_ingestion(self, make_app, session_factory, queue):
-        client = make_app(database_url=down_database_url()).test_client()
+    """With a durable Redis (see test_receiver_durability.py for one that is not)."""
+
+    @pytest.fixture
+    def down_app(self, make_app, durable_redis_url):
+        return make_app(database_url=down_database_url(), redis_url=durable_redis_url)
+
+    def test_a_clerk_delivery_is_queued_for_ingestion(self, down_app, session_factory, durable_redis):
         body = payload_bytes("clerk/user.created")
         headers = clerk_headers(body)
 
-        response = client.post("/webhooks/clerk", data=body, headers=headers)
+        response = down_app.test_client().post("/webhooks/clerk", data=body, headers=headers)
 
         assert response.status_code == 200
         assert response.json == {"status": "queued"}
         # The `webhooks.ingest` task stores it first (deduplicated on the same key), then
-        # processes it: the message carries everything the inbox row would have.
-        assert queue() == [
-            QueuedTask(
-                "webhooks.ingest",
-                [],
-                {
-                    "source": "clerk",
-                    "external_id": headers["svix-id"],
-                    "event_type": "user.created",
-                    "payload": json.loads(body),
-                },
-            )
-        ]
+        # processes it: the message carries everything the inbox row would have, signed.
+        [task] = queued_tasks(durable_redis)
+        assert _signed_delivery(task) == {
+            "source": "clerk",
+            "external_id": headers["svix-id"],
+            "event_type": "user.created",
+            "payload": json.loads(body),
+        }
         assert inbox_rows(session_factory) == []
 
-    def test_an_asaas_delivery_is_queued_for_ingestion(self, make_app, session_factory, queue):
-        client = make_app(database_url=down_database_url()).test_client()
+    def test_an_asaas_delivery_is_queued_for_ingestion(self, down_app, session_factory, durable_redis):
         body = payload_bytes("asaas/PAYMENT_CONFIRMED")
-        response = client.post("/webhooks/asaas", data=body, headers=asaas_headers())
+        response = down_app.test_client().post("/webhooks/asaas", data=body, headers=asaas_headers())
         assert response.status_code == 200
         assert response.json == {"status": "queued"}
-        [task] = queue()
-        assert task.task == "webhooks.ingest"
-        assert task.kwargs["external_id"] == "evt_05b708f961d739ea7eba7e4db318f621&368604919"
+        [task] = queued_tasks(durable_redis)
+        assert _signed_delivery(task)["external_id"] == "evt_05b708f961d739ea7eba7e4db318f621&368604919"
 
-    def test_an_unauthenticated_delivery_is_not_queued(self, make_app, session_factory, queue):
-        client = make_app(database_url=down_database_url()).test_client()
+    def test_an_unauthenticated_delivery_is_not_queued(self, down_app, session_factory, durable_redis):
         body = payload_bytes("asaas/PAYMENT_CONFIRMED")
-        assert client.post("/webhooks/asaas", data=body, headers=asaas_headers("wrong")).status_code == 401
-        assert queue() == []
+        assert (
+            down_app.test_client().post("/webhooks/asaas", data=body, headers=asaas_headers("wrong")).status_code == 401
+        )
+        assert queued_tasks(durable_redis) == []
 
 
 class TestRedisDown:

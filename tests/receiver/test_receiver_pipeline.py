@@ -60,8 +60,10 @@ def test_an_accepted_clerk_delivery_is_processed_by_the_worker(celery_worker, ma
 def test_a_delivery_queued_while_postgresql_was_down_is_stored_and_processed(
     celery_worker, make_broker_app, session_factory
 ):
-    # The receiver could not reach PostgreSQL (its own URL points nowhere); the worker can.
-    client = make_broker_app(database_url=down_database_url()).test_client()
+    # The receiver could not reach PostgreSQL (its own URL points nowhere); the worker can. The
+    # run's broker (the shared test Redis) does not persist: REDIS_DURABLE=yes stands in for a
+    # production Redis here (test_receiver_durability.py checks the real settings).
+    client = make_broker_app(database_url=down_database_url(), redis_durable="yes").test_client()
     body = payload_bytes("asaas/PAYMENT_CREATED")
 
     response = client.post("/webhooks/asaas", data=body, headers=asaas_headers())

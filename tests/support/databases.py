@@ -67,6 +67,7 @@ def scratch_environment(stack: ExitStack, **environ: str) -> tuple[Settings, str
     broker_db, _ = stack.enter_context(claim_redis_databases(redis_base, 2))
     database_url = create_database(admin_url, prefix="pw_bench")
     stack.callback(drop_database, admin_url, database_url)
+    environ.setdefault("INGEST_SIGNING_KEY", uuid.uuid4().hex)  # the receiver and workers it starts share it
     os.environ.update(DATABASE_URL=database_url, REDIS_URL=f"{redis_base}/{broker_db}", **environ)
     settings = load_settings()
     migrate.upgrade(settings)

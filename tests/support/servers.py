@@ -83,3 +83,35 @@ def _scratch_dir(stack: ExitStack, name: str) -> Path:
     path = PROJECT_ROOT / ".local" / f"test-{name}-{uuid.uuid4().hex[:8]}"
     stack.callback(shutil.rmtree, path, True)
     return path
+
+
+@contextmanager
+def private_redis(*options: str) -> Iterator[str]:
+    """A redis-server of the test's own on a free port (never the shared one), with these
+    command-line options (e.g. "--appendonly", "yes"); its URL (database 0). Stopped at the end.
+    Its data folder is a temporary one, removed afterwards."""
+    import subprocess
+    import tempfile
+    import time
+
+    from worker.dev.embedded_servers import free_port
+
+    port = free_port()
+    folder = tempfile.mkdtemp(prefix="pw-test-redis-")
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", folder]
+    process = subprocess.Popen([*command, *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not _answers("127.0.0.1", port):
+            assert process.poll() is None, f"redis-server {' '.join(options)} exited with {process.returncode}"
+            assert time.monotonic() < deadline, "redis-server did not start in time"
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(folder, ignore_errors=True)

@@ -31,24 +31,32 @@ def start_missing_servers(data_dir: Path, started: list[EmbeddedServer]) -> None
 
 
 def ensure_local_secrets(data_dir: Path) -> Path | None:
-    """Give a local run webhook secrets (and Flower credentials) of its own when none are set.
+    """Give a local run webhook secrets, the ingest signing key and Flower credentials of its own
+    when they are not set.
 
     They are kept in DATA_DIR/local-secrets.env (mode 600) and never printed: point a local
     sender (or the tests' signer) at that file.
     """
-    wanted = ("CLERK_WEBHOOK_SIGNING_SECRET", "ASAAS_WEBHOOK_TOKEN", "FLOWER_BASIC_AUTH")
+    made = {
+        "CLERK_WEBHOOK_SIGNING_SECRET": lambda: "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode(),
+        "ASAAS_WEBHOOK_TOKEN": lambda: secrets.token_urlsafe(24),
+        "FLOWER_BASIC_AUTH": lambda: f"ops:{secrets.token_urlsafe(12)}",
+        "INGEST_SIGNING_KEY": lambda: secrets.token_urlsafe(32),
+    }
+    wanted = tuple(made)
     if all(os.environ.get(name) for name in wanted):
         return None
     path = data_dir / "local-secrets.env"
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
-        clerk = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
-        path.write_text(
-            f"CLERK_WEBHOOK_SIGNING_SECRET={clerk}\n"
-            f"ASAAS_WEBHOOK_TOKEN={secrets.token_urlsafe(24)}\n"
-            f"FLOWER_BASIC_AUTH=ops:{secrets.token_urlsafe(12)}\n"
-        )
-        path.chmod(0o600)
+        path.touch(mode=0o600)
+    known = {line.partition("=")[0] for line in path.read_text().splitlines()}
+    # A file from before a secret was added gets the missing one appended.
+    missing = "".join(f"{name}={make()}\n" for name, make in made.items() if name not in known)
+    if missing:
+        with path.open("a") as file:
+            file.write(missing)
+    path.chmod(0o600)
     for line in path.read_text().splitlines():
         name, _, value = line.partition("=")
         if name in wanted and not os.environ.get(name):

@@ -26,6 +26,7 @@ from worker.errors import TRANSIENT_ERRORS
 from worker.inbox import runs
 from worker.inbox.processing import claim_row, process_row
 from worker.inbox.queue_probe import oldest_waiting_inbox_id
+from worker.inbox.signed_ingest import open_delivery
 from worker.inbox.sweep import sweep
 from worker.task_base import TransactionalTask, send_after_commit
 
@@ -124,16 +125,15 @@ def process_webhook(task: InboxTask[..., dict[str, Any]], inbox_id: int) -> dict
 # The delivery lives only in this message until it is stored: keep trying (max_retries=None).
 @app.task(name=INGEST_WEBHOOK_TASK, base=TransactionalTask, bind=True, max_retries=None, **RETRY_TRANSIENT_ERRORS)
 def ingest_webhook(
-    task: TransactionalTask[..., dict[str, Any]],
-    source: str,
-    external_id: str,
-    event_type: str,
-    payload: dict[str, Any],
+    task: TransactionalTask[..., dict[str, Any]], signed_delivery: str = "", **unsigned: Any
 ) -> dict[str, Any]:
     """Store a verified delivery the receiver could not store (PostgreSQL was down), then
-    process it like any other."""
+    process it like any other. Only a message the receiver signed is stored."""
+    delivery = open_delivery(signed_delivery, unsigned)
+    if delivery is None:
+        return {"status": "refused"}
     session = task.session
-    inbox_id = record_delivery(session, source=source, external_id=external_id, event_type=event_type, payload=payload)
+    inbox_id = record_delivery(session, **delivery)
     if inbox_id is None:
         return {"status": "duplicate"}
     send_after_commit(session, PROCESS_WEBHOOK_TASK, inbox_id=inbox_id)
