@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     signup_credits: int = Field(default=100, ge=0)
     service_schema: str = "ingest"
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # The longest a webhook body may take to arrive (408 after it): a slow client holds a worker.
+    body_read_timeout_seconds: float = Field(default=10.0, gt=0)
     sweep_interval_seconds: float = Field(default=30.0, gt=0)
     sweep_pending_after_seconds: float = Field(default=60.0, gt=0)
     # A worker transaction waits at most this long for a row lock, then retries with backoff.

@@ -23,7 +23,7 @@ from models.settings import Settings, load_settings
 from receiver.durability import RedisDurability
 from receiver.errors import Rejected, error_response, register_error_handlers
 from receiver.health import Readiness, probe_client
-from receiver.ingest import Delivery, Inbox, make_producer, parse_object, read_body
+from receiver.ingest import Delivery, Inbox, body_deadline, check_declared_size, make_producer, parse_object, read_body
 from receiver.metrics import Metrics
 from receiver.verification import AsaasVerifier, ClerkVerifier
 from worker.ingest_message import IngestSigner
@@ -99,11 +99,17 @@ def _receiver() -> Receiver:
     return current_app.extensions[EXTENSION]
 
 
+# Everything a request's headers can decide is decided before its body is read: a client that
+# is not allowed, or does not even claim to be a provider, never gets a worker to wait on its body.
+
+
 @bp.post("/webhooks/clerk")
 def clerk_webhook() -> tuple[Response, int]:
     receiver = _receiver()
 
     def verified_delivery() -> Delivery:
+        check_declared_size(request.content_length, receiver.settings.max_body_bytes)
+        receiver.clerk.require_headers(request.headers)
         body = _read_body(receiver)
         # Svix signs the exact bytes sent: verify before anything parses them.
         svix_id = receiver.clerk.verify(body, request.headers)
@@ -117,16 +123,19 @@ def asaas_webhook() -> tuple[Response, int]:
     receiver = _receiver()
 
     def verified_delivery() -> Delivery:
-        body = _read_body(receiver)
+        check_declared_size(request.content_length, receiver.settings.max_body_bytes)
         receiver.asaas.check_source(request.remote_addr)
-        receiver.asaas.check_token(request.headers)
+        receiver.asaas.check_token(request.headers)  # a header: no need to read the body first
+        body = _read_body(receiver)
         return Delivery.from_asaas(parse_object(body))
 
     return _receive(receiver, Source.ASAAS, verified_delivery)
 
 
 def _read_body(receiver: Receiver) -> bytes:
-    return read_body(request.content_length, request.stream, receiver.settings.max_body_bytes)
+    timeout = receiver.settings.body_read_timeout_seconds
+    with body_deadline(request.environ.get("gunicorn.socket"), timeout):
+        return read_body(request.content_length, request.stream, receiver.settings.max_body_bytes, timeout)
 
 
 def _receive(receiver: Receiver, source: Source, verified_delivery: Callable[[], Delivery]) -> tuple[Response, int]:
@@ -169,9 +178,3 @@ def readyz() -> tuple[Response, int]:
     if any(state != "ok" for state in checks.values()):
         return error_response(503, "not_ready", "not ready")
     return jsonify({"status": "ready"}), 200
-
-
-@bp.get("/metrics")
-def metrics() -> Response:
-    body, content_type = _receiver().metrics.exposition()
-    return Response(body, status=200, content_type=content_type)

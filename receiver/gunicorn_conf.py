@@ -2,7 +2,18 @@
 `gunicorn --config python:receiver.gunicorn_conf "receiver.app:create_app()"`.
 
 Gunicorn imports this module when it starts, so reading the environment here is reading it at
-start-up. PORT and WEB_CONCURRENCY follow the Heroku/Procfile convention.
+start-up. PORT and WEB_CONCURRENCY follow the Heroku/Procfile convention; WEB_BIND_HOST is the
+address the webhook port listens on (0.0.0.0; `pedro-webhooks run` sets 127.0.0.1).
+
+Metrics are not served on the webhook port: the master serves every worker's counts (the
+multiprocess collector) on RECEIVER_METRICS_ADDRESS:RECEIVER_METRICS_PORT, 127.0.0.1:9101 by
+default, for the operators' Prometheus only.
+
+Sync workers block on a client for as long as it takes to send its request: a slow client holds
+a worker up to BODY_READ_TIMEOUT_SECONDS while sending its body, and up to `timeout` (then
+gunicorn kills the worker) while sending its headers. In production the receiver runs behind a
+proxy that buffers whole requests before passing them on (bench/bench_slow_clients.py measures
+why; README "Production").
 """
 
 from __future__ import annotations
@@ -28,7 +39,13 @@ def _int_from_env(name: str, default: int) -> int:
     return value
 
 
-bind = f"0.0.0.0:{_int_from_env('PORT', 8000)}"
+def _text_from_env(name: str, default: str) -> str:
+    return os.environ.get(name, "").strip() or default
+
+
+bind = f"{_text_from_env('WEB_BIND_HOST', '0.0.0.0')}:{_int_from_env('PORT', 8000)}"
+metrics_address = _text_from_env("RECEIVER_METRICS_ADDRESS", "127.0.0.1")
+metrics_port = _int_from_env("RECEIVER_METRICS_PORT", 9101)
 workers = _int_from_env("WEB_CONCURRENCY", 4)
 # Sync workers: one request per process, each answered in milliseconds (an insert and an
 # LPUSH); a worker stuck on a dead dependency is killed and replaced after `timeout`.
@@ -76,6 +93,32 @@ class _Worker(Protocol):
     """What the hooks read of a gunicorn worker (gunicorn ships no type information)."""
 
     pid: int
+
+
+class _Logger(Protocol):
+    def info(self, msg: str, *args: object) -> None: ...
+    def error(self, msg: str, *args: object) -> None: ...
+
+
+class _Arbiter(Protocol):
+    log: _Logger
+
+
+def when_ready(server: _Arbiter) -> None:
+    """Serve the workers' metrics from the master, on their own address and port.
+
+    A port that cannot be bound is logged, not fatal: webhooks must be received all the same.
+    (The workers forked after this inherit the listening socket but never accept on it.)"""
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    try:
+        start_http_server(metrics_port, addr=metrics_address, registry=registry)
+    except OSError as exc:
+        server.log.error("receiver metrics could not listen on %s:%s: %s", metrics_address, metrics_port, exc)
+        return
+    server.log.info("receiver metrics on http://%s:%s/metrics", metrics_address, metrics_port)
 
 
 def on_starting(server: object) -> None:

@@ -11,6 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -90,24 +94,55 @@ class Outcome:
         return {"status": self.status, "inbox_id": self.inbox_id}
 
 
-def read_body(content_length: int | None, stream: IO[bytes], limit: int) -> bytes:
-    """The raw body, or 413 without reading more than `limit + 1` bytes of it."""
+def check_declared_size(content_length: int | None, limit: int) -> None:
+    """413 for a declared Content-Length over the limit, before anything else is looked at."""
     if content_length is not None and content_length > limit:
         raise _too_large(limit)
+
+
+@contextmanager
+def body_deadline(client_socket: socket.socket | None, seconds: float) -> Iterator[None]:
+    """Under gunicorn (`gunicorn.socket` in the environ), a read of the body that waits longer
+    than `seconds` for the client fails instead of holding the worker; read_body also gives up
+    once `seconds` have passed in all. (Without a socket, e.g. in tests, reads cannot stall.)"""
+    if client_socket is None:
+        yield
+        return
+    previous = client_socket.gettimeout()
+    client_socket.settimeout(seconds)
+    try:
+        yield
+    finally:
+        client_socket.settimeout(previous)
+
+
+def read_body(content_length: int | None, stream: IO[bytes], limit: int, timeout: float | None = None) -> bytes:
+    """The raw body, or 413 without reading more than `limit + 1` bytes of it, or 408 when the
+    client is too slow to send it (`timeout` seconds in all, or without a byte)."""
+    check_declared_size(content_length, limit)
+    deadline = None if timeout is None else time.monotonic() + timeout
     # A chunked body has no Content-Length: read in bounded chunks (a single read may return
     # less than asked) and stop one byte past the limit.
     body = bytearray()
     try:
         while len(body) <= limit:
+            if deadline is not None and time.monotonic() > deadline:
+                raise _too_slow(timeout)
             chunk = stream.read(min(_READ_CHUNK, limit + 1 - len(body)))
             if not chunk:
                 break
             body += chunk
     except ClientDisconnected:
         raise Rejected(400, "malformed", "the body ended before its Content-Length") from None
+    except TimeoutError:  # the socket's timeout (body_deadline): no byte came in time
+        raise _too_slow(timeout) from None
     if len(body) > limit:
         raise _too_large(limit)
     return bytes(body)
+
+
+def _too_slow(timeout: float | None) -> Rejected:
+    return Rejected(408, "timeout", f"the body did not arrive within {timeout:g} seconds")
 
 
 def _too_large(limit: int) -> Rejected:

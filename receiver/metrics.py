@@ -3,8 +3,9 @@
 Each app gets a registry of its own, so tests that build many apps in one process never collide
 on duplicate registration. Under gunicorn every worker process keeps its own counts; when
 `PROMETHEUS_MULTIPROC_DIR` is set (it must be set before the process starts: prometheus-client
-picks its storage when it is imported), values live in files in that folder and `/metrics`
-adds up every worker's, including those of workers that have exited.
+picks its storage when it is imported), values live in files in that folder and the gunicorn
+master serves the sum of every worker's, including those of workers that have exited, on its
+own metrics port (receiver/gunicorn_conf.py), never on the public webhook port.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ _COMMON_OUTCOMES = (
     "duplicate",
     "queued",
     "too_large",
+    "timeout",
     "malformed",
     "missing_id",
     "missing_type",

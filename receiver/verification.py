@@ -50,12 +50,17 @@ class ClerkVerifier:
         if not self._webhooks:
             raise ConfigError("configuration error: CLERK_WEBHOOK_SIGNING_SECRET is not set (the receiver needs it)")
 
-    def verify(self, body: bytes, headers: HeaderLookup) -> str:
-        """Return the delivery's `svix-id` once some configured secret signed `body`."""
+    def require_headers(self, headers: HeaderLookup) -> dict[str, str]:
+        """The three Svix headers, or 401 (checked before the body is read)."""
         # Hand svix only the three headers it reads: nothing else of the request reaches it.
         svix_headers = {name: headers.get(name) or "" for name in SVIX_HEADERS}
         if not all(svix_headers.values()):
             raise Rejected(401, "bad_signature", "svix-id, svix-timestamp and svix-signature are required")
+        return svix_headers
+
+    def verify(self, body: bytes, headers: HeaderLookup) -> str:
+        """Return the delivery's `svix-id` once some configured secret signed `body`."""
+        svix_headers = self.require_headers(headers)
         # Every configured secret is tried: during a rotation Clerk signs with the new secret
         # while deliveries signed with the old one may still be in flight or retried.
         for webhook in self._webhooks:

@@ -86,7 +86,13 @@ def _run_env(**changes: str) -> dict[str, str]:
         )
     }
     # Free ports: Flower's, and honcho's base port (the Procfile's first process, web, gets it).
-    return {**env, "FLOWER_PORT": str(free_port()), "PORT": str(free_port()), **changes}
+    return {
+        **env,
+        "FLOWER_PORT": str(free_port()),
+        "PORT": str(free_port()),
+        "RECEIVER_METRICS_PORT": str(free_port()),
+        **changes,
+    }
 
 
 @dataclass
@@ -132,6 +138,18 @@ def _running(env: dict[str, str], data_dir: Path, log: Path, *, ctrl_c: bool = F
         except subprocess.TimeoutExpired:
             run.kill()
             run.wait()
+
+
+def _listening(run: Run) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket a process of the run listens on."""
+    found = set()
+    for process in run.seen.values():
+        try:
+            connections = process.net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        found |= {(c.laddr.ip, c.laddr.port) for c in connections if c.status == psutil.CONN_LISTEN}
+    return found
 
 
 def _alive(process: psutil.Process) -> bool:
@@ -195,6 +213,14 @@ def test_run_uses_the_servers_it_is_given_and_migrates(data_dir, tmp_path, admin
         env, log = _run_env(DATABASE_URL=database_url, REDIS_URL=redis_urls["scratch"]), tmp_path / "run.log"
         with _running(env, data_dir, log) as run:
             assert "started Embedded" not in log.read_text()
+            # Local only: the webhook port and the receiver's metrics listen on the loopback address.
+            listening = _listening(run)
+            assert ("127.0.0.1", int(env["PORT"])) in listening, listening
+            assert ("127.0.0.1", int(env["RECEIVER_METRICS_PORT"])) in listening, listening
+            assert not {address for address in listening if address[0] != "127.0.0.1"} & {
+                ("0.0.0.0", int(env["PORT"])),
+                ("::", int(env["PORT"])),
+            }
         assert run.stopped_by_itself, log.read_text()[-3000:]
         _assert_none_alive(run.seen)
         with psycopg.connect(libpq_url(database_url)) as conn:

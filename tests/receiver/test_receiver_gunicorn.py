@@ -9,12 +9,14 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -32,6 +34,7 @@ from tests.support.servers import PROJECT_ROOT
 
 LIMIT = 4096
 WORKERS = 2
+BODY_TIMEOUT = 1  # seconds a body may take to arrive (BODY_READ_TIMEOUT_SECONDS)
 
 
 def _procfile_web_command() -> list[str]:
@@ -43,12 +46,14 @@ def _procfile_web_command() -> list[str]:
 
 
 class Server:
-    def __init__(self, port: int, log_path: Path) -> None:
+    def __init__(self, port: int, metrics_port: int, log_path: Path, process: subprocess.Popen) -> None:
         self.port = port
+        self.metrics_port = metrics_port
         self.log_path = log_path
+        self.process = process
 
-    def request(self, method: str, path: str, body=None, headers=None, *, chunked: bool = False):
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+    def request(self, method: str, path: str, body=None, headers=None, *, chunked: bool = False, port=None):
+        connection = http.client.HTTPConnection("127.0.0.1", port or self.port, timeout=30)
         try:
             connection.request(method, path, body=body, headers=headers or {}, encode_chunked=chunked)
             response = connection.getresponse()
@@ -63,7 +68,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(settings, redis_urls, tmp_path_factory):
     folder = tmp_path_factory.mktemp("gunicorn")
-    port = unused_port()
+    port, metrics_port = unused_port(), unused_port()
     env = {
         **os.environ,  # DATABASE_URL and the webhook secrets: the test run's (see conftest)
         # The scratch Redis database: a session-wide celery worker may be consuming the broker's.
@@ -72,6 +77,8 @@ def server(settings, redis_urls, tmp_path_factory):
         "WEB_CONCURRENCY": str(WORKERS),
         "PROMETHEUS_MULTIPROC_DIR": str(folder / "metrics"),
         "MAX_BODY_BYTES": str(LIMIT),
+        "RECEIVER_METRICS_PORT": str(metrics_port),
+        "BODY_READ_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     log_path = folder / "gunicorn.log"
@@ -79,7 +86,7 @@ def server(settings, redis_urls, tmp_path_factory):
         process = subprocess.Popen(
             _procfile_web_command(), env=env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT
         )
-    running = Server(port, log_path)
+    running = Server(port, metrics_port, log_path, process)
     try:
         _wait_until_up(process, running)
         yield running
@@ -165,7 +172,7 @@ def _accepting_pids(server: Server) -> set[str]:
 
 
 def _accepted(server: Server) -> float:
-    status, text = server.request("GET", "/metrics")
+    status, text = server.request("GET", "/metrics", port=server.metrics_port)
     assert status == 200
     for family in text_string_to_metric_families(text.decode()):
         for sample in family.samples:
@@ -208,3 +215,37 @@ def test_the_log_names_events_and_holds_no_secret(server, session_factory, redis
         "Zm9yZ2Vk",
     ):
         assert secret not in log
+
+
+def test_metrics_are_served_on_their_own_loopback_port_only(server, session_factory, redis_client):
+    status, body = server.request("GET", "/metrics")
+    assert status == 404 and json.loads(body)["error"] == "not_found"  # not on the webhook port
+    status, body = server.request("GET", "/metrics", port=server.metrics_port)
+    assert status == 200 and b"webhook_deliveries_total" in body
+    listening = {
+        (connection.laddr.ip, connection.laddr.port)
+        for connection in psutil.Process(server.process.pid).net_connections(kind="tcp")
+        if connection.status == psutil.CONN_LISTEN
+    }
+    assert ("127.0.0.1", server.metrics_port) in listening  # the master serves them, on loopback
+    assert ("0.0.0.0", server.metrics_port) not in listening
+
+
+def test_a_body_that_stops_arriving_is_a_408_and_frees_the_worker(server, session_factory, redis_client):
+    """A client that sends its headers and part of its body, then nothing: the worker answers
+    408 after BODY_READ_TIMEOUT_SECONDS instead of waiting for it."""
+    body = payload_bytes("asaas/PAYMENT_CREATED")
+    head = (
+        "POST /webhooks/asaas HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        f"asaas-access-token: {ASAAS_TEST_TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as slow:
+        slow.sendall(head.encode() + body[:10])  # ... and the rest never comes
+        received = b""
+        while chunk := slow.recv(65536):  # the server closes the connection after its answer
+            received += chunk
+    answer = received.decode(errors="replace")
+    assert answer.startswith("HTTP/1.1 408"), answer
+    assert '"error":"timeout"' in answer.replace(" ", "")
+    assert inbox_rows(session_factory) == []
+    assert server.request("GET", "/healthz")[0] == 200

@@ -62,14 +62,21 @@ def test_readyz_is_503_and_only_the_log_names_what_is_unreachable(make_app, sess
 
 
 def _samples(client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    response = client.get("/metrics")
-    assert response.status_code == 200
-    assert response.content_type.startswith("text/plain")
+    """What the app's metrics expose (under gunicorn the master serves them on their own port:
+    test_receiver_gunicorn.py)."""
+    body, content_type = client.application.extensions[EXTENSION].metrics.exposition()
+    assert content_type.startswith("text/plain")
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(response.get_data(as_text=True))
+        for family in text_string_to_metric_families(body.decode())
         for sample in family.samples
     }
+
+
+def test_metrics_are_not_served_on_the_webhook_port(client):
+    response = client.get("/metrics")
+    assert response.status_code == 404
+    assert response.json["error"] == "not_found"
 
 
 def _count(samples, source: str, outcome: str) -> float:

@@ -16,6 +16,8 @@ from worker.dev.embedded_servers import EmbeddedPostgres, EmbeddedRedis
 
 EmbeddedServer = EmbeddedPostgres | EmbeddedRedis
 
+LOCAL_BIND_HOST = "127.0.0.1"
+
 
 def start_missing_servers(data_dir: Path, started: list[EmbeddedServer]) -> None:
     for variable, server_class, folder in (
@@ -70,6 +72,10 @@ def print_where_to_look(secrets_file: Path | None) -> None:
     flower = f"http://{os.environ.get('FLOWER_ADDRESS', '127.0.0.1')}:{os.environ.get('FLOWER_PORT', '5555')}"
     login = f"FLOWER_BASIC_AUTH in {secrets_file}" if secrets_file else "FLOWER_BASIC_AUTH"
     click.echo(f"receiver: http://127.0.0.1:{port}/webhooks/clerk and /webhooks/asaas", err=True)
+    metrics = (
+        f"{os.environ.get('RECEIVER_METRICS_ADDRESS', '127.0.0.1')}:{os.environ.get('RECEIVER_METRICS_PORT', '9101')}"
+    )
+    click.echo(f"receiver metrics: http://{metrics}/metrics", err=True)
     click.echo(f"Flower: {flower} (log in with the user:password of {login})", err=True)
 
 
@@ -78,6 +84,8 @@ def run_honcho(procfile: str) -> None:
     # put them on PATH even when the virtualenv is not activated.
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    # A local run is for this machine only: the receiver listens on the loopback address.
+    env.setdefault("WEB_BIND_HOST", LOCAL_BIND_HOST)
     honcho = subprocess.Popen([sys.executable, "-m", "honcho", "start", "-f", procfile], env=env)
 
     def forward(signum: int, _frame: object) -> None:
