@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     # May a delivery wait in Redis when PostgreSQL is down? auto: read Redis's persistence settings.
     redis_durable: Literal["auto", "yes", "no"] = "auto"
     signup_credits: int = Field(default=100, ge=0)
+    # How far below the plan's price an Asaas payment may be and still buy all its credits.
+    payment_shortfall_tolerance_cents: int = Field(default=0, ge=0)
     service_schema: str = "ingest"
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     # The longest a webhook body may take to arrive (408 after it): a slow client holds a worker.

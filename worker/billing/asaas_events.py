@@ -19,8 +19,10 @@ from sqlalchemy.orm import Session
 
 from models.app import Plan
 from models.inbox import InboxStatus
+from models.settings import process_settings
 from worker.billing.accounts import Account, find_account
 from worker.billing.asaas_links import Owner, describe_unresolved, resolve_owner
+from worker.billing.payment_share import payment_share
 from worker.billing.provider_times import asaas_date, asaas_timestamp
 from worker.billing.subscription_log import BillingEvent, log_subscription_event, received_time
 from worker.credits.grants_and_reversals import Payment, grant_payment, reverse_payment
@@ -164,15 +166,23 @@ def _apply_money(
             )
         if plan is None:
             return Outcome.needs_attention(f"logged; no plan: {_plan_clues(obj, owner)}; nothing granted")
-        return Outcome.processed(
-            grant_payment(
-                session,
-                payment,
-                credit_balance_id=account.credit_balance_id,
-                clerk_user_id=owner.clerk_user_id,
-                plan=plan,
-            )
+        share = payment_share(
+            plan,
+            payment.value,
+            installment=payment.installment_id is not None,
+            tolerance_cents=process_settings().payment_shortfall_tolerance_cents,
         )
+        detail = grant_payment(
+            session,
+            payment,
+            credit_balance_id=account.credit_balance_id,
+            clerk_user_id=owner.clerk_user_id,
+            plan=plan,
+            credits=share.credits,
+        )
+        if share.why is not None and "already granted" not in detail:
+            detail = f"{detail}: {share.why}"
+        return Outcome.needs_attention(detail) if share.needs_attention else Outcome.processed(detail)
     if rule is MoneyRule.REVERSE_REFUNDED:
         refunded = refunded_total(obj)
         if refunded == 0:
@@ -204,8 +214,13 @@ def _payment(obj: dict[str, Any]) -> Payment:
     if not isinstance(payment_id, str) or not payment_id:
         raise PermanentError("payment.id is missing")
     value = obj.get("value")
+    installment = obj.get("installment")
     return Payment(
-        PROVIDER, payment_id, f"asaas payment {payment_id}", None if value is None else _money(value, "payment.value")
+        PROVIDER,
+        payment_id,
+        f"asaas payment {payment_id}",
+        None if value is None else _money(value, "payment.value"),
+        installment if isinstance(installment, str) and installment else None,
     )
 
 

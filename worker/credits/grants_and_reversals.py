@@ -36,27 +36,60 @@ class Payment:
     payment_id: str
     reference: str  # names the money behind the credits, e.g. "asaas payment pay_080225913252"
     value: Decimal | None = None  # the amount paid, in the payment's currency
+    installment_id: str | None = None  # the installment sale this payment is one installment of
 
 
-def grant_payment(session: Session, payment: Payment, *, credit_balance_id: str, clerk_user_id: str, plan: Plan) -> str:
-    """Grant the plan's credits for this payment, once. Returns what happened, for the inbox."""
+def grant_payment(
+    session: Session,
+    payment: Payment,
+    *,
+    credit_balance_id: str,
+    clerk_user_id: str,
+    plan: Plan,
+    credits: int | None = None,
+) -> str:
+    """Grant `credits` (default: the plan's) for this payment, once. The installments of one
+    sale grant at most the plan's credits together. Returns what happened, for the inbox."""
     state = _locked_state(session, payment)
     if state.granted_at is not None:
         return f"{payment.reference} already granted {state.credits_granted} credits"
     state.clerk_user_id, state.plan_id, state.credit_balance_id = clerk_user_id, plan.id, credit_balance_id
     state.payment_value = payment.value if payment.value is not None else state.payment_value
-    change_credits(
-        session,
-        credit_balance_id,
-        delta=plan.credits,
-        kind=LedgerKind.GRANT,
-        idempotency_key=f"grant:{payment.provider}:{payment.payment_id}",
-        reference=f"{payment.reference} ({plan.name})",
-    )
-    state.credits_granted, state.granted_at = plan.credits, func.now()
+    wanted = plan.credits if credits is None else credits
+    granting = wanted
+    if payment.installment_id is not None:
+        state.installment_id = payment.installment_id
+        granting = min(wanted, max(0, plan.credits - _granted_in_sale(session, payment)))
+    if granting:
+        change_credits(
+            session,
+            credit_balance_id,
+            delta=granting,
+            kind=LedgerKind.GRANT,
+            idempotency_key=f"grant:{payment.provider}:{payment.payment_id}",
+            reference=f"{payment.reference} ({plan.name})",
+        )
+    state.credits_granted, state.granted_at = granting, func.now()
     reversed_now = _settle_reversal(session, state, payment)
-    detail = f"granted {plan.credits} credits of plan {plan.id} for {payment.reference}"
+    detail = f"granted {granting} credits of plan {plan.id} for {payment.reference}"
+    if granting < wanted:
+        detail += f" (its installment sale {payment.installment_id} reached the plan's {plan.credits})"
     return detail + (f"; reversed {reversed_now} refunded before the grant" if reversed_now else "")
+
+
+def _granted_in_sale(session: Session, payment: Payment) -> int:
+    """What the other installments of this payment's sale granted, with the sale locked until
+    the transaction ends (two installments of one sale granted at once take turns)."""
+    sale = f"installment:{payment.provider}:{payment.installment_id}"
+    session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(sale, 0))))
+    granted = session.scalar(
+        select(func.coalesce(func.sum(PaymentCredit.credits_granted), 0)).where(
+            PaymentCredit.provider == payment.provider,
+            PaymentCredit.installment_id == payment.installment_id,
+            PaymentCredit.granted_at.is_not(None),
+        )
+    )
+    return int(granted or 0)
 
 
 def reverse_payment(
