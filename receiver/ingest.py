@@ -103,8 +103,10 @@ def check_declared_size(content_length: int | None, limit: int) -> None:
 @contextmanager
 def body_deadline(client_socket: socket.socket | None, seconds: float) -> Iterator[None]:
     """Under gunicorn (`gunicorn.socket` in the environ), a read of the body that waits longer
-    than `seconds` for the client fails instead of holding the worker; read_body also gives up
-    once `seconds` have passed in all. (Without a socket, e.g. in tests, reads cannot stall.)"""
+    than `seconds` for a byte fails instead of holding the worker. (Without a socket, e.g. in
+    tests, reads cannot stall.) A client trickling a byte now and then is not stopped by this:
+    gunicorn reads a body to the size asked for, so only its worker `timeout` ends such a
+    request; hence the buffering proxy production needs (README, Production)."""
     if client_socket is None:
         yield
         return
@@ -118,7 +120,8 @@ def body_deadline(client_socket: socket.socket | None, seconds: float) -> Iterat
 
 def read_body(content_length: int | None, stream: IO[bytes], limit: int, timeout: float | None = None) -> bytes:
     """The raw body, or 413 without reading more than `limit + 1` bytes of it, or 408 when the
-    client is too slow to send it (`timeout` seconds in all, or without a byte)."""
+    client is too slow: no byte for `timeout` seconds (body_deadline), or more than `timeout`
+    seconds spent when a read returns."""
     check_declared_size(content_length, limit)
     deadline = None if timeout is None else time.monotonic() + timeout
     # A chunked body has no Content-Length: read in bounded chunks (a single read may return
