@@ -10,10 +10,12 @@ from sqlalchemy import select, text, update
 
 from models.inbox import WebhookInbox
 from models.locks import inbox_row_lock
+from tests.conftest import INGEST_TEST_KEY
 from tests.support.databases import libpq_url
 from tests.support.inbox import inbox_row, payload, process, store
 from worker.inbox.runs import MAX_CRASHES
 from worker.inbox.tasks import PROCESS_MAX_RETRIES
+from worker.ingest_message import IngestSigner
 
 CLERK_ID = "user_29w83sxmDNGwOuEthce5gg56FcC"
 
@@ -83,7 +85,8 @@ def _effects(factory) -> tuple[int, int]:
 
 def test_webhooks_ingest_stores_then_processes(celery_worker, producer, session_factory):
     body = payload("clerk/user.created")
-    args = {"source": "clerk", "external_id": "msg_ingest", "event_type": "user.created", "payload": body}
+    delivery = {"source": "clerk", "external_id": "msg_ingest", "event_type": "user.created", "payload": body}
+    args = {"signed_delivery": IngestSigner([INGEST_TEST_KEY]).sign(delivery)}  # as the receiver sends it
     assert producer.send_task("webhooks.ingest", kwargs=args).get(timeout=30)["status"] == "accepted"
     assert producer.send_task("webhooks.ingest", kwargs=args).get(timeout=30) == {"status": "duplicate"}
     with session_factory() as session:
