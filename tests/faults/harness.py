@@ -19,7 +19,7 @@ from pydantic import SecretStr
 from redis import Redis
 
 from models.settings import Settings
-from tests.conftest import ASAAS_TEST_TOKEN, CLERK_TEST_SECRET
+from tests.conftest import ASAAS_TEST_TOKEN, CLERK_TEST_SECRET, INGEST_TEST_KEY
 from tests.faults.processes import ProcfileProcess, log_says, procfile_commands, web_ready
 from tests.faults.servers import LocalPostgres, LocalRedis
 from tests.faults.workload import SIGNUP_CREDITS
@@ -149,6 +149,8 @@ def scenario_environment(
         REDIS_URL=redis_server.url(0),
         CLERK_WEBHOOK_SIGNING_SECRET=CLERK_TEST_SECRET,
         ASAAS_WEBHOOK_TOKEN=ASAAS_TEST_TOKEN,
+        INGEST_SIGNING_KEY=INGEST_TEST_KEY,
+        RECEIVER_METRICS_PORT=str(free_port()),
         SIGNUP_CREDITS=str(SIGNUP_CREDITS),
         DB_LOCK_TIMEOUT_MS="10000",
         PORT=str(free_port()),

@@ -222,7 +222,11 @@ class DebitService:
 
     def _send(self, client: UsageClient, debit: Debit, again: bool = False) -> None:
         try:
-            result = client.debit(debit.clerk_user_id, DEBIT_OPERATION, debit.key, cost=debit.cost)
+            # Its deadline (`wait`) is the service's whole patience: re-sends of the same key inside
+            # it may still apply; past it the worker would take nothing (`expired`).
+            result = client.debit(
+                debit.clerk_user_id, DEBIT_OPERATION, debit.key, cost=debit.cost, wait=self.give_up_after
+            )
         except Exception as exc:  # the broker is down: this is "no answer", tried again below
             self.stats.errors[type(exc).__name__] += 1
             result = None
