@@ -62,8 +62,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     clerk = ClerkVerifier(settings.clerk_secrets)
     asaas = AsaasVerifier(settings.asaas_tokens, settings.asaas_ip_allowlist)
     signer = IngestSigner(settings.ingest_signing_keys)
-    # Built here, per process; neither connects before its first use, so a gunicorn master
-    # that preloads the app forks no open connection.
+    # Built here, per process; the engine and producer do not connect before their first use, so
+    # a gunicorn master that preloads the app forks no open connection of theirs (the probe
+    # client's pool, used below, notices a fork and reconnects in the child).
     engine = make_engine(settings)
     producer = make_producer(settings)
     probes = probe_client(settings)
