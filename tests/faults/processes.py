@@ -120,7 +120,7 @@ class ProcfileProcess:
 def _live_members(group: int) -> list[int]:
     members = []
     for process in psutil.process_iter(["pid", "status"]):
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
             if process.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(process.info["pid"]) == group:
                 members.append(process.info["pid"])
     return members
