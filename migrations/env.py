@@ -8,7 +8,7 @@ from sqlalchemy import text
 
 from models.base import SERVICE_SCHEMA
 from models.db import make_engine
-from models.settings import load_settings
+from models.settings import load_database_settings
 from models.tables import metadata
 
 config = context.config
@@ -19,7 +19,7 @@ LOCK_TIMEOUT = config.attributes.get("lock_timeout", "5s")
 
 
 def run_migrations_online() -> None:
-    settings = config.attributes.get("settings") or load_settings()
+    settings = config.attributes.get("settings") or load_database_settings()
     schema = settings.service_schema
     config.attributes["service_schema"] = schema
     engine = make_engine(settings)

@@ -11,10 +11,10 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.base import SERVICE_SCHEMA
-from models.settings import Settings
+from models.settings import DatabaseSettings
 
 
-def make_engine(settings: Settings, **kwargs: Any) -> Engine:
+def make_engine(settings: DatabaseSettings, **kwargs: Any) -> Engine:
     return create_engine(
         settings.database_url.get_secret_value(),
         pool_pre_ping=True,
@@ -40,7 +40,7 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
-def _server_options(settings: Settings) -> str:
+def _server_options(settings: DatabaseSettings) -> str:
     options = f"-c timezone=UTC -c lock_timeout={settings.db_lock_timeout_ms}"
     if settings.db_client_check_ms:
         options += f" -c client_connection_check_interval={settings.db_client_check_ms}"

@@ -21,28 +21,13 @@ class ConfigError(RuntimeError):
     """A configuration variable is missing or malformed. The message names it, never its value."""
 
 
-class Settings(BaseSettings):
+class DatabaseSettings(BaseSettings):
+    """What a process that only talks to PostgreSQL needs (migrations, the CLI's read commands)."""
+
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
 
     database_url: SecretStr
-    redis_url: SecretStr
-    clerk_webhook_signing_secret: SecretStr | None = None
-    asaas_webhook_token: SecretStr | None = None
-    # Signs what the receiver hands the workers through Redis; comma-separated, newest first.
-    ingest_signing_key: SecretStr | None = None
-    asaas_allowed_ips: str = ""
-    trusted_proxy_count: int = Field(default=0, ge=0, le=10)
-    # May a delivery wait in Redis when PostgreSQL is down? auto: read Redis's persistence settings.
-    redis_durable: Literal["auto", "yes", "no"] = "auto"
-    signup_credits: int = Field(default=100, ge=0)
-    # How far below the plan's price an Asaas payment may be and still buy all its credits.
-    payment_shortfall_tolerance_cents: int = Field(default=0, ge=0)
     service_schema: str = "ingest"
-    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
-    # The longest a webhook body may take to arrive (408 after it): a slow client holds a worker.
-    body_read_timeout_seconds: float = Field(default=10.0, gt=0)
-    sweep_interval_seconds: float = Field(default=30.0, gt=0)
-    sweep_pending_after_seconds: float = Field(default=60.0, gt=0)
     # A worker transaction waits at most this long for a row lock, then retries with backoff.
     db_lock_timeout_ms: int = Field(default=10_000, ge=0)
     # How often PostgreSQL checks, during a long statement, that the client is still there
@@ -55,19 +40,21 @@ class Settings(BaseSettings):
     def _postgres_url(cls, value: SecretStr) -> SecretStr:
         return SecretStr(normalize_database_url(value.get_secret_value()))
 
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_url(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
-        return value
-
     @field_validator("service_schema")
     @classmethod
     def _schema_name(cls, value: str) -> str:
         if not _SCHEMA_NAME.match(value) or value == "public":
             raise ValueError("must be a lower-case SQL identifier other than 'public'")
         return value
+
+
+class WebhookSecrets(BaseSettings):
+    """The providers' secrets: the receiver checks deliveries with them, `send` signs with them."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    clerk_webhook_signing_secret: SecretStr | None = None
+    asaas_webhook_token: SecretStr | None = None
 
     @cached_property
     def clerk_secrets(self) -> list[str]:
@@ -76,6 +63,33 @@ class Settings(BaseSettings):
     @cached_property
     def asaas_tokens(self) -> list[str]:
         return _split_secret(self.asaas_webhook_token)
+
+
+class Settings(DatabaseSettings, WebhookSecrets):
+    """Everything a service process (receiver, worker, beat) reads."""
+
+    redis_url: SecretStr
+    # Signs what the receiver hands the workers through Redis; comma-separated, newest first.
+    ingest_signing_key: SecretStr | None = None
+    asaas_allowed_ips: str = ""
+    trusted_proxy_count: int = Field(default=0, ge=0, le=10)
+    # May a delivery wait in Redis when PostgreSQL is down? auto: read Redis's persistence settings.
+    redis_durable: Literal["auto", "yes", "no"] = "auto"
+    signup_credits: int = Field(default=100, ge=0)
+    # How far below the plan's price an Asaas payment may be and still buy all its credits.
+    payment_shortfall_tolerance_cents: int = Field(default=0, ge=0)
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # The longest a webhook body may take to arrive (408 after it): a slow client holds a worker.
+    body_read_timeout_seconds: float = Field(default=10.0, gt=0)
+    sweep_interval_seconds: float = Field(default=30.0, gt=0)
+    sweep_pending_after_seconds: float = Field(default=60.0, gt=0)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
 
     @cached_property
     def ingest_signing_keys(self) -> list[str]:
@@ -104,6 +118,21 @@ def load_settings() -> Settings:
     """Build the settings from the process environment."""
     try:
         return Settings()
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def load_webhook_secrets() -> WebhookSecrets:
+    try:
+        return WebhookSecrets()
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def load_database_settings() -> DatabaseSettings:
+    """Only what talking to PostgreSQL needs: REDIS_URL and the webhook secrets may be unset."""
+    try:
+        return DatabaseSettings()
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
 

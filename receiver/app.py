@@ -19,6 +19,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from models.db import make_engine, make_session_factory
 from models.inbox import Source
+from models.logs import bind_event, clear_event
 from models.settings import Settings, load_settings
 from receiver.durability import RedisDurability
 from receiver.errors import Rejected, error_response, register_error_handlers
@@ -142,12 +143,17 @@ def _read_body(receiver: Receiver) -> bytes:
 def _receive(receiver: Receiver, source: Source, verified_delivery: Callable[[], Delivery]) -> tuple[Response, int]:
     started = time.perf_counter()
     outcome = "error"  # what the metrics record if something unexpected escapes below
+    clear_event()  # every log line of this request (the access log's too) carries what follows
+    bind_event(source=source.value)
     try:
         delivery = verified_delivery()
+        bind_event(provider_event_id=delivery.external_id, event_type=delivery.event_type)
         result = receiver.inbox.accept(delivery)
         outcome = result.status
+        bind_event(inbox_id=result.inbox_id, outcome=outcome)
     except Rejected as exc:
         outcome = exc.code
+        bind_event(outcome=outcome)
         # Reason only: header values, tokens and bodies never reach the log.
         log.warning("webhook.rejected source=%s reason=%s status=%s", source.value, exc.code, exc.status)
         raise

@@ -23,7 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Protocol
 
-from models.settings import ConfigError
+from models.connectivity import exit_unless_reachable
+from models.settings import ConfigError, load_settings
 
 
 def _int_from_env(name: str, default: int) -> int:
@@ -58,10 +59,8 @@ graceful_timeout = 20
 accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
 
-_GENERIC_FORMATTER = {
-    "format": "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s",
-    "datefmt": "[%Y-%m-%d %H:%M:%S %z]",
-}
+# structlog renders every line (LOG_FORMAT=json|console; models.logs), with the request's context.
+_GENERIC_FORMATTER = {"()": "models.logs.formatter"}
 # Gunicorn's defaults plus the receiver's own loggers (INFO, to stderr). Given in full
 # because gunicorn replaces each top-level key of its defaults with ours.
 logconfig_dict = {
@@ -121,8 +120,16 @@ def when_ready(server: _Arbiter) -> None:
     server.log.info("receiver metrics on http://%s:%s/metrics", metrics_address, metrics_port)
 
 
+# Under `run`, RUNTIME_DIR is the project's .local/: two checkouts on one machine never share a
+# control socket (gunicorn >= 25; older releases ignore the setting).
+if _RUNTIME_DIR := os.environ.get("RUNTIME_DIR", "").strip():
+    control_socket = str(Path(_RUNTIME_DIR) / "gunicorn.ctl")
+
+
 def on_starting(server: object) -> None:
-    """Start from empty metric files: counts left by a previous run would be added to ours."""
+    """Refuse to start when PostgreSQL or Redis does not answer (one line, exit code 2); start
+    from empty metric files: counts left by a previous run would be added to ours."""
+    exit_unless_reachable(load_settings)
     if _MULTIPROC_DIR:
         folder = Path(_MULTIPROC_DIR)
         folder.mkdir(parents=True, exist_ok=True)

@@ -30,8 +30,8 @@ _COMMON_OUTCOMES = (
     "error",
 )
 OUTCOMES = {
-    "clerk": (*_COMMON_OUTCOMES, "bad_signature"),
-    "asaas": (*_COMMON_OUTCOMES, "bad_token", "forbidden_ip"),
+    "clerk": (*_COMMON_OUTCOMES, "missing_signature_headers", "timestamp_out_of_tolerance", "bad_signature"),
+    "asaas": (*_COMMON_OUTCOMES, "missing_token", "bad_token", "forbidden_ip"),
 }
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"

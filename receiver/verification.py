@@ -27,6 +27,25 @@ ASAAS_TOKEN_HEADER = "asaas-access-token"
 # `UnicodeDecodeError` when the body is not UTF-8 (svix verifies text). All of them mean "not
 # authenticated". (The last two are ValueErrors; they are listed to document the cases.)
 _SVIX_FAILURES = (WebhookVerificationError, ValueError, binascii.Error, UnicodeDecodeError)
+# The timestamp is checked before any signature, against svix's fixed 5-minute tolerance, and
+# svix says which way it failed only in the message: "Message timestamp too old" / "too new"
+# (svix 1.x and 2.x, which delegates to standardwebhooks). The same for every secret.
+_SVIX_TIMESTAMP_MESSAGE = "Message timestamp too"
+SVIX_TOLERANCE_MINUTES = 5
+
+# Stable `error` codes: which check failed. Details say what to look at, never a value sent.
+MISSING_SIGNATURE_HEADERS = Rejected(
+    401, "missing_signature_headers", "svix-id, svix-timestamp and svix-signature are required"
+)
+TIMESTAMP_OUT_OF_TOLERANCE = Rejected(
+    401,
+    "timestamp_out_of_tolerance",
+    f"the svix-timestamp is more than {SVIX_TOLERANCE_MINUTES} minutes from the receiver's clock "
+    "(a delivery replayed late, or a clock that is off)",
+)
+BAD_SIGNATURE = Rejected(401, "bad_signature", "no svix-signature matches the body with a configured secret")
+MISSING_TOKEN = Rejected(401, "missing_token", f"the {ASAAS_TOKEN_HEADER} header is required")
+BAD_TOKEN = Rejected(401, "bad_token", f"the {ASAAS_TOKEN_HEADER} header does not match")
 
 _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -55,7 +74,7 @@ class ClerkVerifier:
         # Hand svix only the three headers it reads: nothing else of the request reaches it.
         svix_headers = {name: headers.get(name) or "" for name in SVIX_HEADERS}
         if not all(svix_headers.values()):
-            raise Rejected(401, "bad_signature", "svix-id, svix-timestamp and svix-signature are required")
+            raise _fresh(MISSING_SIGNATURE_HEADERS)
         return svix_headers
 
     def verify(self, body: bytes, headers: HeaderLookup) -> str:
@@ -66,10 +85,14 @@ class ClerkVerifier:
         for webhook in self._webhooks:
             try:
                 webhook.verify(body, svix_headers)
+            except WebhookVerificationError as exc:
+                if str(exc).startswith(_SVIX_TIMESTAMP_MESSAGE):
+                    raise _fresh(TIMESTAMP_OUT_OF_TOLERANCE) from None
+                continue
             except _SVIX_FAILURES:
                 continue
             return svix_headers["svix-id"]
-        raise Rejected(401, "bad_signature", "the Svix signature does not verify")
+        raise _fresh(BAD_SIGNATURE)
 
 
 class AsaasVerifier:
@@ -90,7 +113,7 @@ class AsaasVerifier:
     def check_token(self, headers: HeaderLookup) -> None:
         presented = headers.get(ASAAS_TOKEN_HEADER)
         if not presented:
-            raise Rejected(401, "bad_token", f"the {ASAAS_TOKEN_HEADER} header is required")
+            raise _fresh(MISSING_TOKEN)
         presented_bytes = _wire_bytes(presented)
         # Compare with every token, without stopping at a match: the time taken does not tell
         # which token (or how much of one) was right.
@@ -98,7 +121,12 @@ class AsaasVerifier:
         for token in self._tokens:
             matched |= hmac.compare_digest(presented_bytes, token)
         if not matched:
-            raise Rejected(401, "bad_token", f"the {ASAAS_TOKEN_HEADER} header does not match")
+            raise _fresh(BAD_TOKEN)
+
+
+def _fresh(template: Rejected) -> Rejected:
+    """A new exception per request (a raised exception carries its traceback)."""
+    return Rejected(template.status, template.code, template.detail)
 
 
 def _is_svix_secret(secret: str) -> bool:

@@ -10,14 +10,17 @@ from __future__ import annotations
 from celery import Celery
 from celery.signals import worker_init
 
+from models.connectivity import exit_unless_reachable
 from models.settings import ConfigError, load_settings
+from worker import lifecycle  # noqa: F401  (start-up checks, logging and task log context: signal handlers)
 from worker.celery_config import celery_config
 from worker.ingest_message import IngestSigner
 
 TASK_MODULES = ["worker.inbox.tasks", "worker.usage.tasks"]
 
 app = Celery("pedro_webhooks", include=TASK_MODULES)
-app.add_defaults(lambda: celery_config(load_settings()))
+# A missing or malformed variable stops `celery worker|beat|flower` with one line (exit code 2).
+app.add_defaults(lambda: celery_config(exit_unless_reachable(load_settings, check_servers=False)))
 
 
 @worker_init.connect

@@ -4,6 +4,7 @@ refuses to run without credentials."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -85,14 +86,15 @@ def _run_env(**changes: str) -> dict[str, str]:
             "INGEST_SIGNING_KEY",
         )
     }
-    # Free ports: Flower's, and honcho's base port (the Procfile's first process, web, gets it).
-    return {
-        **env,
+    # Free ports: Flower's, the receiver's metrics, the metrics exporter's, and honcho's base port
+    # (the Procfile's first process, web, gets it).
+    ports = {
         "FLOWER_PORT": str(free_port()),
         "PORT": str(free_port()),
         "RECEIVER_METRICS_PORT": str(free_port()),
-        **changes,
+        "OPS_METRICS_PORT": str(free_port()),
     }
+    return {**env, **ports, **changes}
 
 
 @dataclass
@@ -107,7 +109,7 @@ def _running(env: dict[str, str], data_dir: Path, log: Path, *, ctrl_c: bool = F
     """`pedro-webhooks run` until its worker is ready; on exit stop it and wait for it: SIGTERM
     to it, or (`ctrl_c`) SIGINT to its whole process group, as a terminal's Ctrl-C sends it."""
     run = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "run", "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "worker.cli", "--local-dir", str(data_dir), "run", "--data-dir", str(data_dir)],
         cwd=PROJECT_ROOT,
         env=env,
         stdout=log.open("w"),
@@ -186,14 +188,21 @@ def _postmasters(data_dir: Path) -> list[psutil.Process]:
 
 def test_run_starts_embedded_servers_and_leaves_nothing_behind(data_dir, tmp_path):
     env, log = _run_env(), tmp_path / "run.log"
+    # A run.env left by a run that was killed: `run` never reads it (it would point at servers
+    # that are gone); it starts its own servers and writes a new one.
+    data_dir.mkdir(parents=True)
+    (data_dir / "run.env").write_text(f"DATABASE_URL=postgresql://postgres@127.0.0.1:{free_port()}/gone\n")
     with _running(env, data_dir, log) as run:
         _assert_flower_requires_the_local_credentials(env["FLOWER_PORT"], data_dir)
         assert "started EmbeddedPostgres" in log.read_text() and "started EmbeddedRedis" in log.read_text()
         postmasters = _postmasters(data_dir)
         assert postmasters, "the embedded PostgreSQL is not running"
         run.seen.update({p.pid: p for p in postmasters})
+        _assert_a_second_terminal_finds_the_run(env, data_dir, log)
+        _assert_runtime_files_are_in_the_data_dir(data_dir)
     assert run.stopped_by_itself, log.read_text()[-3000:]
     _assert_none_alive(run.seen)
+    assert not (data_dir / "run.env").exists()  # removed when the run ends: no stale URLs
     secrets_file = data_dir / "local-secrets.env"
     assert oct(secrets_file.stat().st_mode & 0o777) == "0o600"
     local = dict(line.split("=", 1) for line in secrets_file.read_text().splitlines())
@@ -205,6 +214,47 @@ def test_run_starts_embedded_servers_and_leaves_nothing_behind(data_dir, tmp_pat
     }
     for secret in local.values():
         assert secret not in log.read_text()
+
+
+def _assert_a_second_terminal_finds_the_run(env: dict[str, str], data_dir: Path, log: Path) -> None:
+    """The URLs in use are printed, and `status` in another process (no DATABASE_URL or
+    REDIS_URL set) reads them from DATA_DIR/run.env."""
+    shared = dict(line.split("=", 1) for line in (data_dir / "run.env").read_text().splitlines())
+    assert oct((data_dir / "run.env").stat().st_mode & 0o777) == "0o600"
+    assert shared["RECEIVER_URL"] == f"http://127.0.0.1:{env['PORT']}"
+    printed = log.read_text()
+    assert f"PostgreSQL: {shared['DATABASE_URL']} (embedded)" in printed
+    assert f"Redis: {shared['REDIS_URL']} (embedded)" in printed
+    assert f"receiver: http://127.0.0.1:{env['PORT']}/webhooks/clerk" in printed
+    assert f"metrics for alerts: http://127.0.0.1:{env['OPS_METRICS_PORT']}/metrics" in printed
+    status = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "--local-dir", str(data_dir), "status", "--json"],
+        env={k: v for k, v in env.items() if k not in ("DATABASE_URL", "REDIS_URL")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 0, status.stderr
+    servers = json.loads(status.stdout)["servers"]
+    assert [s["variable"] for s in servers] == [
+        f"DATABASE_URL (from {data_dir / 'run.env'})",
+        f"REDIS_URL (from {data_dir / 'run.env'})",
+    ]
+    assert [s["state"] for s in servers] == ["ok", "ok"]
+    metrics = httpx.get(f"http://127.0.0.1:{env['OPS_METRICS_PORT']}/metrics", timeout=10)
+    assert "pedro_webhooks_database_up 1.0" in metrics.text
+
+
+def _assert_runtime_files_are_in_the_data_dir(data_dir: Path) -> None:
+    """Beat's schedule and gunicorn's control socket live in DATA_DIR: another checkout's run
+    has its own."""
+    deadline = time.monotonic() + 20
+    while not list(data_dir.glob("pedro-webhooks-celerybeat-schedule*")):
+        assert time.monotonic() < deadline, sorted(p.name for p in data_dir.iterdir())
+        time.sleep(0.2)
+    while not (data_dir / "gunicorn.ctl").exists():
+        assert time.monotonic() < deadline, sorted(p.name for p in data_dir.iterdir())
+        time.sleep(0.2)
 
 
 def test_run_uses_the_servers_it_is_given_and_migrates(data_dir, tmp_path, admin_url, redis_urls):
@@ -221,6 +271,8 @@ def test_run_uses_the_servers_it_is_given_and_migrates(data_dir, tmp_path, admin
                 ("0.0.0.0", int(env["PORT"])),
                 ("::", int(env["PORT"])),
             }
+            shared = (data_dir / "run.env").read_text()
+            assert "DATABASE_URL" not in shared and "REDIS_URL" not in shared  # the caller's own: not repeated
         assert run.stopped_by_itself, log.read_text()[-3000:]
         _assert_none_alive(run.seen)
         with psycopg.connect(libpq_url(database_url)) as conn:

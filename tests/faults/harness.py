@@ -32,7 +32,8 @@ PLUGIN = "tests.faults.worker_plugin"
 KEEP_LOGS_VARIABLE = "FAULT_LOGS_DIR"
 # Variables of the pytest process (or the shared test run) that must not leak into the scenario.
 _OWN_VARIABLES = ("DATABASE_URL", "REDIS_URL", "SERVICE_SCHEMA", "PROMETHEUS_MULTIPROC_DIR", "FLOWER_BASIC_AUTH")
-_SWEEP_RESULT = re.compile(r"inbox\.sweep\[[^\]]*\] succeeded in [0-9.e-]+s: (\{.*\})")
+# The result dict is flat: stop at its closing brace (a JSON log line goes on after it).
+_SWEEP_RESULT = re.compile(r"inbox\.sweep\[[^\]]*\] succeeded in [0-9.e-]+s: (\{[^{}]*\})")
 
 
 @dataclass(frozen=True)

@@ -111,11 +111,32 @@ def test_a_body_changed_after_signing_is_refused(client, session_factory, queue)
     _assert_nothing_stored(session_factory, queue)
 
 
-def test_a_replayed_old_delivery_is_refused(client, session_factory, queue):
+@pytest.mark.parametrize("minutes", [10, -10], ids=["10 minutes old", "10 minutes ahead"])
+def test_a_validly_signed_delivery_outside_the_timestamp_tolerance_says_so(client, session_factory, queue, minutes):
+    """The signature is right; the timestamp is what fails, and the answer names that check."""
     body = payload_bytes("clerk/user.created")
-    response = _post(client, body, clerk_headers(body, timestamp=stale(10)))
+    headers = clerk_headers(body, timestamp=stale(minutes))
+    response = _post(client, body, headers)
     assert response.status_code == 401
+    assert response.json["error"] == "timestamp_out_of_tolerance"
+    assert "5 minutes" in response.json["detail"]
+    text = response.get_data(as_text=True)
+    assert headers["svix-signature"] not in text and CLERK_TEST_SECRET not in text
     _assert_nothing_stored(session_factory, queue)
+
+
+def test_a_stale_delivery_signed_with_another_secret_still_says_timestamp(client, session_factory, queue):
+    # svix checks the timestamp before any signature: the first thing to fix is the clock/replay.
+    body = payload_bytes("clerk/user.created")
+    response = _post(client, body, clerk_headers(body, secret=OTHER_SECRET, timestamp=stale(10)))
+    assert response.json["error"] == "timestamp_out_of_tolerance"
+
+
+def test_a_fresh_delivery_with_a_wrong_signature_says_signature(client, session_factory, queue):
+    body = payload_bytes("clerk/user.created")
+    response = _post(client, body, clerk_headers(body, secret=OTHER_SECRET))
+    assert (response.status_code, response.json["error"]) == (401, "bad_signature")
+    assert "svix-signature" in response.json["detail"]
 
 
 @pytest.mark.parametrize("missing", ["svix-id", "svix-timestamp", "svix-signature"])
@@ -125,7 +146,7 @@ def test_a_missing_svix_header_is_refused(client, session_factory, queue, missin
     del headers[missing]
     response = _post(client, body, headers)
     assert response.status_code == 401
-    assert response.json["error"] == "bad_signature"
+    assert response.json["error"] == "missing_signature_headers"
     _assert_nothing_stored(session_factory, queue)
 
 
@@ -151,7 +172,7 @@ def test_a_garbage_signature_header_is_a_401_not_a_500(client, session_factory, 
     headers = {**clerk_headers(body), "svix-signature": signature}
     response = _post(client, body, headers)
     assert response.status_code == 401
-    assert response.json["error"] == "bad_signature"
+    assert response.json["error"] == ("bad_signature" if signature else "missing_signature_headers")
     _assert_nothing_stored(session_factory, queue)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import shlex
 import signal
 import socket
@@ -64,6 +63,16 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def events(self) -> list[dict]:
+        """The log's lines, each a JSON object (a line being written is left out)."""
+        found = []
+        for line in self.log().splitlines():
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                continue
+        return found
+
 
 @pytest.fixture(scope="module")
 def server(settings, redis_urls, tmp_path_factory):
@@ -79,6 +88,7 @@ def server(settings, redis_urls, tmp_path_factory):
         "MAX_BODY_BYTES": str(LIMIT),
         "RECEIVER_METRICS_PORT": str(metrics_port),
         "BODY_READ_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
+        "LOG_FORMAT": "json",  # as in production: one JSON object per line
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     log_path = folder / "gunicorn.log"
@@ -167,8 +177,8 @@ def test_metrics_add_up_every_worker_process(server, session_factory, redis_clie
     assert _accepted(server) - before == sent
 
 
-def _accepting_pids(server: Server) -> set[str]:
-    return set(re.findall(r"\[(\d+)\] \[INFO\] receiver\.app: webhook\.accepted source=asaas", server.log()))
+def _accepting_pids(server: Server) -> set[int]:
+    return {event["pid"] for event in server.events() if event["event"].startswith("webhook.accepted source=asaas")}
 
 
 def _accepted(server: Server) -> float:
@@ -184,13 +194,17 @@ def _accepted(server: Server) -> float:
     raise AssertionError("no webhook_deliveries_total{source=asaas,outcome=accepted} sample")
 
 
-def _log_once_it_holds(server: Server, *texts: str, timeout: float = 10) -> str:
-    """The server's log as soon as it holds every one of `texts` (polled until `timeout`)."""
+def _access_lines_once_logged(server: Server, *requests: str, timeout: float = 10) -> list[dict]:
+    """The access log's lines as soon as it has one for each of `requests`, e.g.
+    '"POST /webhooks/clerk" 200' (polled until `timeout`: it is written after the response)."""
     deadline = time.monotonic() + timeout
-    while missing := [text for text in texts if text not in (log := server.log())]:
-        assert time.monotonic() < deadline, f"{missing} never reached the log:\n{log[-3000:]}"
-        time.sleep(0.05)
-    return log
+    while True:
+        access = [event for event in server.events() if event.get("logger") == "gunicorn.access"]
+        if missing := [r for r in requests if not any(r in event["event"] for event in access)]:
+            assert time.monotonic() < deadline, f"{missing} never reached the log:\n{server.log()[-3000:]}"
+            time.sleep(0.05)
+            continue
+        return access
 
 
 def test_the_log_names_events_and_holds_no_secret(server, session_factory, redis_client):
@@ -199,13 +213,31 @@ def test_the_log_names_events_and_holds_no_secret(server, session_factory, redis
     server.request("POST", "/webhooks/clerk", body, headers)
     server.request("POST", "/webhooks/clerk", body, {**headers, "svix-signature": "v1,Zm9yZ2Vk"})
     server.request("POST", "/webhooks/asaas", body, asaas_headers("a-wrong-token-value"))
-    # The access log is written after the response: wait for the three requests' lines.
-    log = _log_once_it_holds(
+    access = _access_lines_once_logged(
         server, '"POST /webhooks/clerk" 200', '"POST /webhooks/clerk" 401', '"POST /webhooks/asaas" 401'
     )
-    assert "webhook.accepted source=clerk" in log
-    assert "webhook.rejected source=clerk reason=bad_signature" in log
-    assert '"POST /webhooks/clerk" 200' in log  # the access log, without query or headers
+    log, events = server.log(), server.events()
+    [accepted] = [
+        e
+        for e in events
+        if e["event"].startswith("webhook.accepted") and e.get("provider_event_id") == headers["svix-id"]
+    ]
+    row = next(row for row in inbox_rows(session_factory) if row.external_id == headers["svix-id"])
+    # The line about the event carries the event: inbox id, source, provider event id, type, outcome.
+    assert {key: accepted.get(key) for key in ("inbox_id", "source", "provider_event_id", "event_type", "outcome")} == {
+        "inbox_id": row.id,
+        "source": "clerk",
+        "provider_event_id": headers["svix-id"],
+        "event_type": "user.created",
+        "outcome": "accepted",
+    }
+    assert accepted["level"] == "info" and accepted["logger"] == "receiver.app"
+    rejected = [e for e in events if e["event"].startswith("webhook.rejected source=clerk")]
+    assert ("bad_signature", "warning") in {(e["outcome"], e["level"]) for e in rejected}
+    # The access line of a request carries the same context (and no query or headers).
+    clerk_ok = next(e for e in access if e.get("provider_event_id") == headers["svix-id"])
+    assert '"POST /webhooks/clerk" 200' in clerk_ok["event"]
+    assert (clerk_ok["inbox_id"], clerk_ok["outcome"]) == (row.id, "accepted")
     for secret in (
         CLERK_TEST_SECRET,
         CLERK_TEST_SECRET.removeprefix("whsec_"),
@@ -213,6 +245,7 @@ def test_the_log_names_events_and_holds_no_secret(server, session_factory, redis
         "a-wrong-token-value",
         headers["svix-signature"],
         "Zm9yZ2Vk",
+        "example@example.org",  # the payload's content: never logged
     ):
         assert secret not in log
 

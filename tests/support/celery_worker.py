@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 from celery import Celery
 from celery.result import AsyncResult
@@ -23,6 +24,8 @@ class WorkerProcess:
         concurrency: int = 2,
         env: dict[str, str] | None = None,
         extra_args: tuple[str, ...] = (),
+        loglevel: str = "WARNING",
+        output: Path | None = None,
     ):
         self.producer = producer
         self.env = {**os.environ, **(env or {})}
@@ -34,7 +37,7 @@ class WorkerProcess:
             "-A",
             "worker.celery_app",
             "worker",
-            "--loglevel=WARNING",
+            f"--loglevel={loglevel}",
             f"--queues={queues}",
             f"--concurrency={concurrency}",
             "--pool=prefork",
@@ -43,10 +46,15 @@ class WorkerProcess:
             "--without-mingle",
             *extra_args,
         ]
+        self.output = output  # where its stdout and stderr go (default: the test's own)
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30) -> None:
-        self.process = subprocess.Popen(self.command, env=self.env)
+        if self.output is None:
+            self.process = subprocess.Popen(self.command, env=self.env)
+        else:
+            with self.output.open("ab") as out:
+                self.process = subprocess.Popen(self.command, env=self.env, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

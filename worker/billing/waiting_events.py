@@ -23,14 +23,20 @@ def unmatched_inbox_ids_for_user(session: Session, clerk_user_id: str) -> list[i
     return list(session.scalars(_UNMATCHED_FOR_USER, {"clerk_user_id": clerk_user_id}))
 
 
-def _clerk_payer_is(clerk_user_id: BindParameter[str]) -> ColumnElement[bool]:
+def names_user(clerk_user_id: BindParameter[str] | str) -> ColumnElement[bool]:
+    """An inbox row's billing payload names this user: Clerk's payer, an Asaas
+    externalReference, or an Asaas customer/subscription linked to the user."""
+    return or_(_clerk_payer_is(clerk_user_id), _asaas_reference_names(clerk_user_id), _asaas_linked_to(clerk_user_id))
+
+
+def _clerk_payer_is(clerk_user_id: BindParameter[str] | str) -> ColumnElement[bool]:
     return and_(
         WebhookInbox.source == "clerk",
         WebhookInbox.payload[("data", "payer", "user_id")].astext == clerk_user_id,
     )
 
 
-def _asaas_reference_names(clerk_user_id: BindParameter[str]) -> ColumnElement[bool]:
+def _asaas_reference_names(clerk_user_id: BindParameter[str] | str) -> ColumnElement[bool]:
     references = [
         func.split_part(WebhookInbox.payload[(kind, "externalReference")].astext, "|", 1) == clerk_user_id
         for kind in ASAAS_OBJECTS
@@ -38,7 +44,7 @@ def _asaas_reference_names(clerk_user_id: BindParameter[str]) -> ColumnElement[b
     return and_(WebhookInbox.source == "asaas", or_(*references))
 
 
-def _asaas_linked_to(clerk_user_id: BindParameter[str]) -> ColumnElement[bool]:
+def _asaas_linked_to(clerk_user_id: BindParameter[str] | str) -> ColumnElement[bool]:
     linked = select(ProviderLink.external_id).where(
         ProviderLink.provider == "asaas", ProviderLink.clerk_user_id == clerk_user_id
     )
@@ -62,7 +68,7 @@ _UNMATCHED_FOR_USER = (
     select(WebhookInbox.id)
     .where(
         WebhookInbox.status == InboxStatus.UNMATCHED.value,  # the partial index on unmatched rows
-        or_(_clerk_payer_is(_USER), _asaas_reference_names(_USER), _asaas_linked_to(_USER)),
+        names_user(_USER),
     )
     .order_by(WebhookInbox.id)
 )

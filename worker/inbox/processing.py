@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from models.inbox import InboxStatus, WebhookInbox
 from models.locks import inbox_row_lock, try_lock_name
+from models.logs import bind_event
 from worker.inbox.replay import replay_waiting_for_user
 from worker.inbox.routing import handler_for
 from worker.registry import Delivery, Outcome
@@ -30,6 +31,8 @@ def process_row(session: Session, inbox_id: int) -> dict[str, Any]:
     row = session.execute(
         select(WebhookInbox).where(WebhookInbox.id == inbox_id).execution_options(populate_existing=True)
     ).scalar_one_or_none()
+    if row is not None:
+        bind_event(source=row.source, provider_event_id=row.external_id, event_type=row.event_type)
     if row is None or row.status != InboxStatus.PENDING:
         return {"inbox_id": inbox_id, "status": row.status if row else "missing"}
     outcome = apply_delivery(session, row)

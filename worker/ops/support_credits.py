@@ -1,0 +1,87 @@
+"""Credits an operator gives or takes (`pedro-webhooks credits grant|adjust`).
+
+They go through `worker.credits.ledger.change_credits`, the one place a balance changes, as
+`adjustment` entries whose reference carries who did it and why. The operator's `--key` makes
+the change idempotent: the same key applies once, and a key reused for another user or amount
+is refused rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from models.ledger import CreditLedgerEntry, LedgerKind
+from worker.billing.accounts import find_account
+from worker.credits.ledger import change_credits
+
+KEY_PREFIX = "support:"
+
+
+class SupportCreditError(Exception):
+    """The change cannot be made as asked; the message says why. Nothing was written."""
+
+
+@dataclass(frozen=True)
+class SupportChange:
+    entry_id: int
+    clerk_user_id: str
+    delta: int
+    balance_after: int
+    reference: str
+    applied_now: bool  # False: the key was used before, for this same change
+
+
+def ledger_key(operator_key: str) -> str:
+    return KEY_PREFIX + operator_key
+
+
+def change_support_credits(
+    session: Session,
+    *,
+    clerk_user_id: str,
+    amount: int,
+    reason: str,
+    key: str,
+    operator: str,
+    allow_negative: bool = False,
+) -> SupportChange:
+    if amount == 0:
+        raise SupportCreditError("--amount must not be 0")
+    if not reason.strip() or not key.strip():
+        raise SupportCreditError("--reason and --key must not be empty")
+    existing = session.scalar(select(CreditLedgerEntry).where(CreditLedgerEntry.idempotency_key == ledger_key(key)))
+    if existing is not None:
+        return _already_applied(existing, clerk_user_id, amount, key)
+    account = find_account(session, clerk_user_id)
+    if account is None or account.credit_balance_id is None:
+        raise SupportCreditError(f"no user {clerk_user_id} with a credit balance")
+    reference = f"{operator}: {reason.strip()}"
+    change = change_credits(
+        session,
+        account.credit_balance_id,
+        delta=amount,
+        kind=LedgerKind.ADJUSTMENT,
+        idempotency_key=ledger_key(key),
+        reference=reference,
+        # Taking credits never overdraws unless asked: a negative balance blocks the user's usage.
+        floor=None if amount > 0 or allow_negative else 0,
+    )
+    if change is None:
+        raise SupportCreditError(
+            f"taking {-amount} credits would take {clerk_user_id} below zero (use --allow-negative to do it anyway)"
+        )
+    return SupportChange(change.entry_id, clerk_user_id, amount, change.balance_after, reference, applied_now=True)
+
+
+def _already_applied(entry: CreditLedgerEntry, clerk_user_id: str, amount: int, key: str) -> SupportChange:
+    if entry.clerk_user_id != clerk_user_id or entry.delta != amount:
+        raise SupportCreditError(
+            f"key {key!r} was used for {entry.delta:+d} credits to {entry.clerk_user_id} (entry {entry.id}): "
+            "choose another key"
+        )
+    return SupportChange(
+        entry.id, clerk_user_id, entry.delta, entry.balance_after, entry.reference or "", applied_now=False
+    )
