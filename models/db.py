@@ -14,10 +14,13 @@ from models.base import SERVICE_SCHEMA
 from models.settings import DatabaseSettings
 
 
-def make_engine(settings: DatabaseSettings, **kwargs: Any) -> Engine:
+def make_engine(settings: DatabaseSettings, *, pre_ping: bool = True, **kwargs: Any) -> Engine:
+    """`pre_ping`: test each pooled connection with a round trip before handing it out. A hot
+    path that instead retries once on a connection found dead (SQLAlchemy's "optimistic"
+    disconnect handling) may turn it off."""
     return create_engine(
         settings.database_url.get_secret_value(),
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         # Prisma writes TIMESTAMP(3) values in UTC; make CURRENT_TIMESTAMP defaults agree.
         connect_args={
             "options": _server_options(settings),
