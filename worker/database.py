@@ -3,14 +3,22 @@
 Celery's prefork pool forks children from a parent that may already hold pooled connections;
 a connection shared across a fork corrupts both sides. Each process therefore builds its own
 engine on first use, keyed on its pid, and `worker_process_init` drops anything inherited.
+
+The pool does not pre-ping (a round trip before every checkout, i.e. two per inbox event): a
+pooled connection that died (PostgreSQL restarted, a network cut) fails the task's first
+statement with a transient error, SQLAlchemy then invalidates the whole pool, and the task's
+retry (`autoretry_for`) runs on fresh connections. One retry per outage per process, instead
+of a round trip per checkout for ever.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from celery.signals import worker_process_init
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import make_engine, make_session_factory
@@ -24,10 +32,20 @@ _factory: sessionmaker[Session] | None = None
 def session_factory() -> sessionmaker[Session]:
     global _pid, _engine, _factory
     if _factory is None or _pid != os.getpid():
-        _engine = make_engine(process_settings(), pool_size=2, max_overflow=2)
+        _engine = make_engine(process_settings(), pre_ping=False, pool_size=2, max_overflow=2)
         _factory = make_session_factory(_engine)
         _pid = os.getpid()
     return _factory
+
+
+@contextmanager
+def autocommit_connection() -> Iterator[Connection]:
+    """A pooled connection in autocommit: each statement is its own transaction, committed in
+    the statement's own round trip (no BEGIN, no COMMIT). Back in the pool it is transactional
+    again (SQLAlchemy resets the isolation level on return)."""
+    engine = session_factory().kw["bind"]
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        yield connection
 
 
 @worker_process_init.connect

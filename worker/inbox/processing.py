@@ -3,16 +3,20 @@
 All of it happens on the caller's session, in the caller's one transaction: the effect and the
 status commit together or not at all, so a redelivered message changes nothing. The caller holds
 the row's lock (`claim_row`) for the whole transaction, so two copies of a message never run at
-once, and records the run's start (`worker.inbox.runs`) before calling `process_row`.
+once, and records the run's start (`worker.inbox.runs.start_run`, which also reads the row)
+before calling `apply_row`.
+
+Core statements only (no ORM object for the row): this is every event's path.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, literal, select, update
 from sqlalchemy.orm import Session
 
+from models.base import table_of
 from models.inbox import InboxStatus, WebhookInbox
 from models.locks import inbox_row_lock, try_lock_name
 from models.logs import bind_event
@@ -27,32 +31,55 @@ def claim_row(session: Session, inbox_id: int) -> bool:
 
 
 def process_row(session: Session, inbox_id: int) -> dict[str, Any]:
-    """Apply a pending row and record its outcome (the caller holds its lock)."""
+    """Read a row and apply it if it is pending (the caller holds its lock), without recording
+    a run: for callers outside the task, which records the run and reads the row at once."""
     row = session.execute(
-        select(WebhookInbox).where(WebhookInbox.id == inbox_id).execution_options(populate_existing=True)
-    ).scalar_one_or_none()
-    if row is not None:
-        bind_event(source=row.source, provider_event_id=row.external_id, event_type=row.event_type)
+        select(
+            WebhookInbox.status,
+            WebhookInbox.source,
+            WebhookInbox.external_id,
+            WebhookInbox.event_type,
+            WebhookInbox.payload,
+            WebhookInbox.received_at,
+        ).where(WebhookInbox.id == inbox_id)
+    ).one_or_none()
     if row is None or row.status != InboxStatus.PENDING:
         return {"inbox_id": inbox_id, "status": row.status if row else "missing"}
-    outcome = apply_delivery(session, row)
+    return apply_row(session, Delivery(inbox_id, *row[1:]))
+
+
+def apply_row(session: Session, delivery: Delivery) -> dict[str, Any]:
+    """Apply a pending row and record its outcome (the caller holds its lock)."""
+    bind_event(source=delivery.source, provider_event_id=delivery.external_id, event_type=delivery.event_type)
+    outcome = apply_delivery(session, delivery)
     detail = outcome.detail
     if outcome.unblocks_user is not None:
         # Before this row's own status is written, so the replay never picks this row itself.
         replayed = replay_waiting_for_user(session, outcome.unblocks_user)
         if replayed:
             detail = f"{detail or 'processed'}; replaying {len(replayed)} unmatched billing event(s)"
-    row.status = outcome.status
-    row.detail = detail
-    row.processed_at = func.now()
-    row.running_since = None
-    row.last_error = None
-    return {"inbox_id": inbox_id, "status": outcome.status.value}
+    session.execute(_FINISH, {"inbox_id": delivery.inbox_id, "status": outcome.status.value, "detail": detail})
+    return {"inbox_id": delivery.inbox_id, "status": outcome.status.value}
 
 
-def apply_delivery(session: Session, row: WebhookInbox) -> Outcome:
-    handler = handler_for(row.source, row.event_type)
+def apply_delivery(session: Session, delivery: Delivery) -> Outcome:
+    handler = handler_for(delivery.source, delivery.event_type)
     if handler is None:
-        return Outcome(InboxStatus.IGNORED, f"no handler for {row.source} {row.event_type}")
-    delivery = Delivery(row.id, row.source, row.external_id, row.event_type, row.payload, row.received_at)
+        return Outcome(InboxStatus.IGNORED, f"no handler for {delivery.source} {delivery.event_type}")
     return handler(session, delivery)
+
+
+# The row's final state, written by the run's own transaction. Built once on the table (Core: the
+# session runs it without the ORM's bulk-update bookkeeping; no object of the row is loaded).
+_INBOX = table_of(WebhookInbox)
+_FINISH = (
+    update(_INBOX)
+    .where(_INBOX.c.id == bindparam("inbox_id"))
+    .values(
+        status=bindparam("status"),
+        detail=bindparam("detail"),
+        processed_at=func.now(),
+        running_since=literal(None),
+        last_error=literal(None),
+    )
+)

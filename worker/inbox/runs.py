@@ -2,7 +2,11 @@
 
 A run starts by taking the row's lock (`inbox_row_lock`, held by its transaction), then records
 the start in a short transaction of its own, committed before any work: `attempts` + 1,
-`last_attempt_at`, and `running_since`. A run that ends either way clears `running_since`: its
+`last_attempt_at`, and `running_since`. That transaction is one statement on a connection in
+autocommit (one round trip: no BEGIN, no COMMIT), and it also returns the row the run applies, so
+the run reads nothing else before its work. Its commit stays synchronous: a poison message that
+makes the OOM killer take a PostgreSQL backend (the server then restarts and forgets what it had
+not flushed) must still leave its crash counted. A run that ends either way clears `running_since`: its
 own transaction commits the final status, or the task's failure hooks record the error. Found
 still set when the next run starts, `running_since` means the previous run died mid-task
 (SIGKILL, out of memory, a hard time limit): a crash. A row whose runs died `MAX_CRASHES` times
@@ -18,11 +22,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, literal, select, update
+from sqlalchemy import Connection, bindparam, case, func, literal, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from models.inbox import InboxStatus, WebhookInbox
 from worker.errors import describe
+from worker.registry import Delivery
 
 # A row killed mid-run this many times is dead-lettered. Above 1: infrastructure kills a healthy
 # run too (a worker SIGKILLed during a deploy, the database dropping mid-run).
@@ -39,35 +45,53 @@ class Skip:
     answer: dict[str, Any]
 
 
-def start_run(session: Session, inbox_id: int) -> Skip | None:
-    """Record the start of a run on a pending row (the caller holds the row's lock and commits
-    this before the work). None: go on and process it."""
+def _start_statement() -> ReturningUpdate[Any]:
+    """Count the run on a pending row and return what it applies (built once, cached compiled)."""
     died = WebhookInbox.running_since.is_not(None)
-    started = session.execute(
+    return (
         update(WebhookInbox)
-        .where(WebhookInbox.id == inbox_id, WebhookInbox.status == InboxStatus.PENDING)
+        .where(WebhookInbox.id == bindparam("inbox_id"), WebhookInbox.status == InboxStatus.PENDING.value)
         .values(
             attempts=WebhookInbox.attempts + 1,
             last_attempt_at=func.now(),
             running_since=func.now(),
             crashes=WebhookInbox.crashes + case((died, 1), else_=0),
         )
-        .returning(WebhookInbox.crashes)
-    ).scalar_one_or_none()
+        .returning(
+            WebhookInbox.crashes,
+            WebhookInbox.source,
+            WebhookInbox.external_id,
+            WebhookInbox.event_type,
+            WebhookInbox.payload,
+            WebhookInbox.received_at,
+        )
+    )
+
+
+_START = _start_statement()
+
+
+def start_run(connection: Connection, inbox_id: int) -> Delivery | Skip:
+    """Record the start of a run on a pending row and return the row as a `Delivery`.
+
+    `connection` is in autocommit, so this is committed before the work; the caller holds the
+    row's lock in its own transaction (`claim_row`), so no other run starts meanwhile."""
+    started = connection.execute(_START, {"inbox_id": inbox_id}).one_or_none()
     if started is None:
-        status = session.scalar(select(WebhookInbox.status).where(WebhookInbox.id == inbox_id))
+        status = connection.scalar(select(WebhookInbox.status).where(WebhookInbox.id == inbox_id))
         return Skip({"inbox_id": inbox_id, "status": status or "missing"})
-    if started >= MAX_CRASHES:
+    crashes, source, external_id, event_type, payload, received_at = started
+    if crashes >= MAX_CRASHES:
         dead_letter(
-            session,
+            connection,
             inbox_id,
-            f"dead letter: {started} runs died mid-task (killed, out of memory or over the time limit)",
+            f"dead letter: {crashes} runs died mid-task (killed, out of memory or over the time limit)",
         )
         return Skip({"inbox_id": inbox_id, "status": InboxStatus.FAILED.value})
-    return None
+    return Delivery(inbox_id, source, external_id, event_type, payload, received_at)
 
 
-def dead_letter(session: Session, inbox_id: int, why: str) -> None:
+def dead_letter(session: Session | Connection, inbox_id: int, why: str) -> None:
     _end_run(session, inbox_id, status=InboxStatus.FAILED.value, last_error=why[:2000])
 
 
@@ -98,7 +122,7 @@ def record_exhausted(session: Session, inbox_id: int, error: BaseException, *, r
     )
 
 
-def _end_run(session: Session, inbox_id: int, **values: Any) -> None:
+def _end_run(session: Session | Connection, inbox_id: int, **values: Any) -> None:
     session.execute(
         update(WebhookInbox)
         .where(WebhookInbox.id == inbox_id, WebhookInbox.status == InboxStatus.PENDING)

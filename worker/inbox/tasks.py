@@ -24,7 +24,7 @@ from worker.celery_config import (
 )
 from worker.errors import TRANSIENT_ERRORS
 from worker.inbox import runs
-from worker.inbox.processing import claim_row, process_row
+from worker.inbox.processing import apply_row, claim_row
 from worker.inbox.queue_probe import oldest_waiting_inbox_id
 from worker.inbox.signed_ingest import open_delivery
 from worker.inbox.sweep import sweep
@@ -112,14 +112,15 @@ RETRY_TRANSIENT_ERRORS: RetryOptions = {
 )
 def process_webhook(task: InboxTask[..., dict[str, Any]], inbox_id: int) -> dict[str, Any]:
     """Take the row (or try again shortly if another run has it), record the run's start in a
-    transaction of its own, then apply the row in the task's transaction."""
+    transaction of its own (which also reads the row), then apply the row in the task's
+    transaction."""
     if not claim_row(task.session, inbox_id):
         raise task.retry(exc=RowBusy(inbox_id), countdown=BUSY_RETRY_SECONDS * (1 + random.random()))
-    with database.session_factory().begin() as bookkeeping:
-        skip = runs.start_run(bookkeeping, inbox_id)
-    if skip is not None:
-        return skip.answer
-    return process_row(task.session, inbox_id)
+    with database.autocommit_connection() as bookkeeping:
+        started = runs.start_run(bookkeeping, inbox_id)
+    if isinstance(started, runs.Skip):
+        return started.answer
+    return apply_row(task.session, started)
 
 
 # The delivery lives only in this message until it is stored: keep trying (max_retries=None).
