@@ -16,9 +16,11 @@ from sqlalchemy import Integer, Select, Text, bindparam, func, inspect, select, 
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql.dml import ReturningInsert
 
 from models.app import CreditBalance, User
 from models.base import table_of, utcnow
+from models.ids import cuid
 from models.ledger import CreditLedgerEntry, LedgerKind
 from worker.errors import LedgerKeyConflict, MissingBalance
 
@@ -199,12 +201,59 @@ def open_credit_balance(session: Session, user: User, credits: int, *, reference
     balance = CreditBalance(user_id=user.id, clerk_user_id=user.clerk_id, credits_remaining=0)
     session.add(balance)
     session.flush()
-    change = change_credits(
+    return _credit_signup(session, balance.id, user.id, credits, reference=reference)
+
+
+def open_credit_balance_once(
+    session: Session, user_id: str, clerk_user_id: str, credits: int, *, reference: str
+) -> LedgerChange | None:
+    """`open_credit_balance` for a user that may have a balance already (the hot path of Clerk
+    `user.created`): Core statements only, no ORM object. None: the user had a balance, nothing
+    changed. The caller holds the user's lock, so no concurrent transaction opens it meanwhile
+    (one that did would make the insert do nothing, and this return None)."""
+    balance_id = session.execute(
+        _OPEN_EMPTY_BALANCE, {"id": cuid(), "user_id": user_id, "clerk_user_id": clerk_user_id, "now": utcnow()}
+    ).scalar_one_or_none()
+    if balance_id is None:
+        return None
+    return _credit_signup(session, balance_id, user_id, credits, reference=reference)
+
+
+def _credit_signup(
+    session: Session, credit_balance_id: str, user_id: str, credits: int, *, reference: str
+) -> LedgerChange:
+    """A new balance's starting credits: the `signup` entry, once per user."""
+    return change_credits(
         session,
-        balance.id,
+        credit_balance_id,
         delta=credits,
         kind=LedgerKind.SIGNUP,
-        idempotency_key=f"signup:{user.id}",
+        idempotency_key=f"signup:{user_id}",
         reference=reference,
     )
-    return change
+
+
+def _open_empty_balance_statement() -> ReturningInsert[str]:
+    """INSERT an empty "CreditBalance" unless the user has one, RETURNING its id (built once).
+    Empty: the trigger records nothing for a zero change; the credits go through `change_credits`."""
+    balance = table_of(CreditBalance)
+    now = bindparam("now", type_=balance.c.createdAt.type)
+    return (
+        insert(balance)
+        .values(
+            {
+                balance.c.id: bindparam("id", type_=Text),
+                balance.c.userId: bindparam("user_id", type_=Text),
+                balance.c.clerkUserId: bindparam("clerk_user_id", type_=Text),
+                balance.c.creditsRemaining: 0,
+                balance.c.lastSyncedAt: now,
+                balance.c.createdAt: now,
+                balance.c.updatedAt: now,
+            }
+        )
+        .on_conflict_do_nothing(index_elements=[balance.c.userId])
+        .returning(balance.c.id)
+    )
+
+
+_OPEN_EMPTY_BALANCE = _open_empty_balance_statement()

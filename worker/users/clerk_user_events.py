@@ -17,13 +17,13 @@ from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from models.app import CreditBalance, User
-from models.base import utcnow
+from models.app import User
+from models.base import table_of, utcnow
 from models.ids import cuid
 from models.locks import lock_names, user_lock
 from models.settings import process_settings
 from models.user_sync import UserSyncState
-from worker.credits.ledger import open_credit_balance
+from worker.credits.ledger import open_credit_balance_once
 from worker.errors import PermanentError
 from worker.registry import Delivery, Outcome, handles
 
@@ -41,10 +41,9 @@ def sync_user(session: Session, delivery: Delivery) -> Outcome:
     if deleted is None:
         return Outcome.processed("skipped: a newer version of this user was already applied")
     email = _claimable_email(session, primary_email(data), clerk_id, deleted=deleted)
-    user = _upsert_user(session, clerk_id, email=email, name=display_name(data), deleted=deleted)
-    if session.scalar(select(CreditBalance.id).where(CreditBalance.user_id == user.id)) is None:
-        credits = process_settings().signup_credits
-        open_credit_balance(session, user, credits, reference=f"clerk {delivery.external_id}")
+    user_id = _upsert_user(session, clerk_id, email=email, name=display_name(data), deleted=deleted)
+    credits = process_settings().signup_credits
+    if open_credit_balance_once(session, user_id, clerk_id, credits, reference=f"clerk {delivery.external_id}"):
         # Billing events that arrived before the user waited as `unmatched`: the pipeline
         # replays them once this commits.
         return Outcome.processed(f"user created with {credits} signup credits", unblocks_user=clerk_id)
@@ -96,15 +95,16 @@ def _claim_version(session: Session, clerk_id: str, version: int) -> bool | None
     inactive, so every order of the same events ends in the same state). One upsert: its row
     lock also serialises concurrent events for the same user.
     """
+    sync_state = table_of(UserSyncState)  # Core on the table: no ORM bulk-insert machinery
     statement = (
-        insert(UserSyncState)
+        insert(sync_state)
         .values(clerk_user_id=clerk_id, last_updated_at_ms=version)
         .on_conflict_do_update(
-            index_elements=[UserSyncState.clerk_user_id],
+            index_elements=[sync_state.c.clerk_user_id],
             set_={"last_updated_at_ms": version, "updated_at": func.now()},
-            where=UserSyncState.last_updated_at_ms < version,
+            where=sync_state.c.last_updated_at_ms < version,
         )
-        .returning(UserSyncState.deleted_at.is_not(None))
+        .returning(sync_state.c.deleted_at.is_not(None))
     )
     return session.execute(statement).scalar_one_or_none()
 
@@ -114,27 +114,29 @@ def _claimable_email(session: Session, email: str | None, clerk_id: str, *, dele
     the stale holder. A deleted user never takes an address from a live one."""
     if email is None:
         return None
-    held_elsewhere = (User.email == email) & (User.clerk_id != clerk_id)
+    users = table_of(User)
+    held_elsewhere = (users.c.email == email) & (users.c.clerkId != clerk_id)
     if deleted:
-        return None if session.scalar(select(User.id).where(held_elsewhere)) else email
-    session.execute(update(User).where(held_elsewhere).values(email=None, updated_at=utcnow()))
+        return None if session.scalar(select(users.c.id).where(held_elsewhere)) else email
+    session.execute(update(users).where(held_elsewhere).values(email=None, updatedAt=utcnow()))
     return email
 
 
-def _upsert_user(session: Session, clerk_id: str, *, email: str | None, name: str | None, deleted: bool) -> User:
+def _upsert_user(session: Session, clerk_id: str, *, email: str | None, name: str | None, deleted: bool) -> str:
+    """Insert or update the user's row; returns its id. Core, no ORM object: this is every
+    `user.created`'s path, and nothing after it needs more than the id."""
     now = utcnow()
     changes: dict[str, object] = {"email": email, "name": name, "updatedAt": now}
     if deleted:
         changes["isActive"] = False
+    users = table_of(User)
     statement = (
-        insert(User)
-        .values(
-            id=cuid(), clerk_id=clerk_id, email=email, name=name, is_active=not deleted, created_at=now, updated_at=now
-        )
-        .on_conflict_do_update(index_elements=[User.clerk_id], set_=changes)
-        .returning(User)
+        insert(users)
+        .values(id=cuid(), clerkId=clerk_id, email=email, name=name, isActive=not deleted, createdAt=now, updatedAt=now)
+        .on_conflict_do_update(index_elements=[users.c.clerkId], set_=changes)
+        .returning(users.c.id)
     )
-    return session.scalars(statement).one()
+    return session.execute(statement).scalar_one()
 
 
 def _data(delivery: Delivery) -> dict[str, Any]:
