@@ -4,9 +4,11 @@ ends in the dead letter, a failure at COMMIT is a retry."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
+from celery.signals import task_retry
 from sqlalchemy import text, update
 
 from models.inbox import WebhookInbox
@@ -149,3 +151,58 @@ def test_rows_whose_retries_keep_running_out_are_re_driven_ever_more_slowly(sess
     row = inbox_row(session_factory, inbox_id)
     assert (row.status, row.running_since) == ("pending", None)
     assert row.last_error == "TimeoutError: database busy (retries exhausted: re-driven by the sweeper)"
+
+
+def test_a_run_is_counted_and_committed_before_its_work(session_factory, settings):
+    """The start (attempts, running_since) is committed on its own before the handler runs: seen
+    from another connection while the run waits inside its work, so a run that dies there is
+    counted. It ends cleared, with the work committed."""
+    inbox_id = store(session_factory, "clerk", payload("clerk/user.created"))
+    holder = _hold_sync_state_lock(settings)  # the run waits in its work (the user's version upsert)
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(process, inbox_id)
+        try:
+            deadline = time.monotonic() + 30
+            while (row := inbox_row(session_factory, inbox_id)).running_since is None:
+                assert time.monotonic() < deadline and not run.done(), "the run's start was not committed"
+                time.sleep(0.05)
+            assert (row.status, row.attempts, row.crashes) == ("pending", 1, 0)
+            assert _users(session_factory) == 0  # the work has not committed
+        finally:
+            holder.close()
+        assert run.result(timeout=30)["status"] == "processed"
+    row = inbox_row(session_factory, inbox_id)
+    assert (row.status, row.attempts, row.crashes, row.running_since) == ("processed", 1, 0, None)
+    assert _users(session_factory) == 1
+
+
+def test_a_dead_pooled_connection_costs_a_retry_not_the_event(session_factory, engine):
+    """The worker's pool does not test connections before use (no pre-ping). Every connection it
+    holds is cut (PostgreSQL restarted, a network cut): the next run's first statement fails, the
+    pool is invalidated, the task retries on fresh connections and applies the row once."""
+    assert process(store(session_factory, "clerk", payload("clerk/user.created")))["status"] == "processed"
+    with engine.connect() as admin:  # the worker's connections now sit in its pool
+        cut = admin.scalar(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    assert cut >= 1
+    body = payload("clerk/user.created")
+    body["data"]["id"] = "user_after_the_cut"
+    inbox_id = store(session_factory, "clerk", body)
+    retried: list[str] = []
+
+    def count_retry(reason: BaseException | None = None, **_: object) -> None:
+        retried.append(type(getattr(reason, "exc", reason)).__name__)  # a Retry carries its cause
+
+    task_retry.connect(count_retry)
+    try:
+        assert process(inbox_id)["status"] == "processed"
+    finally:
+        task_retry.disconnect(count_retry)
+    assert retried == ["OperationalError"]  # the cut connection, found by the first statement
+    row = inbox_row(session_factory, inbox_id)
+    assert (row.status, row.crashes, row.running_since) == ("processed", 0, None)
+    assert _users(session_factory) == 2
