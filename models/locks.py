@@ -8,7 +8,7 @@ A name is hashed to the lock's 64-bit key (`hashtextextended`); names carry a ki
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, Text, bindparam, func, select
 from sqlalchemy.orm import Session
 
 _INBOX_ROW = "inbox:"
@@ -18,17 +18,24 @@ def lock_names(session: Session, *names: str) -> None:
     """Wait for and take the locks on `names`, in sorted order: every caller takes them in the
     same order, so two transactions locking overlapping names never deadlock."""
     for name in sorted(set(names)):
-        session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(name, 0))))
+        session.execute(_LOCK, {"name": name})
 
 
 def try_lock_name(session: Session, name: str) -> bool:
     """Take the lock on `name` if nobody holds it; False (without waiting) if someone does."""
-    return bool(session.scalar(select(try_lock_clause(name))))
+    return bool(session.scalar(_TRY_LOCK, {"name": name}))
 
 
 def try_lock_clause(name: str | ColumnElement[str]) -> ColumnElement[bool]:
     """`pg_try_advisory_xact_lock` on a name, as SQL: usable per row in a WHERE clause."""
     return func.pg_try_advisory_xact_lock(func.hashtextextended(name, 0))
+
+
+# Built once with the name as a parameter: every event takes these, and building the statement
+# each time cost more than sending it.
+_NAME = bindparam("name", type_=Text)
+_LOCK = select(func.pg_advisory_xact_lock(func.hashtextextended(_NAME, 0)))
+_TRY_LOCK = select(try_lock_clause(_NAME))
 
 
 def user_lock(clerk_user_id: str) -> str:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import BigInteger, Boolean, CursorResult, Text, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import ReturningInsert
 
 from models.app import User
 from models.base import table_of, utcnow
@@ -95,18 +96,19 @@ def _claim_version(session: Session, clerk_id: str, version: int) -> bool | None
     inactive, so every order of the same events ends in the same state). One upsert: its row
     lock also serialises concurrent events for the same user.
     """
+    return session.execute(_CLAIM_VERSION, {"clerk_user_id": clerk_id, "version": version}).scalar_one_or_none()
+
+
+def _claim_version_statement() -> ReturningInsert[bool]:
     sync_state = table_of(UserSyncState)  # Core on the table: no ORM bulk-insert machinery
-    statement = (
-        insert(sync_state)
-        .values(clerk_user_id=clerk_id, last_updated_at_ms=version)
-        .on_conflict_do_update(
-            index_elements=[sync_state.c.clerk_user_id],
-            set_={"last_updated_at_ms": version, "updated_at": func.now()},
-            where=sync_state.c.last_updated_at_ms < version,
-        )
-        .returning(sync_state.c.deleted_at.is_not(None))
+    statement = insert(sync_state).values(
+        clerk_user_id=bindparam("clerk_user_id", type_=Text), last_updated_at_ms=bindparam("version", type_=BigInteger)
     )
-    return session.execute(statement).scalar_one_or_none()
+    return statement.on_conflict_do_update(
+        index_elements=[sync_state.c.clerk_user_id],
+        set_={"last_updated_at_ms": statement.excluded.last_updated_at_ms, "updated_at": func.now()},
+        where=sync_state.c.last_updated_at_ms < statement.excluded.last_updated_at_ms,
+    ).returning(sync_state.c.deleted_at.is_not(None))
 
 
 def _claimable_email(session: Session, email: str | None, clerk_id: str, *, deleted: bool) -> str | None:
@@ -125,18 +127,38 @@ def _claimable_email(session: Session, email: str | None, clerk_id: str, *, dele
 def _upsert_user(session: Session, clerk_id: str, *, email: str | None, name: str | None, deleted: bool) -> str:
     """Insert or update the user's row; returns its id. Core, no ORM object: this is every
     `user.created`'s path, and nothing after it needs more than the id."""
-    now = utcnow()
-    changes: dict[str, object] = {"email": email, "name": name, "updatedAt": now}
-    if deleted:
-        changes["isActive"] = False
+    values = {"id": cuid(), "clerk_id": clerk_id, "email": email, "name": name, "active": not deleted, "now": utcnow()}
+    return session.execute(_UPSERT_USER, values).scalar_one()
+
+
+def _upsert_user_statement() -> ReturningInsert[str]:
     users = table_of(User)
-    statement = (
-        insert(users)
-        .values(id=cuid(), clerkId=clerk_id, email=email, name=name, isActive=not deleted, createdAt=now, updatedAt=now)
-        .on_conflict_do_update(index_elements=[users.c.clerkId], set_=changes)
-        .returning(users.c.id)
+    now = bindparam("now", type_=users.c.createdAt.type)
+    statement = insert(users).values(
+        id=bindparam("id", type_=Text),
+        clerkId=bindparam("clerk_id", type_=Text),
+        email=bindparam("email", type_=Text),
+        name=bindparam("name", type_=Text),
+        isActive=bindparam("active", type_=Boolean),
+        createdAt=now,
+        updatedAt=now,
     )
-    return session.execute(statement).scalar_one()
+    new = statement.excluded
+    return statement.on_conflict_do_update(
+        index_elements=[users.c.clerkId],
+        # A deleted user's update makes it inactive; no update makes a user active again.
+        set_={
+            "email": new.email,
+            "name": new.name,
+            "updatedAt": new.updatedAt,
+            "isActive": users.c.isActive & new.isActive,
+        },
+    ).returning(users.c.id)
+
+
+# Built once (compiled once, cached): every user.created and user.updated runs both.
+_CLAIM_VERSION = _claim_version_statement()
+_UPSERT_USER = _upsert_user_statement()
 
 
 def _data(delivery: Delivery) -> dict[str, Any]:
