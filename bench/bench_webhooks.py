@@ -1,12 +1,27 @@
-"""Webhook processing throughput through real Celery workers, against a same-run baseline.
+"""Webhook pipeline throughput through a real Celery worker, against a same-run baseline.
 
 Creates its own database and claims its own Redis database numbers, starts one `celery worker`
-(prefork, 2 processes), then measures:
-  baseline  N no-op tasks (celery.accumulate) through the same broker, settings and worker;
-  process   N Clerk user.created inbox rows through `webhooks.process` (user + balance + ledger).
-Prints rates, the ratio process/baseline, and the worker's resident memory before and after.
+(prefork, 2 processes, the `webhooks` queue, the project's Celery settings: acks late, prefetch
+1, task events) and one gunicorn receiver (the receiver's own gunicorn settings), then, for each
+round, measures three rates on that same worker:
 
-    .venv/bin/python bench/bench_webhooks.py [--events 2000]
+  no-op      N no-op tasks (`celery.accumulate`, no result), fire and drain: the per-task ceiling;
+  process    N Clerk `user.created` through `webhooks.process` (user, balance, signup ledger entry,
+             replay lookup), fire and drain: the rows are stored and their messages queued while
+             the worker is not consuming, then the worker consumes and the clock runs until the
+             queue is empty and every message acked (acks late: after the task's commit);
+  e2e        N distinct signed `user.created` deliveries POSTed to the receiver by wrk
+             (bench/bench_webhooks.lua: pre-signed, never duplicated), timed from the first POST
+             until every one of the N `User` rows exists.
+
+Fire and drain for both the no-op and `process`: the worker stops consuming (`cancel_consumer`),
+the queue is filled, the worker starts consuming (`add_consumer`) and the clock runs until the
+queue and Redis's unacked set are both empty. Prints each round, then the median of the rounds
+and the ratios process / no-op and e2e / no-op (goals: >= 0.6 and >= 0.4).
+
+    flock /tmp/pedro-bench.lock .venv/bin/python bench/bench_webhooks.py [--events 1000] [--rounds 3]
+
+The machine's other load skews every figure: the ratios, measured in the same run, less so.
 """
 
 from __future__ import annotations
@@ -14,91 +29,284 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from contextlib import ExitStack
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import psutil  # noqa: E402
+import httpx  # noqa: E402
+import redis  # noqa: E402
+from celery import Celery  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
+from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
+from svix.webhooks import Webhook  # noqa: E402
 
+from models.app import User  # noqa: E402
 from models.db import make_engine, make_session_factory  # noqa: E402
 from models.inbox import WebhookInbox, record_delivery  # noqa: E402
 from tests.support.celery_worker import WorkerProcess  # noqa: E402
 from tests.support.databases import scratch_environment  # noqa: E402
-from worker.celery_config import create_producer  # noqa: E402
+from worker.celery_config import PROCESS_WEBHOOK_TASK, WEBHOOKS_QUEUE, create_producer  # noqa: E402
 
 EXAMPLE = json.loads((ROOT / "tests/fixtures/payloads/clerk/user.created.json").read_text())
+CLERK_SECRET = "whsec_" + "YmVuY2gtd2ViaG9va3Mtc2lnbmluZy1zZWNyZXQ="
+WRK = "/usr/bin/wrk"
+WRK_THREADS, WRK_CONNECTIONS = 2, 16
+DRAIN_POLL_SECONDS = 0.01
+TIMEOUT_SECONDS = 600
+STALL_SECONDS = 60  # no progress for this long: the run failed (a delivery lost, a worker stuck)
 
 
-def worker_rss_mib(worker: WorkerProcess) -> float:
-    main = psutil.Process(worker.process.pid)
-    return sum(p.memory_info().rss for p in [main, *main.children()]) / 2**20
+@dataclass
+class Round:
+    noop: float
+    process: float
+    e2e: float
+    client: str  # wrk's status counts
+
+    def line(self, number: int) -> str:
+        return (
+            f"round {number}: no-op {self.noop:6.0f}/s  process {self.process:6.0f}/s ({self.process / self.noop:4.2f})"
+            f"  e2e {self.e2e:6.0f}/s ({self.e2e / self.noop:4.2f})  [wrk: {self.client}]"
+        )
 
 
-def run_baseline(producer, count: int) -> float:
-    started = time.perf_counter()
-    results = [producer.send_task("celery.accumulate", args=(i,), queue="webhooks") for i in range(count)]
-    for result in results:
-        result.get(timeout=300)
-    return count / (time.perf_counter() - started)
+class Drain:
+    """Fire and drain on one worker: fill the queue while the worker does not consume, then time
+    until the queue is empty and nothing is unacked."""
+
+    def __init__(self, producer: Celery, worker: WorkerProcess, redis_url: str) -> None:
+        self.producer, self.worker = producer, worker
+        self.redis = redis.Redis.from_url(redis_url)
+
+    def timed(self, count: int, fill: Callable[[], None], profile: Path | None = None) -> float:
+        self._control("cancel_consumer")
+        fill()
+        assert self.redis.llen(WEBHOOKS_QUEUE) == count, "the queue holds other messages"
+        with ExitStack() as profiling:
+            if profile is not None:
+                profiling.enter_context(py_spy(self.worker, profile))
+            started = time.perf_counter()
+            self._control("add_consumer")
+            deadline = time.monotonic() + TIMEOUT_SECONDS
+            while self.redis.llen(WEBHOOKS_QUEUE) or self.redis.hlen("unacked"):
+                assert time.monotonic() < deadline, "the worker did not drain the queue"
+                time.sleep(DRAIN_POLL_SECONDS)
+            return count / (time.perf_counter() - started)
+
+    def _control(self, command: str) -> None:
+        replies = self.producer.control.broadcast(
+            command, arguments={"queue": WEBHOOKS_QUEUE}, destination=[self.worker.name], reply=True, timeout=10
+        )
+        assert replies, f"the worker did not answer {command}"
 
 
-def store_events(factory, count: int) -> list[int]:
+@contextmanager
+def py_spy(worker: WorkerProcess, output: Path) -> Iterator[None]:
+    """Sample the worker and its pool processes (py-spy's raw format: one stack a line)."""
+    command = [str(Path(sys.executable).parent / "py-spy"), "record", "--subprocesses", "--rate", "250"]
+    command += ["--format", "raw", "--output", str(output), "--pid", str(worker.process.pid)]
+    spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)  # attached
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)  # py-spy writes what it sampled and exits
+        spy.wait(60)
+
+
+def delivery_body(user_id: str) -> dict[str, object]:
+    """The fixture's user.created with its own user (and no email: every user would claim it)."""
+    body = copy.deepcopy(EXAMPLE)
+    body["data"].update(id=user_id, email_addresses=[])
+    return body
+
+
+def store_events(factory: sessionmaker[Session], prefix: str, count: int) -> list[int]:
     ids = []
     with factory.begin() as session:
         for number in range(count):
-            body = copy.deepcopy(EXAMPLE)
-            body["data"].update(id=f"user_bench_{number}", email_addresses=[])
-            ids.append(
-                record_delivery(
-                    session, source="clerk", external_id=f"msg_bench_{number}", event_type="user.created", payload=body
-                )
+            inbox_id = record_delivery(
+                session,
+                source="clerk",
+                external_id=f"msg_{prefix}_{number}",
+                event_type="user.created",
+                payload=delivery_body(f"user_{prefix}_{number}"),
             )
+            assert inbox_id is not None
+            ids.append(inbox_id)
     return ids
 
 
-def run_processing(producer, factory, ids: list[int]) -> float:
-    started = time.perf_counter()
-    for inbox_id in ids:
-        producer.send_task("webhooks.process", kwargs={"inbox_id": inbox_id}, ignore_result=True)
+def measure_noop(drain: Drain, producer: Celery, count: int) -> float:
+    def fill() -> None:
+        for number in range(count):
+            producer.send_task("celery.accumulate", args=(number,), queue=WEBHOOKS_QUEUE, ignore_result=True)
+
+    return drain.timed(count, fill)
+
+
+def measure_process(
+    drain: Drain,
+    producer: Celery,
+    factory: sessionmaker[Session],
+    prefix: str,
+    count: int,
+    profile: Path | None = None,
+) -> float:
+    def fill() -> None:
+        for inbox_id in store_events(factory, prefix, count):
+            producer.send_task(PROCESS_WEBHOOK_TASK, kwargs={"inbox_id": inbox_id}, ignore_result=True)
+
+    rate = drain.timed(count, fill, profile)
     with factory() as session:
-        while session.scalar(select(func.count()).where(WebhookInbox.status == "pending")):
-            time.sleep(0.05)
-            session.rollback()
-    return len(ids) / (time.perf_counter() - started)
+        pending = session.scalar(
+            select(func.count()).where(
+                WebhookInbox.external_id.like(f"msg_{prefix}_%"), WebhookInbox.status != "processed"
+            )
+        )
+    assert pending == 0, f"{pending} rows not processed"
+    return rate
+
+
+def signed_deliveries(folder: Path, prefix: str, count: int) -> Path:
+    """One line per delivery: svix-id, svix-timestamp, svix-signature, body (one JSON line)."""
+    signer, now = Webhook(CLERK_SECRET), datetime.now(UTC)
+    path = folder / f"{prefix}.txt"
+    with path.open("w") as out:
+        for number in range(count):
+            msg_id, body = f"msg_{prefix}_{number}", json.dumps(delivery_body(f"user_{prefix}_{number}"))
+            out.write(f"{msg_id} {int(now.timestamp())} {signer.sign(msg_id, now, body)} {body}\n")
+    return path
+
+
+def measure_e2e(port: int, factory: sessionmaker[Session], folder: Path, prefix: str, count: int) -> tuple[float, str]:
+    deliveries = signed_deliveries(folder, prefix, count)
+    # -T: wrk's default 2 s timeout would drop a slow answer's delivery (never re-sent) under load.
+    command = [WRK, f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{TIMEOUT_SECONDS}s", f"-T{STALL_SECONDS}s"]
+    command += ["-s", str(ROOT / "bench/bench_webhooks.lua"), f"http://127.0.0.1:{port}", "--"]
+    command += [str(deliveries), str(WRK_THREADS)]
+    users = select(func.count()).select_from(User).where(User.clerk_id.like(f"user_{prefix}_%"))
+    started = time.perf_counter()
+    client = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        with factory() as session:
+            seen, progress_at = 0, time.monotonic()
+            while (now_seen := session.scalar(users) or 0) < count:
+                assert client.poll() is None, "wrk ended before every user existed"
+                if now_seen > seen:
+                    seen, progress_at = now_seen, time.monotonic()
+                assert time.monotonic() - progress_at < STALL_SECONDS, f"stalled at {seen} of {count} users"
+                session.rollback()
+                time.sleep(DRAIN_POLL_SECONDS)
+        rate = count / (time.perf_counter() - started)
+    finally:
+        client.send_signal(signal.SIGINT)  # wrk stops and prints its summary
+        output, _ = client.communicate(timeout=30)
+    result = re.search(r"^RESULT (.*)$", output, re.M)
+    return rate, result[1] if result else "no summary"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def receiver(runtime_dir: str) -> Iterator[int]:
+    """The receiver under gunicorn with its own settings (receiver.gunicorn_conf), on free ports."""
+    port = free_port()
+    environ = {
+        **os.environ,
+        "PORT": str(port),
+        "WEB_BIND_HOST": "127.0.0.1",
+        "RECEIVER_METRICS_PORT": str(free_port()),
+        "RUNTIME_DIR": runtime_dir,
+    }
+    environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    command = [str(Path(sys.executable).parent / "gunicorn"), "--config", "python:receiver.gunicorn_conf"]
+    command += ["--access-logfile", "/dev/null", "receiver.app:create_app()"]
+    log = Path(runtime_dir) / "gunicorn.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, env=environ, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, f"gunicorn exited with {process.returncode}:\n{log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, "gunicorn did not come up"
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        yield port
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--events", type=int, default=1000, help="events per measurement")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--profile", type=Path, help="after the rounds, drain one more batch of webhooks.process under py-spy (raw)"
+    )
     args = parser.parse_args()
     with ExitStack() as stack:
-        settings, _, _ = scratch_environment(stack, SIGNUP_CREDITS="100")
+        settings, _, _ = scratch_environment(
+            stack,
+            SIGNUP_CREDITS="100",
+            CLERK_WEBHOOK_SIGNING_SECRET=CLERK_SECRET,
+            ASAAS_WEBHOOK_TOKEN=uuid.uuid4().hex,
+            LOG_LEVEL="WARNING",
+        )
         engine = make_engine(settings)
         stack.callback(engine.dispose)
         factory = make_session_factory(engine)
         producer = create_producer(settings)
-        worker = WorkerProcess(producer, queues="webhooks", concurrency=2)
+        worker = WorkerProcess(producer, queues=WEBHOOKS_QUEUE, concurrency=2)
         worker.start()
         stack.callback(worker.stop)
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-webhooks-")))
+        port = stack.enter_context(receiver(str(folder)))
+        drain = Drain(producer, worker, settings.redis_url.get_secret_value())
 
-        run_baseline(producer, 200)  # warm-up: connections, imports, pool children
-        rss_before = worker_rss_mib(worker)
-        baseline = run_baseline(producer, args.events)
-        ids = store_events(factory, args.events)
-        processing = run_processing(producer, factory, ids)
-        rss_after = worker_rss_mib(worker)
-        with factory() as session:
-            done = session.scalar(select(func.count()).where(WebhookInbox.status == "processed"))
-        print(f"events                       {args.events} (processed: {done})")
-        print(f"baseline no-op tasks/s       {baseline:8.0f}")
-        print(f"webhooks.process events/s    {processing:8.0f}")
-        print(f"ratio process / no-op        {processing / baseline:8.2f}")
-        print(f"worker RSS MiB before/after  {rss_before:6.1f} / {rss_after:6.1f}")
+        measure_noop(drain, producer, 200)  # warm-up: connections, imports, compiled statements
+        measure_process(drain, producer, factory, "warm", 200)
+        rounds = []
+        for number in range(1, args.rounds + 1):
+            noop = measure_noop(drain, producer, args.events)
+            process = measure_process(drain, producer, factory, f"p{number}", args.events)
+            e2e, client = measure_e2e(port, factory, folder, f"e{number}", args.events)
+            rounds.append(Round(noop, process, e2e, client))
+            print(rounds[-1].line(number), flush=True)
+        if args.profile:
+            measure_process(drain, producer, factory, "profiled", args.events, profile=args.profile)
+            print(f"py-spy samples of one more webhooks.process drain: {args.profile}")
+        noop, process, e2e = (
+            statistics.median(getattr(r, name) for r in rounds) for name in ("noop", "process", "e2e")
+        )
+        print(f"\nmedian of {args.rounds} rounds, {args.events} events each (worker: prefork, 2 processes)")
+        print(f"no-op task (fire and drain)          {noop:8.0f} tasks/s")
+        print(f"webhooks.process user.created        {process:8.0f} events/s  ratio {process / noop:4.2f} (goal 0.6)")
+        print(f"end to end through the receiver      {e2e:8.0f} events/s  ratio {e2e / noop:4.2f} (goal 0.4)")
+        print(f"  (wrk {WRK_THREADS} threads, {WRK_CONNECTIONS} connections; gunicorn with the receiver's settings)")
 
 
 if __name__ == "__main__":
