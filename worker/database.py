@@ -43,8 +43,9 @@ def autocommit_connection() -> Iterator[Connection]:
     """A pooled connection in autocommit: each statement is its own transaction, committed in
     the statement's own round trip (no BEGIN, no COMMIT). Back in the pool it is transactional
     again (SQLAlchemy resets the isolation level on return)."""
-    engine = session_factory().kw["bind"]
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+    session_factory()  # this process's engine, made on first use
+    assert _engine is not None
+    with _engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         yield connection
 
 
