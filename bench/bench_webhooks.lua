@@ -40,6 +40,12 @@ function init(args)
 end
 
 function request()
+   if thread_index == 0 and not verified then
+      -- wrk calls request() once on thread 0 to check the request's format, and never sends
+      -- that one: hand it the first delivery without using it up.
+      verified = true
+      return requests[next_request] or fallback
+   end
    local chosen = requests[next_request]
    if chosen == nil then
       -- Every delivery of this thread was sent: stop it (its answers in flight are not needed:
