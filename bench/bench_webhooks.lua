@@ -4,15 +4,15 @@
 --
 -- DELIVERIES_FILE holds one delivery per line, "svix-id svix-timestamp svix-signature body" (the
 -- body is one line of JSON, a user of its own per delivery). Each wrk thread sends the lines whose
--- number modulo the thread count is its own, each exactly once, and stops as soon as one of its
--- connections finds none left (answers still in flight are not waited for: the bench watches the
--- database, and sends again any delivery that was never stored). wrk itself runs until the bench
--- interrupts it, once every user exists.
--- done() prints one line the bench parses: "RESULT status=count ... healthz=N" (the statuses
--- wrk saw; healthz: the fallback requests a stopping thread may still have sent).
+-- number modulo the thread count is its own, each exactly once, and stops once all of them were
+-- answered; meanwhile a connection that finds none left sends GET /healthz (told apart by its
+-- body, counted apart, at most MAX_FALLBACKS per thread). The bench watches the database and
+-- sends again any delivery that was never stored; it interrupts wrk once every user exists.
+-- done() prints one line the bench parses: "RESULT status=count ... healthz=N".
 
 local threads = {}
 local counter = 0
+local MAX_FALLBACKS = 100
 
 function setup(thread)
    thread:set("thread_index", counter)
@@ -22,7 +22,7 @@ end
 
 function init(args)
    local thread_count = tonumber(args[2])
-   requests, next_request, statuses, healthz = {}, 1, {}, 0
+   requests, next_request, statuses, healthz, answered = {}, 1, {}, 0, 0
    local line_number = 0
    for line in io.lines(args[1]) do
       if line_number % thread_count == thread_index then
@@ -37,6 +37,7 @@ function init(args)
       line_number = line_number + 1
    end
    fallback = wrk.format("GET", "/healthz")
+   total = #requests
 end
 
 function request()
@@ -48,10 +49,13 @@ function request()
    end
    local chosen = requests[next_request]
    if chosen == nil then
-      -- Every delivery of this thread was sent: stop it (its answers in flight are not needed:
-      -- the bench watches the database). A spinning fallback would take the worker's CPU.
+      -- Every delivery of this thread was sent; its other connections wait for their answers.
+      -- Bounded: if wrk lost a request (its answer never comes), the fallbacks would spin and
+      -- take the worker's CPU; the bench re-sends what was never stored.
       healthz = healthz + 1
-      wrk.thread:stop()
+      if healthz >= MAX_FALLBACKS then
+         wrk.thread:stop()
+      end
       return fallback
    end
    requests[next_request] = nil  -- sent once
@@ -64,6 +68,10 @@ function response(status, headers, body)
       return  -- a /healthz fallback
    end
    statuses[status] = (statuses[status] or 0) + 1
+   answered = answered + 1
+   if answered >= total then
+      wrk.thread:stop()
+   end
 end
 
 function done(summary, latency, requests)
