@@ -115,8 +115,10 @@ def wait_until_processed(factory, stored: int, timeout: float = 300) -> None:
 
 
 def debit_all(client: UsageClient, users: list[str], count: int, batch: int) -> None:
-    sent = [client.debit(users[n % len(users)], "AI_TEXT_CHAT", f"mem-{batch}-{n}", cost=1) for n in range(count)]
-    statuses = {result.get(timeout=120)["status"] for result in sent}
+    # A generous deadline: on a loaded machine the debits may wait behind other work.
+    key = f"mem-{batch}-{{}}"
+    sent = [client.debit(users[n % len(users)], "AI_TEXT_CHAT", key.format(n), cost=1, wait=600) for n in range(count)]
+    statuses = {result.get(timeout=600)["status"] for result in sent}
     if statuses != {"applied"}:
         raise RuntimeError(f"debits answered {statuses}")
 
@@ -127,8 +129,8 @@ def run_batch(number: int, port: int, factory, client: UsageClient, debits: int)
     post_all(port, signed_batch(users, "user.created"))
     wait_until_processed(factory, (number + 1) * BATCH - BATCH // 2)
     post_all(port, signed_batch(users[:200], "user.updated") + signed_batch(users[200:], "PAYMENT_CONFIRMED"))
-    debit_all(client, users, debits, number)
     wait_until_processed(factory, (number + 1) * BATCH)
+    debit_all(client, users, debits, number)
     return (number + 1) * BATCH
 
 
