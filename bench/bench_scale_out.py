@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import func, select  # noqa: E402
 
 from bench.service_processes import (  # noqa: E402
+    ServiceProcess,
     exit_on_sigterm,
     load_average,
     procfile_names,
@@ -65,7 +66,8 @@ CONCURRENCIES = (1, 2, 4)
 @dataclass(frozen=True)
 class Figure:
     rate: float  # tasks per second
-    cpu: float  # share of all cores busy during the measurement (0..1)
+    cpu: float  # share of all cores busy during the measurement (0..1), whole machine
+    worker_cpu_ms: float  # CPU the worker processes (main + pool) spent per task: load-independent
 
 
 class Bench:
@@ -76,6 +78,7 @@ class Bench:
         self.client = UsageClient(producer)
         self.lock_file = lock_file
         self.serial = 0
+        self.workers: list[ServiceProcess] = []  # the worker instances running now
 
     def next_serial(self) -> int:
         self.serial += 1
@@ -136,7 +139,7 @@ class Bench:
 
     def measure(self, *loads: Callable[[], None]) -> list[Figure]:
         """Run `loads` at the same time (one thread each); the rate of each, and the CPU use."""
-        busy_before = cpu_times()
+        busy_before, worker_before = cpu_times(), self.worker_cpu_seconds()
 
         def timed(run: Callable[[], None]) -> float:
             started = time.perf_counter()
@@ -145,7 +148,21 @@ class Bench:
 
         with ThreadPoolExecutor(len(loads)) as pool:
             rates = list(pool.map(timed, loads))
-        return [Figure(rate, cpu_share(busy_before, cpu_times())) for rate in rates]
+        busy = cpu_share(busy_before, cpu_times())
+        worker_ms = (self.worker_cpu_seconds() - worker_before) * 1000 / (self.events * len(loads))
+        return [Figure(rate, busy, worker_ms) for rate in rates]
+
+    def worker_cpu_seconds(self) -> float:
+        return sum(process_cpu_seconds(pid) for worker in self.workers for pid in [worker.pid, *worker.children()])
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of one process, from /proc/<pid>/stat (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_times() -> tuple[int, int]:
@@ -173,7 +190,7 @@ def held(lock_file: Path | None) -> Iterator[None]:
 
 
 def median(figures: list[Figure]) -> Figure:
-    return Figure(statistics.median(f.rate for f in figures), statistics.median(f.cpu for f in figures))
+    return Figure(*(statistics.median(getattr(f, name) for f in figures) for name in ("rate", "cpu", "worker_cpu_ms")))
 
 
 @contextmanager
@@ -185,6 +202,8 @@ def workers(bench: Bench, env: dict[str, str], logs: Path, *specs: tuple[str, in
             log = logs / f"{name}-{concurrency}-{queues or 'procfile'}.log"
             worker = start_celery_worker(bench.producer, env, log, concurrency, queues=queues, name=name)
             running.callback(worker.stop)
+            bench.workers.append(worker)
+        running.callback(bench.workers.clear)
         bench.measure(bench.noop())  # warm-up: every pool process connects and imports
         yield
 
@@ -219,14 +238,15 @@ def separate_queues(bench: Bench, env: dict[str, str], logs: Path, rounds: int, 
 def report(by_concurrency: dict[tuple[str, int], Figure], split: dict[str, Figure], args) -> None:
     print(
         f"{args.events} tasks per figure, median of {args.rounds} rounds, fire and drain; {os.cpu_count()} CPUs,"
-        f" load {load_average()}; CPU = share of all cores busy during the measurement (whole machine)"
+        f" load {load_average()}; CPU = share of all cores busy during the measurement (whole machine);"
+        " ms/task = CPU the worker processes spent per task (main + pool; PostgreSQL and Redis not included)"
     )
     print("1. one worker instance (Procfile `worker`), --concurrency N (one prefork pool)")
     for load in ("no-op", "webhooks", "debits"):
         one = by_concurrency[(load, 1)].rate
         cells = [
             f"N={n}: {by_concurrency[(load, n)].rate:6.0f}/s x{by_concurrency[(load, n)].rate / one:4.2f}"
-            f" CPU {by_concurrency[(load, n)].cpu:4.0%}"
+            f" CPU {by_concurrency[(load, n)].cpu:4.0%} {by_concurrency[(load, n)].worker_cpu_ms:4.1f} ms/task"
             for n in CONCURRENCIES
         ]
         print(f"  {load:9s} " + "   ".join(cells))
@@ -240,8 +260,8 @@ def report(by_concurrency: dict[tuple[str, int], Figure], split: dict[str, Figur
     for name in ("webhooks", "debits"):
         alone, both = split[f"{name} alone"], split[f"{name}, both loaded"]
         print(
-            f"  {name:9s} alone {alone.rate:6.0f}/s (CPU {alone.cpu:4.0%})   both loaded {both.rate:6.0f}/s"
-            f" (CPU {both.cpu:4.0%})   both / alone {both.rate / alone.rate:4.2f}"
+            f"  {name:9s} alone {alone.rate:6.0f}/s (CPU {alone.cpu:4.0%}, {alone.worker_cpu_ms:4.1f} ms/task)"
+            f"   both loaded {both.rate:6.0f}/s (CPU {both.cpu:4.0%})   both / alone {both.rate / alone.rate:4.2f}"
         )
 
 
