@@ -8,7 +8,7 @@ everything again. Every figure is fire and drain (send all, then wait for all), 
 --rounds rounds, with the machine's CPU use over the measurement (/proc/stat, all cores):
 
 1. one worker instance with --concurrency 1, 2 and 4 (processes of one prefork pool), each on the
-   Procfile's queues:
+   Procfile's queues (the debits on the Procfile's `usage` process when it has one):
    - no-op      `celery.accumulate` (Celery's own per-task cost: the ceiling);
    - webhooks   `webhooks.process` for --events Clerk user.created inbox rows stored beforehand;
    - debits     `usage.debit` sent by name (worker.client.UsageClient), spread over the users;
@@ -86,10 +86,10 @@ class Bench:
 
     # --- the three loads: each returns a callable that sends everything and drains it ---------
 
-    def noop(self) -> Callable[[], None]:
+    def noop(self, queue: str = WEBHOOKS_QUEUE) -> Callable[[], None]:
         def run() -> None:
             send = self.producer.send_task
-            sent = [send("celery.accumulate", args=(n,), queue=WEBHOOKS_QUEUE) for n in range(self.events)]
+            sent = [send("celery.accumulate", args=(n,), queue=queue) for n in range(self.events)]
             for result in sent:
                 result.get(timeout=300)
 
@@ -204,18 +204,26 @@ def workers(bench: Bench, env: dict[str, str], logs: Path, *specs: tuple[str, in
             running.callback(worker.stop)
             bench.workers.append(worker)
         running.callback(bench.workers.clear)
-        bench.measure(bench.noop())  # warm-up: every pool process connects and imports
+        for name, _, queues in specs:  # warm-up: every pool process connects and imports
+            serves_usage = name == "usage" or queues == USAGE_QUEUE
+            bench.measure(bench.noop(USAGE_QUEUE if serves_usage else WEBHOOKS_QUEUE))
         yield
 
 
 def scale_by_concurrency(bench: Bench, env: dict[str, str], logs: Path, rounds: int) -> dict[tuple[str, int], Figure]:
+    """Each load at each concurrency, on the Procfile process that serves it: `worker`, and for
+    the debits the Procfile's `usage` process when it has one (batched debits)."""
+    makers = {"no-op": bench.noop, "webhooks": bench.webhooks, "debits": bench.debits}
+    set_ups = [("worker", ["no-op", "webhooks", "debits"])]
+    if "usage" in procfile_names():
+        set_ups = [("worker", ["no-op", "webhooks"]), ("usage", ["debits"])]
     figures: dict[tuple[str, int], Figure] = {}
     for concurrency in CONCURRENCIES:
-        with workers(bench, env, logs, ("worker", concurrency, None)):
-            for load in ("no-op", "webhooks", "debits"):
-                make = {"no-op": bench.noop, "webhooks": bench.webhooks, "debits": bench.debits}[load]
-                figures[(load, concurrency)] = median([bench.measure(make())[0] for _ in range(rounds)])
-                print(f"  ... {load} N={concurrency}: {figures[(load, concurrency)]}", file=sys.stderr, flush=True)
+        for process, loads in set_ups:
+            with workers(bench, env, logs, (process, concurrency, None)):
+                for load in loads:
+                    figures[(load, concurrency)] = median([bench.measure(makers[load]())[0] for _ in range(rounds)])
+                    print(f"  ... {load} N={concurrency}: {figures[(load, concurrency)]}", file=sys.stderr, flush=True)
     return figures
 
 
