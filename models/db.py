@@ -1,13 +1,25 @@
 """Engine and session factory. Built from settings by each process after start-up (and, in
-Celery's prefork workers, after fork): a connection pool must never cross a fork."""
+Celery's prefork workers, after fork): a connection pool must never cross a fork.
+
+Every transaction runs with the server settings of `_server_settings` (UTC, the lock timeout,
+the client check). Connected directly, they are sent once per connection (the `options` startup
+parameter). Behind a pooler in transaction mode (DB_TRANSACTION_POOLER=true, e.g. PgBouncer
+`pool_mode = transaction`) a connection is only lent for one transaction, and PgBouncer refuses
+(or, with `ignore_startup_parameters`, drops) `options`: the settings are then set at the start of
+every transaction with `set_config(..., true)` (SET LOCAL, so they never leak to another client
+of the same server connection), and psycopg never prepares a statement (a prepared statement
+lives on one server connection; PgBouncer before 1.21 does not carry it to another).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine
+import psycopg
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.base import SERVICE_SCHEMA
@@ -18,18 +30,22 @@ def make_engine(settings: DatabaseSettings, *, pre_ping: bool = True, **kwargs: 
     """`pre_ping`: test each pooled connection with a round trip before handing it out. A hot
     path that instead retries once on a connection found dead (SQLAlchemy's "optimistic"
     disconnect handling) may turn it off."""
-    return create_engine(
+    connect_args: dict[str, Any] = {"connect_timeout": 5}
+    if settings.db_transaction_pooler:
+        connect_args["prepare_threshold"] = None
+    else:
+        connect_args["options"] = " ".join(f"-c {name}={value}" for name, value in _server_settings(settings))
+    engine = create_engine(
         settings.database_url.get_secret_value(),
         pool_pre_ping=pre_ping,
-        # Prisma writes TIMESTAMP(3) values in UTC; make CURRENT_TIMESTAMP defaults agree.
-        connect_args={
-            "options": _server_options(settings),
-            "connect_timeout": 5,
-        },
+        connect_args=connect_args,
         execution_options={"schema_translate_map": {SERVICE_SCHEMA: settings.service_schema}},
         hide_parameters=True,
         **kwargs,
     )
+    if settings.db_transaction_pooler:
+        event.listen(engine, "begin", _set_per_transaction(settings))
+    return engine
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -43,8 +59,30 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
-def _server_options(settings: DatabaseSettings) -> str:
-    options = f"-c timezone=UTC -c lock_timeout={settings.db_lock_timeout_ms}"
+def _server_settings(settings: DatabaseSettings) -> list[tuple[str, str]]:
+    # Prisma writes TIMESTAMP(3) values in UTC; make CURRENT_TIMESTAMP defaults agree.
+    values = [("timezone", "UTC"), ("lock_timeout", str(settings.db_lock_timeout_ms))]
     if settings.db_client_check_ms:
-        options += f" -c client_connection_check_interval={settings.db_client_check_ms}"
-    return options
+        values.append(("client_connection_check_interval", str(settings.db_client_check_ms)))
+    return values
+
+
+def _set_per_transaction(settings: DatabaseSettings) -> Callable[[Connection], None]:
+    """A `begin` hook that opens each transaction with the server settings, in one round trip.
+
+    It runs inside SQLAlchemy's begin, before SQLAlchemy's transaction exists, so it talks to the
+    driver's connection (psycopg opens the transaction with this statement) and wraps a driver
+    error as SQLAlchemy would, so that callers see the errors they retry on."""
+    names = _server_settings(settings)
+    statement = "SELECT " + ", ".join(f"set_config('{name}', %s, true)" for name, _ in names)
+    values = [value for _, value in names]
+
+    def set_local(connection: Connection) -> None:
+        try:
+            connection.connection.dbapi_connection.execute(statement, values)  # type: ignore[union-attr]
+        except psycopg.Error as error:
+            raise sa_exc.DBAPIError.instance(
+                statement, values, error, psycopg.Error, hide_parameters=True, dialect=connection.dialect
+            ) from error
+
+    return set_local

@@ -34,6 +34,10 @@ class DatabaseSettings(BaseSettings):
     # (PostgreSQL 14+). A worker killed mid-task then releases its locks within this time instead
     # of when its statement ends. 0: not set (leave the server's default).
     db_client_check_ms: int = Field(default=2_000, ge=0)
+    # DATABASE_URL names a pooler in transaction mode (PgBouncer `pool_mode = transaction`): each
+    # transaction may run on a different server connection, so nothing is set per connection
+    # (models.db sets the server settings per transaction and never prepares statements).
+    db_transaction_pooler: bool = False
 
     @field_validator("database_url")
     @classmethod
