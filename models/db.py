@@ -8,7 +8,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
 from models.base import SERVICE_SCHEMA
 from models.settings import DatabaseSettings
@@ -30,6 +32,18 @@ def make_engine(settings: DatabaseSettings, *, pre_ping: bool = True, **kwargs: 
         hide_parameters=True,
         **kwargs,
     )
+
+
+def once_more_if_disconnected() -> Retrying:
+    """For a path built with `pre_ping=False`: run the block a second time when its connection
+    was found dead (PostgreSQL restarted, a backend terminated). SQLAlchemy then invalidates
+    the pool's older connections, so the second try connects afresh; a second failure is
+    raised, and is a real outage. Only for work that is safe to repeat."""
+    return Retrying(retry=retry_if_exception(_disconnected), stop=stop_after_attempt(2), reraise=True)
+
+
+def _disconnected(exc: BaseException) -> bool:
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
