@@ -279,6 +279,11 @@ def throughput(env: dict[str, str], store: Store, rounds: int, seconds: float) -
     bare = [r[0].rate / b[0].rate for r, b in zip(results[LEAN.name], results[BARE.name], strict=True)]
     print(f"  receiver / lean (per round {', '.join(f'{r:.2f}' for r in ratios)}): {statistics.median(ratios):.2f}")
     print(f"  lean / bare route: {statistics.median(bare):.2f}")
+    # The same wrk settings drove the bare route: if that rate is well above the others', wrk
+    # (its CPU is printed per app, out of 2.0 for 2 threads) was not what limited them.
+    bare_peak = statistics.median(peak.rate for peak, _ in results[BARE.name])
+    receiver_peak = statistics.median(peak.rate for peak, _ in results[RECEIVER.name])
+    print(f"  wrk: the same settings drove the bare route at {bare_peak / receiver_peak:.1f}x the receiver's rate")
 
 
 def _median(runs: list[Run], field: str) -> float:
