@@ -1,4 +1,4 @@
-"""The baseline for bench_receiver.py: a Flask route that does nothing, under the same gunicorn."""
+"""The bare baseline for bench_receiver.py: a Flask route that does nothing, under the same gunicorn."""
 
 from flask import Flask
 
@@ -8,3 +8,8 @@ app = Flask(__name__)
 @app.post("/webhooks/clerk")
 def accept():
     return {"status": "accepted"}
+
+
+@app.get("/healthz")
+def healthz():
+    return {"status": "ok"}

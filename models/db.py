@@ -9,6 +9,10 @@ parameter). Behind a pooler in transaction mode (DB_TRANSACTION_POOLER=true, e.g
 every transaction with `set_config(..., true)` (SET LOCAL, so they never leak to another client
 of the same server connection), and psycopg never prepares a statement (a prepared statement
 lives on one server connection; PgBouncer before 1.21 does not carry it to another).
+An AUTOCOMMIT engine (the receiver's single INSERT, the worker's run-start UPDATE) runs each
+statement as its own transaction: behind such a pooler the settings do not reach it, which is
+harmless there because those statements write only `timestamptz` values and take no lock that
+could wait.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import psycopg
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
+from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
 from models.base import SERVICE_SCHEMA
 from models.settings import DatabaseSettings
@@ -46,6 +51,18 @@ def make_engine(settings: DatabaseSettings, *, pre_ping: bool = True, **kwargs: 
     if settings.db_transaction_pooler:
         event.listen(engine, "begin", _set_per_transaction(settings))
     return engine
+
+
+def once_more_if_disconnected() -> Retrying:
+    """For a path built with `pre_ping=False`: run the block a second time when its connection
+    was found dead (PostgreSQL restarted, a backend terminated). SQLAlchemy then invalidates
+    the pool's older connections, so the second try connects afresh; a second failure is
+    raised, and is a real outage. Only for work that is safe to repeat."""
+    return Retrying(retry=retry_if_exception(_disconnected), stop=stop_after_attempt(2), reraise=True)
+
+
+def _disconnected(exc: BaseException) -> bool:
+    return isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import BigInteger, CheckConstraint, Identity, Index, Text, UniqueConstraint, text
+from sqlalchemy import BigInteger, CheckConstraint, Connection, Identity, Index, Table, Text, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import TIMESTAMP, insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -73,18 +73,23 @@ class WebhookInbox(Base):
     crashes: Mapped[int] = mapped_column(server_default=text("0"))
 
 
+# Built once: the statement (and its compiled form, cached by SQLAlchemy) is the same for every
+# delivery; only the parameters change.
+_INBOX_TABLE = cast(Table, WebhookInbox.__table__)  # declarative types it as any FromClause
+_RECORD_DELIVERY = (
+    insert(_INBOX_TABLE).on_conflict_do_nothing(index_elements=["source", "external_id"]).returning(_INBOX_TABLE.c.id)
+)
+
+
 def record_delivery(
-    session: Session, *, source: str, external_id: str, event_type: str, payload: dict[str, Any]
+    session: Session | Connection, *, source: str, external_id: str, event_type: str, payload: dict[str, Any]
 ) -> int | None:
     """Store a verified delivery once. Returns the new row's id, or None for a duplicate.
 
     One statement, no check-then-insert: concurrent deliveries of one event race on the
-    unique key and exactly one of them gets an id back.
+    unique key and exactly one of them gets an id back. A Core insert on the table (not the
+    ORM entity), so it takes neither the ORM's bulk-insert path nor a Session: the receiver
+    runs it on a plain connection.
     """
-    statement = (
-        insert(WebhookInbox)
-        .values(source=source, external_id=external_id, event_type=event_type, payload=payload)
-        .on_conflict_do_nothing(index_elements=["source", "external_id"])
-        .returning(WebhookInbox.id)
-    )
-    return session.execute(statement).scalar_one_or_none()
+    values = {"source": source, "external_id": external_id, "event_type": event_type, "payload": payload}
+    return session.execute(_RECORD_DELIVERY, values).scalar_one_or_none()

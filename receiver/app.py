@@ -17,7 +17,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from sqlalchemy import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from models.db import make_engine, make_session_factory
+from models.db import make_engine
 from models.inbox import Source
 from models.logs import bind_event, clear_event
 from models.settings import Settings, load_settings
@@ -66,7 +66,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Built here, per process; the engine and producer do not connect before their first use, so
     # a gunicorn master that preloads the app forks no open connection of theirs (the probe
     # client's pool, used below, notices a fork and reconnects in the child).
-    engine = make_engine(settings)
+    # Autocommit: the receiver's only write is one INSERT, its own transaction (Inbox._store).
+    # No pre-ping: Inbox._store and Readiness retry once on a connection found dead instead.
+    engine = make_engine(settings, pre_ping=False, isolation_level="AUTOCOMMIT")
     producer = make_producer(settings)
     probes = probe_client(settings)
     durability = RedisDurability(settings, probes)
@@ -77,7 +79,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings=settings,
         clerk=clerk,
         asaas=asaas,
-        inbox=Inbox(make_session_factory(engine), producer, signer, durability),
+        inbox=Inbox(engine, producer, signer, durability),
         readiness=Readiness(engine, probes),
         durability=durability,
         metrics=Metrics(),

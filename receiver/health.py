@@ -10,6 +10,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from models.db import once_more_if_disconnected
 from models.settings import Settings
 from receiver.ingest import BROKER_SOCKET_TIMEOUT
 
@@ -37,8 +38,9 @@ class Readiness:
 
     def _postgresql(self) -> str:
         try:
-            with self._engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
+            for attempt in once_more_if_disconnected():  # the pool does not pre-ping (receiver/app.py)
+                with attempt, self._engine.connect() as connection:
+                    connection.execute(text("SELECT 1"))
         except (DBAPIError, PoolTimeoutError) as exc:
             log.warning("readyz.postgresql_unreachable error=%s", type(exc).__name__)
             return "unreachable"

@@ -21,12 +21,12 @@ from typing import IO, Any
 from celery import Celery
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import ClientDisconnected
 
-from models.db import transaction
+from models.db import once_more_if_disconnected
 from models.inbox import Source, record_delivery
 from models.settings import Settings
 from receiver.durability import RedisDurability
@@ -163,7 +163,9 @@ def parse_object(body: bytes) -> dict[str, Any]:
         raise Rejected(400, "malformed", "the body is not a UTF-8 JSON document") from None
     if not isinstance(value, dict):
         raise Rejected(400, "malformed", "the body must be a JSON object")
-    if not _storable(value):
+    # A NUL or a lone surrogate can only come from a `\u` escape (the body is valid UTF-8 and
+    # JSON strings hold no raw control character): without one, the walk has nothing to find.
+    if b"\\u" in body and not _storable(value):
         raise Rejected(400, "malformed", "the body holds text PostgreSQL cannot store (NUL or a lone surrogate)")
     return value
 
@@ -219,6 +221,10 @@ def make_producer(settings: Settings) -> Celery:
     """The shared producer configuration, with broker timeouts short enough to answer on time."""
     producer = create_producer(settings)
     producer.conf.update(
+        # No `task-sent` event: it is a second publish (a Redis PUBLISH to the events exchange)
+        # for every delivery. Flower still sees each task from the worker's own events
+        # (received, started, succeeded...).
+        task_send_sent_event=False,
         broker_connection_timeout=BROKER_SOCKET_TIMEOUT,
         broker_transport_options={
             **producer.conf.broker_transport_options,
@@ -232,18 +238,15 @@ def make_producer(settings: Settings) -> Celery:
 class Inbox:
     """Store a verified delivery once, then hand it to the workers."""
 
-    def __init__(
-        self, sessions: sessionmaker[Session], producer: Celery, signer: IngestSigner, durability: RedisDurability
-    ) -> None:
-        self._sessions = sessions
+    def __init__(self, engine: Engine, producer: Celery, signer: IngestSigner, durability: RedisDurability) -> None:
+        self._engine = engine
         self._producer = producer
         self._signer = signer
         self._durability = durability
 
     def accept(self, delivery: Delivery) -> Outcome:
         try:
-            with transaction(self._sessions) as session:
-                inbox_id = record_delivery(session, **delivery.task_kwargs())
+            inbox_id = self._store(delivery)
         except (DBAPIError, PoolTimeoutError) as exc:
             if not _database_unavailable(exc):
                 raise
@@ -254,7 +257,9 @@ class Inbox:
             return Outcome("duplicate")
         # Enqueued only after the commit: a worker must never look for a row that is not there.
         try:
-            self._send(PROCESS_WEBHOOK_TASK, {"inbox_id": inbox_id})
+            kwargs = {"inbox_id": inbox_id}
+            # The repr Celery would build with its safe (and slow) repr, for a dict of one int.
+            self._send(PROCESS_WEBHOOK_TASK, kwargs, argsrepr="()", kwargsrepr=repr(kwargs))
         except BROKER_ERRORS as exc:
             # Still a 200: the row is committed as `pending` and `inbox.sweep` re-enqueues it.
             log.warning(
@@ -264,6 +269,21 @@ class Inbox:
                 type(exc).__name__,
             )
         return Outcome("accepted", inbox_id)
+
+    def _store(self, delivery: Delivery) -> int | None:
+        """One INSERT, committed when it returns (the engine is in autocommit: a one-statement
+        transaction costs one round trip, not BEGIN, INSERT and COMMIT).
+
+        The pool does not ping a connection before handing it out (a round trip per delivery);
+        a connection found dead is retried once on a fresh one instead. Repeating is safe: if
+        the first INSERT did commit before its connection died, the second finds the row and
+        answers "duplicate" (still a 200: the row is stored), and `inbox.sweep` enqueues the
+        pending row whose message was never sent.
+        """
+        for attempt in once_more_if_disconnected():
+            with attempt, self._engine.begin() as connection:
+                return record_delivery(connection, **delivery.task_kwargs())
+        raise AssertionError("unreachable: tenacity re-raises the last failure")
 
     def _queue_for_ingest(self, delivery: Delivery) -> Outcome:
         broker = self._durability.check()
@@ -283,7 +303,7 @@ class Inbox:
             raise Rejected(503, "unavailable", "the delivery could not be stored or queued; retry later") from None
         return Outcome("queued")
 
-    def _send(self, task_name: str, kwargs: dict[str, Any]) -> None:
+    def _send(self, task_name: str, kwargs: dict[str, Any], **options: Any) -> None:
         # By name: the receiver never imports worker code. `ignore_result`: nobody here waits
         # for a result, and without it Celery's Redis backend subscribes this process to a
         # result channel for every task it sends.
@@ -293,6 +313,7 @@ class Inbox:
             ignore_result=True,
             retry=True,
             retry_policy=_SEND_RETRY_POLICY,
+            **options,
         )
 
 
