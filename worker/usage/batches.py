@@ -27,10 +27,13 @@ each answer in the result backend, and only then are the messages acked. So:
   arrives and fires `task_revoked` (which stores `expired` on the key); a re-sent debit waiting
   out its countdown is checked again before it joins a batch; a debit past its `not_after` in
   a batch answers `expired` (`debits.debit`).
-- The prefetch window grows by one for each debit held here (up to MAX_HELD), as Celery does for
-  a message waiting for its ETA, so a worker with prefetch 1 still gathers batches. A worker
-  serving other queues too may then also prefetch that many more of their messages: run a
-  worker of its own on `usage` for heavy debit traffic (README, Processes).
+- On a worker that consumes `usage` alone, the prefetch window grows by one for each debit held
+  here (up to MAX_HELD_PER_PROCESS per pool process), as Celery does for a message waiting for
+  its ETA, so a worker with prefetch 1 still gathers big batches. A worker that also consumes
+  other queues keeps its configured window: a wider one would also prefetch `webhooks` messages,
+  which then wait in that worker instead of in the queue, where the sweeper looks for them (its
+  batches are then at most as big as its prefetch). Heavy debit traffic wants a worker of its
+  own on `usage` (README, Processes).
 
 Why this and not celery-batches 0.11: it acks acks_late requests in the pool's success callback
 and passes no error callback, so a killed pool process leaves its batch unacked until the
@@ -57,6 +60,7 @@ from celery.worker.state import task_ready, task_reserved
 from celery.worker.strategy import default as default_strategy
 
 from worker import database
+from worker.celery_config import USAGE_QUEUE
 from worker.errors import TRANSIENT_ERRORS
 from worker.task_base import TransactionalTask
 from worker.usage import debits
@@ -138,11 +142,15 @@ class DebitBatcher:
     def add(self, request: Request) -> None:
         if request.revoked():  # expired while it waited out a countdown: discarded and announced
             return
-        if len(self._window_raised) < self._max_held:
+        if len(self._window_raised) < self._max_held and self._consumes_usage_alone():
             self._window_raised.add(request.id)
             self._consumer.qos.increment_eventually()
         self._waiting.append(request)
         self._flush()
+
+    def _consumes_usage_alone(self) -> bool:
+        task_consumer = self._consumer.task_consumer
+        return task_consumer is not None and {queue.name for queue in task_consumer.queues} == {USAGE_QUEUE}
 
     def _flush(self) -> None:
         while self._waiting and self._running < self._slots:
