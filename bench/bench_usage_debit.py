@@ -5,7 +5,8 @@
 Creates its own database (migrated) and claims its own Redis database numbers, starts one
 `celery worker` (prefork, `--concurrency`) on the `usage` queue, measures, and removes
 everything again. Each round measures, in this order:
-1. throughput, fire and drain (send `--debits`, then wait for every answer):
+1. throughput, fire and drain, the worker alone (it stops consuming while `--debits` messages
+   are sent, then consumes again; timed to the last answer stored):
    - a no-op Celery task (`celery.accumulate`) on the same worker: Celery's per-task ceiling;
    - `usage.debit` (batched by the worker) spread over `--users` users, and on one hot user;
    every answer is counted and no balance may end below zero;
@@ -61,14 +62,30 @@ def timed(count: int, run: Callable[[], Counter]) -> tuple[float, Counter]:
     return count / (time.perf_counter() - start), statuses
 
 
-def fire_and_drain_debits(client: UsageClient, users: list[str], count: int, prefix: str) -> Counter:
-    sent = [client.debit(users[n % len(users)], "AI_TEXT_CHAT", f"{prefix}-{n}", cost=1) for n in range(count)]
-    return Counter(result.get(timeout=300)["status"] for result in sent)
+def send_debits(client: UsageClient, users: list[str], count: int, prefix: str) -> list:
+    return [client.debit(users[n % len(users)], "AI_TEXT_CHAT", f"{prefix}-{n}", cost=1) for n in range(count)]
 
 
-def fire_and_drain_noop(producer, count: int) -> Counter:
-    sent = [producer.send_task("celery.accumulate", args=(n,), queue=USAGE_QUEUE) for n in range(count)]
-    return Counter("done" for result in sent if result.get(timeout=300) is not None)
+def send_noops(producer, count: int) -> list:
+    return [producer.send_task("celery.accumulate", args=(n,), queue=USAGE_QUEUE) for n in range(count)]
+
+
+def drained(producer, worker: WorkerProcess, send: Callable[[], list]) -> tuple[float, Counter]:
+    """Fire and drain, the worker alone: the worker stops consuming `usage`, everything is sent,
+    the worker consumes again; the rate is the count over the time from then to the last answer
+    stored (`date_done`), so the client's own sending and waiting is not measured."""
+    producer.control.cancel_consumer(USAGE_QUEUE, destination=[worker.name], reply=True)
+    sent = send()
+    start = datetime.now(UTC)
+    producer.control.add_consumer(USAGE_QUEUE, destination=[worker.name], reply=True)
+    answers = [result.get(timeout=300) for result in sent]
+    done = max(_aware(result.date_done) for result in sent)
+    statuses = Counter(answer["status"] if isinstance(answer, dict) else "done" for answer in answers)
+    return len(sent) / (done - start).total_seconds(), statuses
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def round_trips(settings, in_flight: int, total: int, send: Callable) -> list[float]:
@@ -224,26 +241,26 @@ def negative_balances(factory) -> int:
         return session.scalar(text('SELECT count(*) FROM "CreditBalance" WHERE "creditsRemaining" < 0'))
 
 
-def one_round(number: int, args, producer, factory, settings, users: list[str]) -> dict[str, float]:
+def one_round(number: int, args, producer, worker, factory, settings, users: list[str]) -> dict[str, float]:
     client = UsageClient(producer)
     figures: dict[str, float] = {}
     count = args.debits
 
-    def throughput(name: str, expected: str, run: Callable[[], Counter]) -> None:
-        rate, statuses = timed(count, run)
+    def throughput(name: str, expected: str, send: Callable[[], list]) -> None:
+        rate, statuses = drained(producer, worker, send)
         assert statuses == {expected: count}, f"{name}: {dict(statuses)}"  # every answer accounted for
         figures[name] = rate
 
-    throughput("no-op task, fire and drain /s", "done", lambda: fire_and_drain_noop(producer, count))
+    throughput("no-op task, fire and drain /s", "done", lambda: send_noops(producer, count))
     throughput(
         f"debit, {len(users)} users, fire and drain /s",
         "applied",
-        lambda: fire_and_drain_debits(client, users, count, f"r{number}-spread"),
+        lambda: send_debits(client, users, count, f"r{number}-spread"),
     )
     throughput(
         "debit, one hot user, fire and drain /s",
         "applied",
-        lambda: fire_and_drain_debits(client, users[:1], count, f"r{number}-hot"),
+        lambda: send_debits(client, users[:1], count, f"r{number}-hot"),
     )
     assert negative_balances(factory) == 0
     for in_flight in IN_FLIGHT:
@@ -312,11 +329,11 @@ def main() -> None:
         users = [f"user_bench_{n}" for n in range(args.users)]
         for clerk_id in users:
             make_user(factory, clerk_id, credits=PLENTY)
-        fire_and_drain_debits(UsageClient(producer), users, 200, "warmup")  # fork, connect, fill the caches
-        fire_and_drain_noop(producer, 200)
+        for result in [*send_debits(UsageClient(producer), users, 200, "warmup"), *send_noops(producer, 200)]:
+            result.get(timeout=300)  # fork, connect, fill the caches
         rounds = []
         for number in range(args.rounds):
-            rounds.append(one_round(number, args, producer, factory, settings, users))
+            rounds.append(one_round(number, args, producer, worker, factory, settings, users))
             print(f"round {number + 1}: " + ", ".join(f"{k} {v:.1f}" for k, v in rounds[-1].items()), flush=True)
         report(rounds, args)
 
