@@ -192,7 +192,10 @@ class DebitBatcher:
     def _finish(self, batch: list[Request], reports: list[tuple[str, str]]) -> None:
         try:
             for request, (outcome, detail) in zip(batch, reports, strict=True):
-                _settle(request, outcome, detail)
+                try:
+                    _settle(request, outcome, detail)
+                except Exception as exc:  # one message's ack must not strand the others' (Redis redelivers it)
+                    log.error("debits.settle_failed", task_id=request.id, error=type(exc).__name__)
                 self._release(request)
         finally:
             self._running -= 1
