@@ -1,14 +1,20 @@
-"""Debits per second through Celery with real workers, against same-run baselines.
+"""Debits through a real worker (batched), against same-run baselines; median of several rounds.
 
-    python bench/bench_usage_debit.py [--debits 2000] [--users 20] [--concurrency 2]
+    python bench/bench_usage_debit.py [--rounds 3] [--debits 2000] [--users 1000] [--concurrency 2]
 
 Creates its own database (migrated) and claims its own Redis database numbers, starts one
-`celery worker` (prefork) on the `usage` queue, measures, and removes everything again:
-1. usage.debit through the broker, spread over users, and on one user (row contention);
-2. a no-op Celery task (`celery.accumulate`) with the same settings: Celery's own per-task cost;
-3. the same debit transaction (worker.usage.debits.debit) in a plain loop in this process, no Celery;
-4. the same SQL written by hand and run with psycopg alone in a loop (no SQLAlchemy): what the
-   database and the driver cost, the floor for figure 3.
+`celery worker` (prefork, `--concurrency`) on the `usage` queue, measures, and removes
+everything again. Each round measures, in this order:
+1. throughput, fire and drain, the worker alone (it stops consuming while `--debits` messages
+   are sent, then consumes again; timed to the last answer stored):
+   - a no-op Celery task (`celery.accumulate`) on the same worker: Celery's per-task ceiling;
+   - `usage.debit` (batched by the worker) spread over `--users` users, and on one hot user;
+   every answer is counted and no balance may end below zero;
+2. round trip (send one, wait for its answer) with 1, 8 and 32 in flight (client threads, each
+   with its own producer): p50 and p99 for `usage.debit` and for the no-op task;
+3. the same debit transaction (worker.usage.debits.debit) in a plain loop in this process, no
+   Celery, and the same SQL by hand with psycopg alone: the database's ceiling.
+Then it prints the median of each figure over the rounds and the ratios the issue asks for.
 Not part of the test suite (pytest collects tests/ only).
 """
 
@@ -16,7 +22,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import statistics
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -27,6 +36,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +52,8 @@ from worker.client import UsageClient  # noqa: E402
 from worker.usage import debits  # noqa: E402
 
 PLENTY = 10**9  # credits per user: the benchmark measures applied debits, not refusals
+IN_FLIGHT = (1, 8, 32)
+ROUND_TRIPS = {1: 200, 8: 400, 32: 960}  # round trips per figure, per number in flight
 
 
 def timed(count: int, run: Callable[[], Counter]) -> tuple[float, Counter]:
@@ -50,14 +62,75 @@ def timed(count: int, run: Callable[[], Counter]) -> tuple[float, Counter]:
     return count / (time.perf_counter() - start), statuses
 
 
-def through_celery(client: UsageClient, users: list[str], count: int, prefix: str) -> Counter:
-    sent = [client.debit(users[n % len(users)], "AI_TEXT_CHAT", f"{prefix}-{n}", cost=1) for n in range(count)]
-    return Counter(result.get(timeout=300)["status"] for result in sent)
+def send_debits(client: UsageClient, users: list[str], count: int, prefix: str) -> list:
+    return [client.debit(users[n % len(users)], "AI_TEXT_CHAT", f"{prefix}-{n}", cost=1) for n in range(count)]
 
 
-def noop_tasks(producer, count: int) -> Counter:
-    sent = [producer.send_task("celery.accumulate", args=(n,), queue=USAGE_QUEUE) for n in range(count)]
-    return Counter("done" for result in sent if result.get(timeout=300) is not None)
+def send_noops(producer, count: int) -> list:
+    return [producer.send_task("celery.accumulate", args=(n,), queue=USAGE_QUEUE) for n in range(count)]
+
+
+def drained(producer, worker: WorkerProcess, send: Callable[[], list]) -> tuple[float, Counter]:
+    """Fire and drain, the worker alone: the worker stops consuming `usage`, everything is sent,
+    the worker consumes again; the rate is the count over the time from then to the last answer
+    stored (`date_done`), so the client's own sending and waiting is not measured."""
+    producer.control.cancel_consumer(USAGE_QUEUE, destination=[worker.name], reply=True)
+    sent = send()
+    start = datetime.now(UTC)
+    producer.control.add_consumer(USAGE_QUEUE, destination=[worker.name], reply=True)
+    answers = [result.get(timeout=300) for result in sent]
+    done = max(_aware(result.date_done) for result in sent)
+    statuses = Counter(answer["status"] if isinstance(answer, dict) else "done" for answer in answers)
+    return len(sent) / (done - start).total_seconds(), statuses
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def round_trips(settings, in_flight: int, total: int, send: Callable) -> list[float]:
+    """`in_flight` client threads, each with its own producer, each sending one request and
+    waiting for its answer, `total` round trips in all. Returns the latencies in ms."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    per_thread = total // in_flight
+
+    def client_thread(number: int) -> None:
+        producer = create_producer(settings)
+        mine = []
+        try:
+            for n in range(per_thread):
+                start = time.perf_counter()
+                send(producer, f"{number}-{n}").get(timeout=60)
+                mine.append((time.perf_counter() - start) * 1000)
+        finally:
+            producer.close()
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client_thread, args=(n,)) for n in range(in_flight)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies
+
+
+def debit_sender(users: list[str], prefix: str) -> Callable:
+    def send(producer, key: str):
+        user = users[sum(map(ord, key)) % len(users)]
+        return UsageClient(producer).debit(user, "AI_TEXT_CHAT", f"{prefix}-{key}", cost=1)
+
+    return send
+
+
+def send_noop(producer, _key: str):
+    return producer.send_task("celery.accumulate", args=(1,), queue=USAGE_QUEUE)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(fraction * len(ordered)), len(ordered) - 1)]
 
 
 def plain_loop(factory, users: list[str], count: int, prefix: str) -> Counter:
@@ -163,60 +236,86 @@ def psycopg_loop(database_url: str, schema: str, users: list[str], count: int, p
     return statuses
 
 
-def measure(args, producer, factory, settings) -> dict[str, tuple[float, Counter]]:
-    users = [f"user_bench_{n}" for n in range(args.users)]
-    for clerk_id in users:
-        make_user(factory, clerk_id, credits=PLENTY)
+def negative_balances(factory) -> int:
+    with factory() as session:
+        return session.scalar(text('SELECT count(*) FROM "CreditBalance" WHERE "creditsRemaining" < 0'))
+
+
+def one_round(number: int, args, producer, worker, factory, settings, users: list[str]) -> dict[str, float]:
     client = UsageClient(producer)
-    through_celery(client, users, 50, "warmup")  # fork, connect, fill the caches
-    return {
-        "usage.debit via Celery, spread over users": timed(
-            args.debits, lambda: through_celery(client, users, args.debits, "spread")
+    figures: dict[str, float] = {}
+    count = args.debits
+
+    def throughput(name: str, expected: str, send: Callable[[], list]) -> None:
+        rate, statuses = drained(producer, worker, send)
+        assert statuses == {expected: count}, f"{name}: {dict(statuses)}"  # every answer accounted for
+        figures[name] = rate
+
+    throughput("no-op task, fire and drain /s", "done", lambda: send_noops(producer, count))
+    throughput(
+        f"debit, {len(users)} users, fire and drain /s",
+        "applied",
+        lambda: send_debits(client, users, count, f"r{number}-spread"),
+    )
+    throughput(
+        "debit, one hot user, fire and drain /s",
+        "applied",
+        lambda: send_debits(client, users[:1], count, f"r{number}-hot"),
+    )
+    assert negative_balances(factory) == 0
+    for in_flight in IN_FLIGHT:
+        total = ROUND_TRIPS[in_flight]
+        senders = {"debit": debit_sender(users, f"r{number}-rt{in_flight}"), "no-op": send_noop}
+        for name, send in senders.items():
+            latencies = round_trips(settings, in_flight, total, send)
+            figures[f"{name} round trip, {in_flight} in flight, p50 ms"] = percentile(latencies, 0.50)
+            figures[f"{name} round trip, {in_flight} in flight, p99 ms"] = percentile(latencies, 0.99)
+    figures["plain loop (debits.debit), 1 connection /s"] = timed(
+        count, lambda: plain_loop(factory, users, count, f"r{number}-loop")
+    )[0]
+    figures["psycopg loop (same SQL by hand), 1 connection /s"] = timed(
+        count,
+        lambda: psycopg_loop(
+            settings.database_url.get_secret_value(), settings.service_schema, users, count, f"r{number}-psycopg"
         ),
-        "usage.debit via Celery, one user": timed(
-            args.debits, lambda: through_celery(client, users[:1], args.debits, "one")
-        ),
-        "no-op Celery task (same settings)": timed(args.debits, lambda: noop_tasks(producer, args.debits)),
-        "same transaction, plain loop, 1 connection": timed(
-            args.debits, lambda: plain_loop(factory, users, args.debits, "loop")
-        ),
-        "same SQL by hand, psycopg loop, 1 connection": timed(
-            args.debits,
-            lambda: psycopg_loop(
-                settings.database_url.get_secret_value(), settings.service_schema, users, args.debits, "psycopg"
-            ),
-        ),
-    }
+    )[0]
+    assert negative_balances(factory) == 0
+    return figures
 
 
-def report(figures: dict[str, tuple[float, Counter]], args) -> None:
+def report(rounds: list[dict[str, float]], args) -> None:
     print(
-        f"{args.debits} debits per figure, {args.users} users, 1 worker x {args.concurrency} processes,"
-        f" {os.cpu_count()} CPUs"
+        f"{args.debits} debits per throughput figure, {args.users} users, 1 worker x {args.concurrency}"
+        f" processes (usage queue), {os.cpu_count()} CPUs, median of {len(rounds)} rounds"
+        f" (load average at the end: {os.getloadavg()[0]:.2f})"
     )
-    for name, (rate, statuses) in figures.items():
-        print(f"  {name:45s} {rate:8.0f}/s   {dict(statuses)}")
-    celery = figures["usage.debit via Celery, spread over users"][0]
-    noop = figures["no-op Celery task (same settings)"][0]
-    plain, by_hand = (
-        figures[name][0]
-        for name in ("same transaction, plain loop, 1 connection", "same SQL by hand, psycopg loop, 1 connection")
-    )
-    print(f"  debit via Celery / no-op Celery task:        {celery / noop:.2f}")
-    print(f"  debit via Celery / plain loop:               {celery / plain:.2f}")
-    print(f"  debit via Celery / psycopg loop:             {celery / by_hand:.2f}")
-    print(f"  plain loop / psycopg loop:                   {plain / by_hand:.2f}")
-    print(
-        f"  one user / spread:                           {figures['usage.debit via Celery, one user'][0] / celery:.2f}"
-    )
+    median = {name: statistics.median(r[name] for r in rounds) for name in rounds[0]}
+    for name, value in median.items():
+        each = " ".join(f"{r[name]:.1f}" for r in rounds)
+        print(f"  {name:52s} {value:9.1f}   rounds: {each}")
+    noop = median["no-op task, fire and drain /s"]
+    spread = median[f"debit, {args.users} users, fire and drain /s"]
+    hot = median["debit, one hot user, fire and drain /s"]
+    print(f"  batched debit, {args.users} users / no-op task:         {spread / noop:.2f}  (goal >= 1.5)")
+    print(f"  batched debit, one hot user / no-op task:        {hot / noop:.2f}  (goal >= 1.5)")
+    plain = median["plain loop (debits.debit), 1 connection /s"]
+    print(f"  batched debit / plain loop:                      {spread / plain:.2f}")
+    p50 = median["debit round trip, 1 in flight, p50 ms"] - median["no-op round trip, 1 in flight, p50 ms"]
+    p99 = median["debit round trip, 1 in flight, p99 ms"] / median["no-op round trip, 1 in flight, p99 ms"]
+    print(f"  1 in flight: debit p50 - no-op p50:              {p50:+.2f} ms  (goal <= +1.5 ms)")
+    print(f"  1 in flight: debit p99 / no-op p99:              {p99:.2f}  (goal <= 2)")
+    print("  zero negative balances; every answer accounted for (checked each round)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--debits", type=int, default=2000)
-    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=2)
     args = parser.parse_args()
+    # SIGTERM (e.g. `timeout`) unwinds like Ctrl-C: the worker stopped, the database dropped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with ExitStack() as stack:
         settings, _, _ = scratch_environment(stack)
         engine = make_engine(settings)
@@ -226,7 +325,17 @@ def main() -> None:
         worker = WorkerProcess(producer, queues=USAGE_QUEUE, concurrency=args.concurrency)
         worker.start()
         stack.callback(worker.stop)
-        report(measure(args, producer, make_session_factory(engine), settings), args)
+        factory = make_session_factory(engine)
+        users = [f"user_bench_{n}" for n in range(args.users)]
+        for clerk_id in users:
+            make_user(factory, clerk_id, credits=PLENTY)
+        for result in [*send_debits(UsageClient(producer), users, 200, "warmup"), *send_noops(producer, 200)]:
+            result.get(timeout=300)  # fork, connect, fill the caches
+        rounds = []
+        for number in range(args.rounds):
+            rounds.append(one_round(number, args, producer, worker, factory, settings, users))
+            print(f"round {number + 1}: " + ", ".join(f"{k} {v:.1f}" for k, v in rounds[-1].items()), flush=True)
+        report(rounds, args)
 
 
 if __name__ == "__main__":

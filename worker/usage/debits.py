@@ -8,6 +8,12 @@ The hot path is three statements: the claim together with the account and its cu
 statement: a data-modifying CTE), `change_credits` (one statement), and the `UsageHistory` row
 together with the stored answer (one statement).
 
+`debit_many` applies several debits in one transaction (the worker's batches): one after another
+in arrival order for each user, users in a fixed order (their Clerk id), so two batches running at
+once lock the balances they share in the same order and never deadlock. Each is the same `debit`
+as alone: duplicates inside one batch see the first one's stored answer (`duplicate`), and a
+batch holding more debits of one balance than it allows refuses exactly the later ones.
+
 An inactive (deleted) user cannot spend: `insufficient_credits` with `"reason": "inactive_user"`.
 
 A debit may carry a deadline (`not_after`, Unix time in seconds: when its caller stops waiting).
@@ -18,6 +24,7 @@ the same key later answers `duplicate` with `original_status` `expired`.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -148,6 +155,9 @@ def debit(session: Session, request: DebitRequest, *, final: bool = True) -> dic
     )
     if account is None:
         if not final:
+            # Nothing of this debit stays written (its claim is released), so a batch can go on
+            # with the others and commit them while this one waits for its user on its own.
+            forget_key(session, request.idempotency_key)
             raise NotYetKnown(request.clerk_user_id)
         return finish(session, request.idempotency_key, answer("unknown_user"))
     if not account.is_active:
@@ -159,6 +169,22 @@ def debit(session: Session, request: DebitRequest, *, final: bool = True) -> dic
         forget_key(session, request.idempotency_key)
         return error("unknown_cost", str(exc))
     return _take(session, request, account, operation, cost)
+
+
+def debit_many(session: Session, requests: Sequence[tuple[DebitRequest, bool]]) -> list[dict[str, Any] | None]:
+    """Apply each `(request, final)` as `debit` does, all on this session (one transaction), in
+    arrival order for each user and users sorted by Clerk id. The answers come back in the
+    order of `requests`; None for one whose user is not known yet (with final=False): nothing of
+    it was written, and the caller retries it on its own."""
+    answers: list[dict[str, Any] | None] = [None] * len(requests)
+    # sorted() is stable: a user's debits keep their arrival order.
+    for n in sorted(range(len(requests)), key=lambda n: requests[n][0].clerk_user_id):
+        request, final = requests[n]
+        try:
+            answers[n] = debit(session, request, final=final)
+        except NotYetKnown:
+            answers[n] = None
+    return answers
 
 
 def expire(session: Session, request: DebitRequest) -> dict[str, Any]:

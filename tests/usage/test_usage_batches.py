@@ -1,0 +1,160 @@
+"""Debits applied in batches by a real worker (worker.usage.batches): one transaction for many
+messages, and every guarantee of one debit kept.
+
+The worker here has one pool process. A debit of a user whose balance row this test holds
+locked keeps that process busy; the debits sent meanwhile wait in the worker's main process and
+leave together as the next batch once the lock is released. Rows written by one transaction
+share its `xmin`: that is how a test sees they were one batch.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.app import UsageHistory
+from tests.support.celery_worker import WorkerProcess, wait_for_state
+from tests.support.inbox import assert_ledger_matches_balances, deliver, payload
+from tests.support.servers import claim_redis_databases
+from tests.support.usage import balance, count_rows, ledger_deltas, make_user, stored_status
+from worker.celery_config import create_producer
+from worker.client import UsageClient
+
+pytestmark = pytest.mark.celery_worker
+
+CLERK_ID = "user_29w83sxmDNGwOuEthce5gg56FcC"  # the id in the documented user.created payload
+
+
+@pytest.fixture(scope="module")
+def batch_worker(settings, servers) -> Iterator[WorkerProcess]:
+    """One worker, one pool process, on a broker of its own (no other test worker takes these
+    messages), with a lock timeout long enough for a test to hold a balance row."""
+    with ExitStack() as stack:
+        (number,) = stack.enter_context(claim_redis_databases(servers[1], count=1))
+        broker = f"{servers[1]}/{number}"
+        producer = create_producer(settings.model_copy(update={"redis_url": SecretStr(broker)}))
+        stack.callback(producer.close)
+        worker = WorkerProcess(
+            producer, queues="usage", concurrency=1, env={"REDIS_URL": broker, "DB_LOCK_TIMEOUT_MS": "60000"}
+        )
+        worker.start()
+        stack.callback(worker.stop)
+        yield worker
+
+
+@pytest.fixture
+def client(batch_worker, session_factory) -> Iterator[UsageClient]:
+    yield UsageClient(batch_worker.producer)
+    assert_ledger_matches_balances(session_factory)
+
+
+@contextmanager
+def balance_locked(factory: sessionmaker[Session], clerk_id: str) -> Iterator[None]:
+    """Hold the user's balance row locked (FOR UPDATE) until the block ends."""
+    with factory.begin() as session:
+        session.execute(
+            text('SELECT 1 FROM "CreditBalance" WHERE "clerkUserId" = :clerk_id FOR UPDATE'), {"clerk_id": clerk_id}
+        )
+        yield
+
+
+def wait_until_a_debit_waits_for_a_lock(factory: sessionmaker[Session], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    while True:
+        with factory() as session:
+            if session.scalar(query):
+                return
+        assert time.monotonic() < deadline, "no debit is waiting for the locked balance"
+        time.sleep(0.02)
+
+
+@contextmanager
+def pool_busy(factory: sessionmaker[Session], client: UsageClient) -> Iterator[None]:
+    """The pool process blocked on a locked balance while the block sends; released at its end."""
+    make_user(factory, "user_blocker", credits=10)
+    with balance_locked(factory, "user_blocker"):
+        blocker = client.debit("user_blocker", "AI_TEXT_CHAT", "blocker", cost=1)
+        wait_until_a_debit_waits_for_a_lock(factory)
+        yield
+    assert blocker.get(timeout=30)["status"] == "applied"
+
+
+def transactions_of(factory: sessionmaker[Session], prefix: str) -> int:
+    """How many transactions wrote the keys starting with `prefix`."""
+    with factory() as session:
+        return session.scalar(
+            text("SELECT count(DISTINCT xmin::text) FROM ingest.usage_requests WHERE idempotency_key LIKE :p"),
+            {"p": f"{prefix}%"},
+        )
+
+
+def test_duplicates_inside_one_batch_answer_duplicate(client, session_factory):
+    make_user(session_factory)
+    with pool_busy(session_factory, client):
+        sent = [client.debit("user_a", "AI_TEXT_CHAT", f"dup-{n // 2}", cost=2) for n in range(10)]
+    answers = [result.get(timeout=30) for result in sent]
+
+    assert [answer["status"] for answer in answers] == ["applied", "duplicate"] * 5
+    for first, second in zip(answers[::2], answers[1::2], strict=True):
+        assert second == {**first, "status": "duplicate", "original_status": "applied"}
+    assert transactions_of(session_factory, "dup-") == 1
+    assert balance(session_factory) == 90
+    assert count_rows(session_factory, UsageHistory) == 5 + 1  # and the blocker's
+
+
+def test_a_batch_refuses_exactly_the_later_debits_a_balance_cannot_pay(client, session_factory):
+    make_user(session_factory, credits=10)
+    make_user(session_factory, "user_b", credits=100)
+    with pool_busy(session_factory, client):
+        sent = [client.debit("user_a", "AI_TEXT_CHAT", f"over-{n}", cost=1) for n in range(15)]
+        other = [client.debit("user_b", "AI_TEXT_CHAT", f"over-b-{n}", cost=1) for n in range(5)]
+    answers = [result.get(timeout=30) for result in sent]
+
+    assert [answer["status"] for answer in answers] == ["applied"] * 10 + ["insufficient_credits"] * 5
+    assert [answer["remaining"] for answer in answers] == [*range(9, -1, -1), *[0] * 5]
+    assert [result.get(timeout=30)["remaining"] for result in other] == [99, 98, 97, 96, 95]
+    assert transactions_of(session_factory, "over-") == 1
+    assert balance(session_factory) == 0 and balance(session_factory, "user_b") == 95
+    assert count_rows(session_factory, UsageHistory) == 10 + 5 + 1  # and the blocker's
+
+
+def test_an_unknown_user_waits_on_its_own_and_the_batch_goes_on(client, session_factory):
+    make_user(session_factory)
+    with pool_busy(session_factory, client):
+        early = client.debit(CLERK_ID, "AI_TEXT_CHAT", "wait-early", cost=1, wait_for_user=60)
+        known = [client.debit("user_a", "AI_TEXT_CHAT", f"wait-known-{n}", cost=1) for n in range(3)]
+    assert [result.get(timeout=30)["status"] for result in known] == ["applied"] * 3
+    wait_for_state(early, "RETRY")
+    assert stored_status(session_factory, "wait-early") is None  # nothing of it was written
+
+    deliver(session_factory, "clerk", payload("clerk/user.created"))
+    assert early.get(timeout=60)["status"] == "applied"
+    assert balance(session_factory, CLERK_ID) == 99 and balance(session_factory) == 97
+
+
+def test_a_batch_killed_before_its_commit_is_redelivered_and_applied_once(client, session_factory, batch_worker):
+    make_user(session_factory)
+    with balance_locked(session_factory, "user_a"):
+        sent = [client.debit("user_a", "AI_TEXT_CHAT", f"killed-{n}", cost=1) for n in range(5)]
+        wait_until_a_debit_waits_for_a_lock(session_factory)
+        (child,) = batch_worker.pool_children()
+        os.kill(child, signal.SIGKILL)  # the batch dies before its COMMIT: its messages are unacked
+        time.sleep(0.5)  # the pool starts a new process, which takes the requeued messages
+    # Answered long before Redis's visibility timeout (an hour) would have redelivered them.
+    answers = [result.get(timeout=30) for result in sent]
+
+    assert sorted(answer["remaining"] for answer in answers) == [95, 96, 97, 98, 99]
+    assert {answer["status"] for answer in answers} == {"applied"}
+    assert balance(session_factory) == 95 and count_rows(session_factory, UsageHistory) == 5
+    assert ledger_deltas(session_factory, "usage") == [-1] * 5
