@@ -217,7 +217,11 @@ def main() -> None:
         port = free_port()
         receiver = start_receiver(env, port, web_workers=1, log=logs / "web.log")
         stack.callback(receiver.stop)
-        worker = start_celery_worker(producer, env, logs / "worker.log", concurrency=args.worker_concurrency)
+        # One pool process reads every kind of event: the Procfile's worker, told to serve the
+        # debits' queue too (in production the Procfile's `usage` process serves it).
+        worker = start_celery_worker(
+            producer, env, logs / "worker.log", concurrency=args.worker_concurrency, queues="webhooks,usage,maintenance"
+        )
         stack.callback(worker.stop)
         client = UsageClient(producer)
 

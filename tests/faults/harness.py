@@ -1,4 +1,4 @@
-"""One fault scenario's world: its own PostgreSQL and Redis, and the Procfile's `web`, `worker`
+"""One fault scenario's world: its own PostgreSQL and Redis, and the Procfile's `web`, `worker`, `usage`
 and `beat` pointed at them, each of which the test may kill, stop and start again."""
 
 from __future__ import annotations
@@ -83,12 +83,16 @@ class Cluster:
         return self.processes["worker"]
 
     @property
+    def usage(self) -> ProcfileProcess:
+        return self.processes["usage"]
+
+    @property
     def beat(self) -> ProcfileProcess:
         return self.processes["beat"]
 
     def start(self, *names: str) -> None:
-        """Start these processes (all three by default) and wait until each is ready."""
-        names = names or ("web", "worker", "beat")
+        """Start these processes (all four by default) and wait until each is ready."""
+        names = names or ("web", "worker", "usage", "beat")
         for name in names:
             self.processes[name].start()
         for name in names:
@@ -189,6 +193,10 @@ def cluster(
             "web": ProcfileProcess("web", commands["web"], world.env, root / "web.log", web_ready(port)),
             "worker": ProcfileProcess(
                 "worker", worker_command, world.env, root / "worker.log", log_says(r"celery@\S+ ready\.")
+            ),
+            # The debits' own worker (batched usage.debit, its own prefetch window).
+            "usage": ProcfileProcess(
+                "usage", commands["usage"], world.env, root / "usage.log", log_says(r"usage@\S+ ready\.")
             ),
             "beat": ProcfileProcess(
                 "beat", commands["beat"], world.env, root / "beat.log", log_says(r"beat: Starting")

@@ -1,4 +1,4 @@
-"""Issue 9's fault-injection suite: the real Procfile processes (`web`, `worker`, `beat`) on a
+"""Issue 9's fault-injection suite: the real Procfile processes (`web`, `worker`, `usage`, `beat`) on a
 PostgreSQL and a Redis of each test's own, fed like production (providers that re-send anything
 but a 200, a service that re-sends a debit that got no answer), while a fault is injected.
 
@@ -60,8 +60,9 @@ def test_worker_sigkilled_twice_mid_stream(make_scenario: MakeScenario) -> None:
     scenario.start_traffic()
     for point in (0.3, 0.65):
         scenario.stream.wait_for(point)
-        world.worker.kill()  # the whole process group: main process and pool, nothing acked
-        world.restart("worker")
+        for name in ("worker", "usage"):  # both workers: webhooks and debits
+            world.processes[name].kill()  # the whole process group: main process and pool, nothing acked
+            world.restart(name)
     scenario.converge(fault_ended=time.monotonic())
 
 
@@ -260,7 +261,7 @@ def test_retry_that_meets_its_own_lock_tries_again(make_scenario: MakeScenario) 
     then releases them. The row must end processed, through a retry, without the sweeper."""
     scenario = make_scenario("retry-lock", sweep=NO_SWEEPER_HELP, with_plugin=True, DB_LOCK_TIMEOUT_MS="2000")
     world = scenario.world
-    world.start("web", "beat")
+    world.start("web", "usage", "beat")
     scenario.start_traffic()
     scenario.stream.join()
     held = inbox_id(world, scenario.workload.deliveries[0].event_id)  # the first user's user.created
