@@ -94,14 +94,15 @@ def formatter(log_format: str | None = None) -> logging.Formatter:
     """A stdlib formatter that renders any record through structlog (for handlers made elsewhere,
     e.g. gunicorn's `logconfig_dict`: `{"()": "models.logs.formatter"}`)."""
     log_format = log_format or chosen_format()
-    renderer: Processor
+    renderers: list[Processor]
     if log_format == "json":
-        renderer = structlog.processors.JSONRenderer()
+        # A record's exc_info (a tuple) becomes its traceback as text: JSON cannot hold the tuple.
+        renderers = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        renderers = [structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=_shared_processors(),
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderers],
     )
 
 

@@ -84,3 +84,28 @@ def test_redaction_of_secret_looking_fields_and_url_passwords():
         "payload": REDACTED,
         "inbox_id": 7,
     }
+
+
+def test_a_json_line_carries_the_traceback_as_text():
+    """A library's `exc_info=True` (Celery's "Unrecoverable error", say) must reach the JSON line
+    as a readable traceback, not as the reprs of the exc_info tuple."""
+    import io
+    import logging
+
+    from models.logs import formatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter("json"))
+    logger = logging.getLogger(f"test-traceback-{uuid.uuid4().hex}")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        raise AttributeError("'NoneType' object has no attribute 'hostname'")
+    except AttributeError:
+        logger.critical("Unrecoverable error", exc_info=True)
+    line = json.loads(stream.getvalue())
+    assert line["event"] == "Unrecoverable error"
+    assert line["exception"].startswith("Traceback (most recent call last):")
+    assert "AttributeError: 'NoneType' object has no attribute 'hostname'" in line["exception"]
+    assert "exc_info" not in line
