@@ -176,7 +176,9 @@ class DebitBatcher:
             self._finish(batch, reports)
 
         def lost(exc_info: Any) -> None:
-            log.warning("debits.batch_lost", size=len(batch), error=type(getattr(exc_info, "exception", None)).__name__)
+            error = getattr(exc_info, "exception", None)
+            error = getattr(error, "exc", error)  # billiard wraps it in ExceptionWithTraceback
+            log.warning("debits.batch_lost", size=len(batch), error=type(error).__name__)
             self._finish(batch, [(REQUEUE, "")] * len(batch))
 
         self._pool.apply_async(
