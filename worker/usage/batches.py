@@ -273,15 +273,7 @@ def _apply(items: list[BatchItem]) -> list[_Outcome]:
 
 
 def _debit_request(item: BatchItem) -> debits.DebitRequest:
-    kwargs = item.kwargs
-    return debits.DebitRequest(
-        kwargs["clerk_user_id"],
-        kwargs["operation"],
-        kwargs["idempotency_key"],
-        kwargs.get("cost"),
-        kwargs.get("details"),
-        kwargs.get("not_after"),
-    )
+    return debits.DebitRequest.from_task_kwargs(item.kwargs)
 
 
 def _final(item: BatchItem) -> bool:

@@ -68,6 +68,18 @@ class DebitRequest:
     details: dict[str, Any] | None = None
     not_after: float | None = None  # Unix time (s) after which the caller no longer waits
 
+    @classmethod
+    def from_task_kwargs(cls, kwargs: dict[str, Any]) -> DebitRequest:
+        """The debit a `usage.debit` message asks for (KeyError or TypeError if it is not one)."""
+        return cls(
+            kwargs["clerk_user_id"],
+            kwargs["operation"],
+            kwargs["idempotency_key"],
+            kwargs.get("cost"),
+            kwargs.get("details"),
+            kwargs.get("not_after"),
+        )
+
     def past_deadline(self) -> bool:
         return self.not_after is not None and time.time() > self.not_after
 

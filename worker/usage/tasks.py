@@ -131,16 +131,8 @@ def store_expired_debit(sender: Task | None = None, request: Any = None, expired
     `usage.outcome` and a later send of the same key answer what happened."""
     if not expired or getattr(sender, "name", None) != DEBIT_TASK or request is None:
         return
-    kwargs = request.kwargs or {}
     try:
-        expired_debit = debits.DebitRequest(
-            kwargs["clerk_user_id"],
-            kwargs["operation"],
-            kwargs["idempotency_key"],
-            kwargs.get("cost"),
-            kwargs.get("details"),
-            kwargs.get("not_after"),
-        )
+        expired_debit = debits.DebitRequest.from_task_kwargs(request.kwargs or {})
     except (KeyError, TypeError):
         log.warning("usage.debit expired without the arguments of a debit: nothing to store")
         return
