@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.support.inbox import inbox_row, payload, store
-from tests.support.servers import PROJECT_ROOT
+from tests.support.servers import PROJECT_ROOT, procfile_command
 from worker.dev.embedded_servers import free_port
 
 USER, PASSWORD = "ops", "flower-test-password"
@@ -31,14 +31,6 @@ CHROMIUM_ARGS = [
 ]
 
 
-def _procfile(name: str) -> str:
-    for line in (PROJECT_ROOT / "Procfile").read_text().splitlines():
-        process, _, command = line.partition(":")
-        if process.strip() == name:
-            return command.strip()
-    raise AssertionError(f"the Procfile has no {name} process")
-
-
 @pytest.fixture(scope="module")
 def flower(celery_worker, tmp_path_factory):
     """The Procfile's `flower` on a free port; yields its base URL once it answers."""
@@ -52,7 +44,7 @@ def flower(celery_worker, tmp_path_factory):
     log = tmp_path_factory.mktemp("flower") / "flower.log"
     with log.open("wb") as out:
         process = subprocess.Popen(  # through the shell, as honcho runs it; a group of its own to stop
-            _procfile("flower"),
+            procfile_command("flower"),
             shell=True,
             env=env,
             cwd=PROJECT_ROOT,

@@ -24,7 +24,7 @@ import pytest
 from alembic.script import ScriptDirectory
 
 from tests.support.databases import create_database, drop_database, libpq_url
-from tests.support.servers import PROJECT_ROOT
+from tests.support.servers import PROJECT_ROOT, procfile_command
 from worker.dev.embedded_servers import free_port
 
 
@@ -297,14 +297,6 @@ def test_ctrl_c_stops_every_process_and_the_command_exits(data_dir, tmp_path):
     assert "stopping EmbeddedPostgres" in log.read_text() and "stopping EmbeddedRedis" in log.read_text()
 
 
-def _procfile_line(name: str) -> str:
-    for line in (PROJECT_ROOT / "Procfile").read_text().splitlines():
-        process, _, command = line.partition(":")
-        if process.strip() == name:
-            return command.strip()
-    raise AssertionError(f"the Procfile has no {name} process")
-
-
 @pytest.mark.parametrize("credentials", [None, ""], ids=["unset", "empty"])
 def test_flower_refuses_to_start_without_credentials(credentials):
     env = {key: value for key, value in os.environ.items() if key != "FLOWER_BASIC_AUTH"}
@@ -313,7 +305,7 @@ def test_flower_refuses_to_start_without_credentials(credentials):
     env.update(FLOWER_PORT=str(free_port()), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
     # As honcho runs a Procfile line: through the shell.
     result = subprocess.run(
-        _procfile_line("flower"), shell=True, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=30
+        procfile_command("flower"), shell=True, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=30
     )
     assert result.returncode != 0
     assert "FLOWER_BASIC_AUTH (user:password) is not set: Flower does not run without authentication" in result.stderr

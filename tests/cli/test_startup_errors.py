@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import COMMAND, run_command
-from tests.support.servers import PROJECT_ROOT
+from tests.support.servers import PROJECT_ROOT, procfile_command
 from worker.dev.embedded_servers import free_port
 
 PASSWORD = "s3cr3t-pw"
@@ -31,14 +31,6 @@ def _env(**changes: str) -> dict[str, str]:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("LOG_LEVEL", None)
     return {**env, **changes}
-
-
-def _procfile(name: str) -> str:
-    for line in (PROJECT_ROOT / "Procfile").read_text().splitlines():
-        process, _, command = line.partition(":")
-        if process.strip() == name:
-            return command.strip()
-    raise AssertionError(f"the Procfile has no {name} process")
 
 
 def _assert_one_line(result: subprocess.CompletedProcess[str], expected: str) -> None:
@@ -123,14 +115,14 @@ def test_service_processes_refuse_to_start_without_their_servers(process, settin
     db_url, db_port = _down_database_url()
     env = _env(DATABASE_URL=db_url, PORT=str(free_port()), RUNTIME_DIR=str(tmp_path))
     result = subprocess.run(  # through the shell, as honcho runs a Procfile line
-        _procfile(process), shell=True, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60
+        procfile_command(process), shell=True, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60
     )
     _assert_one_line(result, f"Error: DATABASE_URL: cannot reach PostgreSQL at 127.0.0.1:{db_port}: Connection refused")
 
     redis_url, redis_port = _down_redis_url()
     env = _env(REDIS_URL=redis_url, PORT=str(free_port()), RUNTIME_DIR=str(tmp_path))
     result = subprocess.run(  # through the shell, as honcho runs a Procfile line
-        _procfile(process), shell=True, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60
+        procfile_command(process), shell=True, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60
     )
     _assert_one_line(result, f"Error: REDIS_URL: cannot reach Redis at 127.0.0.1:{redis_port}: Connection refused")
 
@@ -139,7 +131,7 @@ def test_the_worker_names_a_missing_variable(tmp_path):
     env = _env()
     env.pop("DATABASE_URL", None)
     result = subprocess.run(
-        _procfile("worker"), shell=True, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60
+        procfile_command("worker"), shell=True, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60
     )
     _assert_one_line(result, "Error: configuration error: DATABASE_URL is not set")
 
@@ -148,7 +140,7 @@ def test_flower_refuses_to_start_without_its_broker(settings, tmp_path):
     url, port = _down_redis_url()
     env = _env(REDIS_URL=url, FLOWER_BASIC_AUTH="ops:pw", FLOWER_PORT=str(free_port()))
     result = subprocess.run(
-        _procfile("flower"), shell=True, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+        procfile_command("flower"), shell=True, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
     _assert_one_line(result, f"Error: REDIS_URL: cannot reach Redis at 127.0.0.1:{port}: Connection refused")
 

@@ -20,10 +20,10 @@ from redis import Redis
 
 from models.settings import Settings
 from tests.conftest import ASAAS_TEST_TOKEN, CLERK_TEST_SECRET, INGEST_TEST_KEY
-from tests.faults.processes import ProcfileProcess, log_says, procfile_commands, web_ready
+from tests.faults.processes import ProcfileProcess, log_says, web_ready
 from tests.faults.servers import LocalPostgres, LocalRedis
 from tests.faults.workload import SIGNUP_CREDITS
-from tests.support.servers import PROJECT_ROOT
+from tests.support.servers import PROJECT_ROOT, procfile_commands
 from worker.celery_config import celery_config
 from worker.dev.embedded_servers import free_port
 

@@ -22,17 +22,6 @@ import psutil
 
 from tests.support.servers import PROJECT_ROOT
 
-PROCFILE = PROJECT_ROOT / "Procfile"
-
-
-def procfile_commands(path: Path = PROCFILE) -> dict[str, str]:
-    commands = {}
-    for line in path.read_text().splitlines():
-        name, separator, command = line.partition(":")
-        if separator and name.strip() and not line.lstrip().startswith("#"):
-            commands[name.strip()] = command.strip()
-    return commands
-
 
 @dataclass
 class ProcfileProcess:

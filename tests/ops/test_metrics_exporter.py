@@ -21,16 +21,8 @@ from models.inbox import WebhookInbox
 from models.usage import UsageRequest
 from tests.support.billing import add_user, asaas_event
 from tests.support.inbox import deliver, payload, store
-from tests.support.servers import PROJECT_ROOT
+from tests.support.servers import procfile_command
 from worker.dev.embedded_servers import free_port
-
-
-def _procfile(name: str) -> str:
-    for line in (PROJECT_ROOT / "Procfile").read_text().splitlines():
-        process, _, command = line.partition(":")
-        if process.strip() == name:
-            return command.strip()
-    raise AssertionError(f"the Procfile has no {name} process")
 
 
 @pytest.fixture
@@ -46,7 +38,9 @@ def exporter(settings, redis_urls, tmp_path):
     }
     log = tmp_path / "metrics.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(shlex.split(_procfile("metrics")), env=env, cwd=tmp_path, stdout=out, stderr=out)
+        process = subprocess.Popen(
+            shlex.split(procfile_command("metrics")), env=env, cwd=tmp_path, stdout=out, stderr=out
+        )
     url = f"http://127.0.0.1:{port}/metrics"
     deadline = time.monotonic() + 30
     while True:
@@ -148,7 +142,9 @@ def test_a_server_lost_after_start_up_is_a_zero_up_gauge_not_a_failed_scrape(set
         port = free_port()
         env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "OPS_METRICS_PORT": str(port)}
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        exporter = subprocess.Popen(shlex.split(_procfile("metrics")), env=env, cwd=tmp_path, stderr=subprocess.PIPE)
+        exporter = subprocess.Popen(
+            shlex.split(procfile_command("metrics")), env=env, cwd=tmp_path, stderr=subprocess.PIPE
+        )
         url = f"http://127.0.0.1:{port}/metrics"
         try:
             deadline = time.monotonic() + 30

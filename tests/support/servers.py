@@ -19,6 +19,22 @@ import redis
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
+def procfile_commands() -> dict[str, str]:
+    """The Procfile's processes and their command lines, as the platform reads them."""
+    commands = {}
+    for line in (PROJECT_ROOT / "Procfile").read_text().splitlines():
+        name, separator, command = line.partition(":")
+        if separator and name.strip() and not line.lstrip().startswith("#"):
+            commands[name.strip()] = command.strip()
+    return commands
+
+
+def procfile_command(name: str) -> str:
+    commands = procfile_commands()
+    assert name in commands, f"the Procfile has no {name} process"
+    return commands[name]
+
+
 def _answers(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=1):
