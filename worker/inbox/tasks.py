@@ -141,7 +141,9 @@ def ingest_webhook(
     return {"status": "accepted", "inbox_id": inbox_id}
 
 
-@app.task(name=SWEEP_INBOX_TASK, base=TransactionalTask, bind=True)
+# Retried like the others on a transient error: workers do not pre-ping their pooled connections,
+# so the first task on a connection PostgreSQL dropped fails once and must not lose the pass.
+@app.task(name=SWEEP_INBOX_TASK, base=TransactionalTask, bind=True, max_retries=2, **RETRY_TRANSIENT_ERRORS)
 def sweep_inbox(task: TransactionalTask[..., dict[str, int]]) -> dict[str, int]:
     """Re-enqueue rows left `pending` whose message is gone (Redis lost it, a worker died)."""
     settings = process_settings()
