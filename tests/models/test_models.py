@@ -7,11 +7,13 @@ from datetime import datetime, timedelta
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import delete, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from models.app import CreditBalance, OperationType, StorageObject, UsageHistory, User
 from models.base import SERVICE_SCHEMA, utcnow
+from models.db import make_engine
+from models.inbox import DeliveryRecorder, WebhookInbox
 from models.tables import metadata
 
 
@@ -112,3 +114,38 @@ def test_models_match_the_migrated_database(engine, settings):
         )
         diff = compare_metadata(context, metadata)
     assert diff == []
+
+
+def test_the_receivers_recorder_stores_a_delivery_once(settings, session):
+    engine = make_engine(settings, pre_ping=False, isolation_level="AUTOCOMMIT")
+    try:
+        recorder = DeliveryRecorder(engine)
+        payload = {"type": "user.created", "data": {"id": "user_1", "nested": [1, "two", None]}}
+        first = recorder.record(source="clerk", external_id="msg_1", event_type="user.created", payload=payload)
+        again = recorder.record(source="clerk", external_id="msg_1", event_type="user.created", payload=payload)
+        other = recorder.record(source="asaas", external_id="msg_1", event_type="PAYMENT_CONFIRMED", payload={})
+    finally:
+        engine.dispose()
+    assert isinstance(first, int) and again is None and isinstance(other, int) and other != first
+    # Committed when `record` returned: another session sees it.
+    row = session.execute(select(WebhookInbox).where(WebhookInbox.id == first)).scalar_one()
+    assert (row.source, row.external_id, row.event_type, row.payload, row.status) == (
+        "clerk",
+        "msg_1",
+        "user.created",
+        payload,
+        "pending",
+    )
+
+
+def test_the_receivers_recorder_raises_sqlalchemy_errors(settings):
+    engine = make_engine(settings, pre_ping=False, isolation_level="AUTOCOMMIT")
+    try:
+        with pytest.raises(DBAPIError) as raised:
+            # A source the table's check constraint refuses.
+            DeliveryRecorder(engine).record(source="nope", external_id="secret-id", event_type="x", payload={})
+    finally:
+        engine.dispose()
+    assert isinstance(raised.value, IntegrityError)  # as SQLAlchemy's Connection would raise it
+    assert raised.value.connection_invalidated is False
+    assert raised.value.hide_parameters is True

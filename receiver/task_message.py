@@ -1,0 +1,108 @@
+"""`webhooks.process` for each stored delivery: the message Celery would publish, in one LPUSH.
+
+Celery's `send_task` was 40 % of a delivery's CPU in the receiver (py-spy, BENCHMARKS.md): the
+router, kombu's retrying publish wrapper, the queue bound again on every publish and a new
+redis-py client built for every message, around the one LPUSH that matters. The receiver sends
+one message per delivery, always the same task to the same queue, so it does what any Celery
+producer outside Python does (and what kombu's Redis transport does underneath `send_task`):
+
+- Celery builds the message: `app.amqp.create_task_message` (protocol 2: headers, properties
+  and body, exactly as `send_task` would with the same options);
+- kombu serialises the body (`kombu.serialization.dumps`, JSON);
+- the envelope is kombu's Redis transport's (`Channel.prepare_message` and
+  `_inplace_augment_message`: the body base64-encoded, `delivery_info`, a `delivery_tag`),
+  pushed with LPUSH onto the queue's list, on the anonymous exchange (the queue's name is the
+  routing key, as Celery routes a direct exchange) at priority 0 (the list named as the queue);
+- one redis-py client per process, with the receiver's short timeouts, trying a command once
+  more at once on a lost connection (redis-py's own `Retry`), as the old publish policy did.
+
+tests/receiver/test_task_message.py holds this to `send_task`: the same message field by field
+(only ids and the delivery tag differ), and a real worker runs it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from functools import cache
+from typing import Any
+
+import redis
+from celery import Celery
+from kombu.serialization import dumps as serialize
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+# kombu's Redis transport: the body in base64, priority 0 goes to the list named as the queue.
+_BODY_ENCODING = "base64"
+_PRIORITY = 0
+_PERSISTENT = 2  # kombu's delivery_mode for a direct exchange's messages (Celery's default)
+
+
+class TaskMessageWriter:
+    def __init__(self, app: Celery, redis_url: str, socket_timeout: float) -> None:
+        self._app = app
+        self._client = redis.Redis.from_url(
+            redis_url,
+            socket_connect_timeout=socket_timeout,
+            socket_timeout=socket_timeout,
+            # One more try at once on a lost connection (a Redis restart closes idle ones);
+            # then the error reaches the caller, which answers without waiting any longer.
+            retry=Retry(NoBackoff(), 1),
+        )
+
+    def send(self, task_name: str, kwargs: dict[str, Any]) -> str:
+        """LPUSH `task_name(**kwargs)` onto its queue, result ignored; returns the task id.
+        Raises redis-py's errors (RedisError, OSError) when Redis cannot take it."""
+        queue = self.queue_of(task_name)
+        task_id, message = self.message(task_name, queue, kwargs)
+        self._client.lpush(queue, message)
+        return task_id
+
+    @cache  # noqa: B019 - one writer per process, a handful of task names
+    def queue_of(self, task_name: str) -> str:
+        """The queue Celery's router sends `task_name` to (TASK_ROUTES)."""
+        queue = self._app.amqp.router.route({}, task_name)["queue"]
+        return str(queue.name)
+
+    def message(self, task_name: str, queue: str, kwargs: dict[str, Any]) -> tuple[str, str]:
+        """The task's id and its message, as kombu's Redis transport stores it in the list."""
+        task_id = str(uuid.uuid4())
+        # The options the receiver always sent: no result (nobody waits for one, and the Redis
+        # backend would otherwise subscribe this process to a channel per task), and a repr
+        # built here (Celery's safe repr is slow, for a dict of one int).
+        kwargsrepr = repr(kwargs)
+        headers, properties, body, _ = self._app.amqp.create_task_message(
+            task_id,
+            task_name,
+            (),
+            kwargs,
+            ignore_result=True,
+            argsrepr="()",
+            kwargsrepr=kwargsrepr,
+            reply_to=self._app.thread_oid,
+        )
+        content_type, content_encoding, payload = serialize(body, serializer="json")
+        return task_id, json.dumps(
+            {
+                "body": base64.b64encode(payload.encode() if isinstance(payload, str) else payload).decode(),
+                "content-encoding": content_encoding,
+                "content-type": content_type,
+                "headers": headers,
+                "properties": {
+                    **properties,
+                    # `send_task` passes its options on as message properties too.
+                    "argsrepr": "()",
+                    "kwargsrepr": kwargsrepr,
+                    "delivery_mode": _PERSISTENT,
+                    "delivery_info": {"exchange": "", "routing_key": queue},
+                    "priority": _PRIORITY,
+                    "body_encoding": _BODY_ENCODING,
+                    "delivery_tag": str(uuid.uuid4()),
+                },
+            }
+        )
+
+    def close(self) -> None:
+        self._client.close()
