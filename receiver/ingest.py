@@ -248,6 +248,9 @@ class Inbox:
         durability: RedisDurability,
     ) -> None:
         self._recorder = DeliveryRecorder(engine)
+        # Built once: a process answers one request at a time, and tenacity starts every loop
+        # over the same `Retrying` afresh (its state is per thread).
+        self._once_more_if_disconnected = once_more_if_disconnected()
         self._producer = producer
         self._messages = messages
         self._signer = signer
@@ -287,7 +290,7 @@ class Inbox:
         answers "duplicate" (still a 200: the row is stored), and `inbox.sweep` enqueues the
         pending row whose message was never sent.
         """
-        for attempt in once_more_if_disconnected():
+        for attempt in self._once_more_if_disconnected:
             with attempt:
                 return self._recorder.record(**delivery.task_kwargs())
         raise AssertionError("unreachable: tenacity re-raises the last failure")
