@@ -11,8 +11,13 @@ from __future__ import annotations
 from sqlalchemy import BindParameter, ColumnElement, Text, and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
+from models.base import table_of
 from models.billing import ProviderLink
 from models.inbox import InboxStatus, WebhookInbox
+
+# Core, on the tables (no ORM compile step): every new user and every new Asaas link asks this.
+_INBOX = table_of(WebhookInbox)
+_LINKS = table_of(ProviderLink)
 
 ASAAS_OBJECTS = ("payment", "subscription", "checkout")
 
@@ -31,25 +36,23 @@ def names_user(clerk_user_id: BindParameter[str] | str) -> ColumnElement[bool]:
 
 def _clerk_payer_is(clerk_user_id: BindParameter[str] | str) -> ColumnElement[bool]:
     return and_(
-        WebhookInbox.source == "clerk",
-        WebhookInbox.payload[("data", "payer", "user_id")].astext == clerk_user_id,
+        _INBOX.c.source == "clerk",
+        _INBOX.c.payload[("data", "payer", "user_id")].astext == clerk_user_id,
     )
 
 
 def _asaas_reference_names(clerk_user_id: BindParameter[str] | str) -> ColumnElement[bool]:
     references = [
-        func.split_part(WebhookInbox.payload[(kind, "externalReference")].astext, "|", 1) == clerk_user_id
+        func.split_part(_INBOX.c.payload[(kind, "externalReference")].astext, "|", 1) == clerk_user_id
         for kind in ASAAS_OBJECTS
     ]
-    return and_(WebhookInbox.source == "asaas", or_(*references))
+    return and_(_INBOX.c.source == "asaas", or_(*references))
 
 
 def _asaas_linked_to(clerk_user_id: BindParameter[str] | str) -> ColumnElement[bool]:
-    linked = select(ProviderLink.external_id).where(
-        ProviderLink.provider == "asaas", ProviderLink.clerk_user_id == clerk_user_id
-    )
+    linked = select(_LINKS.c.external_id).where(_LINKS.c.provider == "asaas", _LINKS.c.clerk_user_id == clerk_user_id)
     carried = [
-        WebhookInbox.payload[path].astext.in_(linked)
+        _INBOX.c.payload[path].astext.in_(linked)
         for path in (
             ("payment", "customer"),
             ("payment", "subscription"),
@@ -58,17 +61,17 @@ def _asaas_linked_to(clerk_user_id: BindParameter[str] | str) -> ColumnElement[b
             ("checkout", "customer"),
         )
     ]
-    return and_(WebhookInbox.source == "asaas", or_(*carried))
+    return and_(_INBOX.c.source == "asaas", or_(*carried))
 
 
 # Built once, with the user as a bound parameter: every new user and every new Asaas link asks
 # this, and building the expression each time cost more than running it.
 _USER = bindparam("clerk_user_id", type_=Text)
 _UNMATCHED_FOR_USER = (
-    select(WebhookInbox.id)
+    select(_INBOX.c.id)
     .where(
-        WebhookInbox.status == InboxStatus.UNMATCHED.value,  # the partial index on unmatched rows
+        _INBOX.c.status == InboxStatus.UNMATCHED.value,  # the partial index on unmatched rows
         names_user(_USER),
     )
-    .order_by(WebhookInbox.id)
+    .order_by(_INBOX.c.id)
 )
