@@ -53,7 +53,8 @@ from datetime import datetime
 from typing import Any, cast
 
 import structlog
-from celery import Celery, Task
+from celery import Celery, Task, states
+from celery.backends.redis import RedisBackend
 from celery.utils.saferepr import saferepr
 from celery.worker.request import Request
 from celery.worker.state import task_ready, task_reserved
@@ -251,7 +252,9 @@ def apply_batch(items: list[BatchItem]) -> list[tuple[str, str]]:
     task = cast(DebitTask, app.tasks[DEBIT_TASK])
     started = time.monotonic()
     outcomes = _apply(items)
-    reports = [_publish(task, item, outcome) for item, outcome in zip(items, outcomes, strict=True)]
+    done = zip(items, outcomes, strict=True)
+    stored = store_answers(task.backend, [(i.task_id, o.result) for i, o in done if isinstance(o, _Answer)])
+    reports = [_publish(task, item, outcome, stored) for item, outcome in zip(items, outcomes, strict=True)]
     log.debug("debits.batch", size=len(items), seconds=round(time.monotonic() - started, 4))
     return reports
 
@@ -280,12 +283,57 @@ def _final(item: BatchItem) -> bool:
     return user_wait_over(item.retries, item.kwargs.get("wait_for_user", USER_WAIT_SECONDS))
 
 
-def _publish(task: DebitTask, item: BatchItem, outcome: _Outcome) -> tuple[str, str]:
-    """Store the answer, or re-send the debit, after the commit. A broker or backend that fails
-    here leaves the message to be requeued: its rerun answers what the commit stored."""
+def store_answers(backend: Any, answers: list[tuple[str, dict[str, Any]]]) -> bool:
+    """Store the batch's answers (SUCCESS) in the result backend; False if it failed (the
+    messages are then requeued: a rerun answers what the commit stored).
+
+    With Celery's Redis backend, in two round trips for the whole batch instead of two per
+    answer (`mark_as_done` reads the key, then writes it): one MGET, then one pipeline of the
+    writes Celery's `RedisBackend._set` makes (SET with the result expiry, PUBLISH for a
+    waiting `get()`), values built by Celery (`encode_result`, `_get_result_meta`, `encode`).
+    As in Celery's `_store_result`, a key that already holds SUCCESS is not overwritten: the
+    first answer given for a task id stands. Other backends: `mark_as_done` for each."""
+    if not answers:
+        return True
+    try:
+        if not isinstance(backend, RedisBackend):
+            for task_id, result in answers:
+                backend.mark_as_done(task_id, result)
+            return True
+        # (Typed as Any: celery-types declares neither `expires` nor `_get_result_meta`.)
+        redis_backend: Any = backend
+        keys = [redis_backend.get_key_for_task(task_id) for task_id, _ in answers]
+        stored = redis_backend.mget(keys)
+        with redis_backend.client.pipeline() as pipe:
+            for (task_id, result), key, current in zip(answers, keys, stored, strict=True):
+                if current is not None and redis_backend.decode_result(current)["status"] == states.SUCCESS:
+                    continue
+                meta = redis_backend._get_result_meta(
+                    result=redis_backend.encode_result(result, states.SUCCESS),
+                    state=states.SUCCESS,
+                    traceback=None,
+                    request=None,
+                )
+                meta["task_id"] = task_id
+                value = redis_backend.encode(meta)
+                expires = redis_backend.expires
+                pipe.set(key, value, ex=int(expires) if expires else None)
+                pipe.publish(key, value)
+            pipe.execute()
+    except Exception as exc:
+        log.error("debits.answers_not_stored", size=len(answers), error=type(exc).__name__)
+        return False
+    return True
+
+
+def _publish(task: DebitTask, item: BatchItem, outcome: _Outcome, answers_stored: bool) -> tuple[str, str]:
+    """Report an answer stored with the batch's (`store_answers`), or re-send the debit, after
+    the commit. A broker or backend that fails here leaves the message to be requeued: its
+    rerun answers what the commit stored."""
     try:
         if isinstance(outcome, _Answer):
-            task.backend.mark_as_done(item.task_id, outcome.result)
+            if not answers_stored:
+                return REQUEUE, "answers not stored"
             _log_finished(item, outcome.result.get("status"))
             return SUCCEEDED, saferepr(outcome.result)
         if isinstance(outcome, _WaitForUser):
