@@ -18,12 +18,14 @@ why; README "Production").
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Protocol
 
 from models.connectivity import exit_unless_reachable
+from models.logs import chosen_level
 from models.settings import ConfigError, load_settings
 
 
@@ -70,7 +72,8 @@ logconfig_dict = {
     "loggers": {
         "gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
         "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
-        "receiver": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
+        # LOG_LEVEL=DEBUG adds a `webhook.accepted`/`duplicate`/`queued` line per delivery.
+        "receiver": {"level": logging.getLevelName(chosen_level()), "handlers": ["error_console"], "propagate": False},
     },
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "generic", "stream": "ext://sys.stdout"},

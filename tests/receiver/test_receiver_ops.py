@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import subprocess
 import sys
 
@@ -227,6 +228,14 @@ class TestStartUp:
             "assert not loaded, loaded\n"
         )
         subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(("log_level", "expected"), [("", "INFO"), ("DEBUG", "DEBUG"), ("warning", "WARNING")])
+def test_the_receivers_log_level_follows_log_level(log_level, expected):
+    code = "import receiver.gunicorn_conf as c; print(c.logconfig_dict['loggers']['receiver']['level'])"
+    environ = {**os.environ, "LOG_LEVEL": log_level, "PROMETHEUS_MULTIPROC_DIR": "/nonexistent-not-created"}
+    printed = subprocess.run([sys.executable, "-c", code], env=environ, check=True, capture_output=True, text=True)
+    assert printed.stdout.strip() == expected
 
 
 def test_no_secret_signature_token_or_body_reaches_a_response_or_the_log(make_app, session_factory, caplog):
