@@ -127,10 +127,10 @@ def clerk_webhook() -> tuple[Response, int]:
 
     def verified_delivery() -> Delivery:
         check_declared_size(request.content_length, receiver.settings.max_body_bytes)
-        receiver.clerk.require_headers(request.headers)
+        svix_headers = receiver.clerk.require_headers(request.headers)
         body = _read_body(receiver)
         # Svix signs the exact bytes sent: verify before anything parses them.
-        svix_id = receiver.clerk.verify(body, request.headers)
+        svix_id = receiver.clerk.verify(body, svix_headers)
         return Delivery.from_clerk(parse_object(body), svix_id)
 
     return _receive(receiver, Source.CLERK, verified_delivery)

@@ -52,14 +52,19 @@ class Metrics:
             ["source"],
             registry=self.registry,
         )
-        for source, outcomes in OUTCOMES.items():
-            self.latency.labels(source)
-            for outcome in outcomes:
-                self.deliveries.labels(source, outcome)
+        # Every series made once, here, and kept: `labels()` on each delivery (a lock and a
+        # lookup per call) cost more than the counting itself.
+        self._latency = {source: self.latency.labels(source) for source in OUTCOMES}
+        self._deliveries = {
+            (source, outcome): self.deliveries.labels(source, outcome)
+            for source, outcomes in OUTCOMES.items()
+            for outcome in outcomes
+        }
 
     def observe(self, source: str, outcome: str, seconds: float) -> None:
-        self.deliveries.labels(source, outcome).inc()
-        self.latency.labels(source).observe(seconds)
+        counter = self._deliveries.get((source, outcome)) or self.deliveries.labels(source, outcome)
+        counter.inc()
+        self._latency[source].observe(seconds)
 
     def exposition(self) -> tuple[bytes, str]:
         if os.environ.get(MULTIPROC_ENV):
