@@ -3,6 +3,7 @@
 - Logging is this project's (structlog; `models.logs`), not Celery's own set-up.
 - Before a worker or beat starts consuming or scheduling, PostgreSQL and Redis must answer: a
   wrong URL stops it with one line and exit code 2 instead of retrying for ever.
+- Before a worker's pool forks, what it will share with the pool is frozen for the collector.
 - Every line a task logs carries its context: task id and name, and for an inbox row its id,
   source, provider event id and type (the pipeline adds the last three once it has locked the
   row), then `task.finished` with the outcome. Payloads, tokens and signatures are never bound.
@@ -10,6 +11,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from typing import Any
 
@@ -47,6 +49,18 @@ def _configure_logging(loglevel: int | str | None = None, **_: Any) -> None:
 @worker_init.connect
 def _check_servers_before_the_worker_starts(**_: Any) -> None:
     exit_unless_reachable(load_settings)
+
+
+@worker_init.connect
+def _freeze_what_the_pool_shares(**_: Any) -> None:
+    """Keep the objects made so far (modules, the app, its configuration) out of the garbage
+    collector's reach, before the pool forks (Python's documentation of `gc.freeze`).
+
+    The pool processes share them with the main process, copy-on-write; a full collection in
+    either writes into every object it examines, and the pages holding them became private
+    copies: bench_memory.py saw the pool process's and the main process's USS each step up by
+    ~25 MiB at once, a few thousand events in. Frozen objects are never examined."""
+    gc.freeze()
 
 
 @beat_init.connect
