@@ -124,13 +124,15 @@ def start_receiver(env: dict[str, str], port: int, web_workers: int, log: Path) 
 def start_celery_worker(
     producer: Celery, env: dict[str, str], log: Path, concurrency: int, queues: str | None = None, name: str = "worker"
 ) -> ServiceProcess:
-    """Procfile process `name` (a `celery worker`) with WORKER_CONCURRENCY=`concurrency`, its own
-    hostname, and `--queues` replaced when given; returns once it answers a ping."""
+    """Procfile process `name` (a `celery worker`) with `concurrency` pool processes (the Procfile
+    reads WORKER_CONCURRENCY for `worker`, USAGE_CONCURRENCY for `usage`), its own hostname, and
+    `--queues` replaced when given; returns once it answers a ping."""
     hostname = f"bench-{uuid.uuid4().hex[:8]}@localhost"
     extra = f"--hostname={hostname} --without-gossip --without-mingle"
     if queues is not None:
         extra += f" --queues={queues}"  # the last --queues on the command line wins
-    worker = start_procfile(name, {**env, "WORKER_CONCURRENCY": str(concurrency)}, log, extra_args=extra)
+    processes = {"WORKER_CONCURRENCY": str(concurrency), "USAGE_CONCURRENCY": str(concurrency)}
+    worker = start_procfile(name, {**env, **processes}, log, extra_args=extra)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if worker.process.poll() is not None:
