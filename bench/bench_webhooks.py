@@ -1,7 +1,7 @@
 """Webhook pipeline throughput through a real Celery worker, against a same-run baseline.
 
 Creates its own database and claims its own Redis database numbers, starts one `celery worker`
-(prefork, 2 processes, the `webhooks` queue, the project's Celery settings: acks late, prefetch
+(prefork, `--concurrency` processes (default 2), the `webhooks` queue, the project's Celery settings: acks late, prefetch
 1, task events) and one gunicorn receiver (the receiver's own gunicorn settings), then, for each
 round, measures three rates on that same worker:
 
@@ -299,6 +299,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=1000, help="events per measurement")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=2, help="pool processes of the worker")
     parser.add_argument(
         "--profile", type=Path, help="after the rounds, drain one more batch of webhooks.process under py-spy (raw)"
     )
@@ -315,7 +316,7 @@ def main() -> None:
         stack.callback(engine.dispose)
         factory = make_session_factory(engine)
         producer = create_producer(settings)
-        worker = WorkerProcess(producer, queues=WEBHOOKS_QUEUE, concurrency=2)
+        worker = WorkerProcess(producer, queues=WEBHOOKS_QUEUE, concurrency=args.concurrency)
         worker.start()
         stack.callback(worker.stop)
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-webhooks-")))
@@ -334,7 +335,7 @@ def main() -> None:
         if args.profile:
             measure_process(drain, producer, factory, "profiled", args.events, profile=args.profile)
             print(f"py-spy samples of one more webhooks.process drain: {args.profile}")
-        print(f"\nmedian of {args.rounds} rounds, {args.events} events each (worker: prefork, 2 processes)")
+        print(f"\nmedian of {args.rounds} rounds, {args.events} events each (worker: prefork, {args.concurrency} processes)")
         print(f"no-op task (fire and drain)          {median(rounds, 'noop'):8.0f} tasks/s")
         print(
             f"webhooks.process user.created        {median(rounds, 'process'):8.0f} events/s"
