@@ -1,9 +1,9 @@
 """Webhook pipeline throughput through a real Celery worker, against a same-run baseline.
 
 Creates its own database and claims its own Redis database numbers, starts one `celery worker`
-(prefork, `--concurrency` processes (default 2), the `webhooks` queue, the project's Celery settings: acks late, prefetch
-1, task events) and one gunicorn receiver (the receiver's own gunicorn settings), then, for each
-round, measures three rates on that same worker:
+(prefork, `--concurrency` processes (default 2), the `webhooks` queue, the project's Celery
+settings: acks late, prefetch 1, task events) and one gunicorn receiver (the receiver's own gunicorn
+settings), then, for each round, measures three rates on that same worker:
 
   no-op      N no-op tasks (`celery.accumulate`, no result), fire and drain: the per-task ceiling;
   process    N Clerk `user.created` through `webhooks.process` (user, balance, signup ledger entry,
@@ -335,7 +335,10 @@ def main() -> None:
         if args.profile:
             measure_process(drain, producer, factory, "profiled", args.events, profile=args.profile)
             print(f"py-spy samples of one more webhooks.process drain: {args.profile}")
-        print(f"\nmedian of {args.rounds} rounds, {args.events} events each (worker: prefork, {args.concurrency} processes)")
+        print(
+            f"\nmedian of {args.rounds} rounds, {args.events} events each"
+            f" (worker: prefork, {args.concurrency} processes)"
+        )
         print(f"no-op task (fire and drain)          {median(rounds, 'noop'):8.0f} tasks/s")
         print(
             f"webhooks.process user.created        {median(rounds, 'process'):8.0f} events/s"
