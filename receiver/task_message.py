@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from functools import cache
 from typing import Any
 
 import redis
@@ -43,6 +42,7 @@ _PERSISTENT = 2  # kombu's delivery_mode for a direct exchange's messages (Celer
 class TaskMessageWriter:
     def __init__(self, app: Celery, redis_url: str, socket_timeout: float) -> None:
         self._app = app
+        self._queues: dict[str, str] = {}
         self._client = redis.Redis.from_url(
             redis_url,
             socket_connect_timeout=socket_timeout,
@@ -60,11 +60,11 @@ class TaskMessageWriter:
         self._client.lpush(queue, message)
         return task_id
 
-    @cache  # noqa: B019 - one writer per process, a handful of task names
     def queue_of(self, task_name: str) -> str:
-        """The queue Celery's router sends `task_name` to (TASK_ROUTES)."""
-        queue = self._app.amqp.router.route({}, task_name)["queue"]
-        return str(queue.name)
+        """The queue Celery's router sends `task_name` to (TASK_ROUTES), asked once per name."""
+        if task_name not in self._queues:
+            self._queues[task_name] = str(self._app.amqp.router.route({}, task_name)["queue"].name)
+        return self._queues[task_name]
 
     def message(self, task_name: str, queue: str, kwargs: dict[str, Any]) -> tuple[str, str]:
         """The task's id and its message, as kombu's Redis transport stores it in the list."""

@@ -252,9 +252,9 @@ def apply_batch(items: list[BatchItem]) -> list[tuple[str, str]]:
     task = cast(DebitTask, app.tasks[DEBIT_TASK])
     started = time.monotonic()
     outcomes = _apply(items)
-    done = zip(items, outcomes, strict=True)
-    stored = store_answers(task.backend, [(i.task_id, o.result) for i, o in done if isinstance(o, _Answer)])
-    reports = [_publish(task, item, outcome, stored) for item, outcome in zip(items, outcomes, strict=True)]
+    applied = list(zip(items, outcomes, strict=True))
+    stored = store_answers(task.backend, [(i.task_id, o.result) for i, o in applied if isinstance(o, _Answer)])
+    reports = [_publish(task, item, outcome, stored) for item, outcome in applied]
     log.debug("debits.batch", size=len(items), seconds=round(time.monotonic() - started, 4))
     return reports
 
@@ -304,6 +304,7 @@ def store_answers(backend: Any, answers: list[tuple[str, dict[str, Any]]]) -> bo
         redis_backend: Any = backend
         keys = [redis_backend.get_key_for_task(task_id) for task_id, _ in answers]
         stored = redis_backend.mget(keys)
+        expiry = int(redis_backend.expires) if redis_backend.expires else None
         with redis_backend.client.pipeline() as pipe:
             for (task_id, result), key, current in zip(answers, keys, stored, strict=True):
                 if current is not None and redis_backend.decode_result(current)["status"] == states.SUCCESS:
@@ -316,8 +317,7 @@ def store_answers(backend: Any, answers: list[tuple[str, dict[str, Any]]]) -> bo
                 )
                 meta["task_id"] = task_id
                 value = redis_backend.encode(meta)
-                expires = redis_backend.expires
-                pipe.set(key, value, ex=int(expires) if expires else None)
+                pipe.set(key, value, ex=expiry)
                 pipe.publish(key, value)
             pipe.execute()
     except Exception as exc:
