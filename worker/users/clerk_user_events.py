@@ -21,7 +21,7 @@ from sqlalchemy.sql.dml import ReturningInsert
 from models.app import User
 from models.base import table_of, utcnow
 from models.ids import cuid
-from models.locks import lock_names, user_lock
+from models.locks import lock_first, user_lock
 from models.settings import process_settings
 from models.user_sync import UserSyncState
 from worker.credits.ledger import open_credit_balance_once
@@ -33,8 +33,6 @@ from worker.registry import Delivery, Outcome, handles
 def sync_user(session: Session, delivery: Delivery) -> Outcome:
     data = _data(delivery)
     clerk_id = _required_str(data, "id")
-    # Billing events deciding whether this user exists take the same lock (billing/accounts.py).
-    lock_names(session, user_lock(clerk_id))
     version = data.get("updated_at") or data.get("created_at")
     if not isinstance(version, int):
         raise PermanentError("data.updated_at (ms) is missing or not an integer")
@@ -89,20 +87,28 @@ def display_name(data: dict[str, Any]) -> str | None:
 
 
 def _claim_version(session: Session, clerk_id: str, version: int) -> bool | None:
-    """Record `version` as the newest seen for this user.
+    """Take the user's lock, then record `version` as the newest seen for this user.
 
-    None if it is not newer than what was applied; otherwise whether the user is deleted (a
+    The lock (`user_lock`) is the one billing events take while deciding whether this user
+    exists (billing/accounts.py); it is held from here to the end of the transaction. None if
+    the version is not newer than what was applied; otherwise whether the user is deleted (a
     deleted user's data may still be completed by events that were delayed, but it stays
     inactive, so every order of the same events ends in the same state). One upsert: its row
     lock also serialises concurrent events for the same user.
     """
-    return session.execute(_CLAIM_VERSION, {"clerk_user_id": clerk_id, "version": version}).scalar_one_or_none()
+    values = {"lock_name": user_lock(clerk_id), "clerk_user_id": clerk_id, "version": version}
+    return session.execute(_CLAIM_VERSION, values).scalar_one_or_none()
 
 
 def _claim_version_statement() -> ReturningInsert[bool]:
+    """WITH locked AS (SELECT pg_advisory_xact_lock(...)) INSERT ... SELECT ... FROM locked
+    ON CONFLICT DO UPDATE ... WHERE <newer> RETURNING ...: the row to insert comes from the lock's
+    CTE, so the lock is taken before the row is written, in the same round trip."""
     sync_state = table_of(UserSyncState)  # Core on the table: no ORM bulk-insert machinery
-    statement = insert(sync_state).values(
-        clerk_user_id=bindparam("clerk_user_id", type_=Text), last_updated_at_ms=bindparam("version", type_=BigInteger)
+    locked = lock_first(bindparam("lock_name", type_=Text))
+    statement = insert(sync_state).from_select(
+        ["clerk_user_id", "last_updated_at_ms"],
+        select(bindparam("clerk_user_id", type_=Text), bindparam("version", type_=BigInteger)).select_from(locked),
     )
     return statement.on_conflict_do_update(
         index_elements=[sync_state.c.clerk_user_id],
