@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, CursorResult, Text, bindparam, func, select, update
+from sqlalchemy import BigInteger, Boolean, CursorResult, Text, bindparam, func, null, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningInsert
@@ -39,7 +39,9 @@ def sync_user(session: Session, delivery: Delivery) -> Outcome:
     deleted = _claim_version(session, clerk_id, version)
     if deleted is None:
         return Outcome.processed("skipped: a newer version of this user was already applied")
-    email = _claimable_email(session, primary_email(data), clerk_id, deleted=deleted)
+    email = primary_email(data)
+    if deleted:
+        email = _email_if_free(session, email, clerk_id)
     user_id = _upsert_user(session, clerk_id, email=email, name=display_name(data), deleted=deleted)
     credits = process_settings().signup_credits
     if open_credit_balance_once(session, user_id, clerk_id, credits, reference=f"clerk {delivery.external_id}"):
@@ -117,38 +119,65 @@ def _claim_version_statement() -> ReturningInsert[bool]:
     ).returning(sync_state.c.deleted_at.is_not(None))
 
 
-def _claimable_email(session: Session, email: str | None, clerk_id: str, *, deleted: bool) -> str | None:
-    """The email this user may hold. Clerk moved an address from another account: clear it from
-    the stale holder. A deleted user never takes an address from a live one."""
+def _email_if_free(session: Session, email: str | None, clerk_id: str) -> str | None:
+    """The email a deleted user may hold: never one a live user has."""
     if email is None:
         return None
     users = table_of(User)
     held_elsewhere = (users.c.email == email) & (users.c.clerkId != clerk_id)
-    if deleted:
-        return None if session.scalar(select(users.c.id).where(held_elsewhere)) else email
-    session.execute(update(users).where(held_elsewhere).values(email=None, updatedAt=utcnow()))
-    return email
+    return None if session.scalar(select(users.c.id).where(held_elsewhere)) else email
 
 
 def _upsert_user(session: Session, clerk_id: str, *, email: str | None, name: str | None, deleted: bool) -> str:
     """Insert or update the user's row; returns its id. Core, no ORM object: this is every
-    `user.created`'s path, and nothing after it needs more than the id."""
-    values = {"id": cuid(), "clerk_id": clerk_id, "email": email, "name": name, "active": not deleted, "now": utcnow()}
-    return session.execute(_UPSERT_USER, values).scalar_one()
+    `user.created`'s path, and nothing after it needs more than the id. A live user takes its
+    email: Clerk moved the address from another account, so the stale holder's copy is cleared
+    in the same statement (`_UPSERT_USER_TAKING_EMAIL`)."""
+    values = {
+        "new_id": cuid(),
+        "clerk_user_id": clerk_id,
+        "new_email": email,
+        "new_name": name,
+        "active": not deleted,
+        "now": utcnow(),
+    }
+    statement = _UPSERT_USER if deleted or email is None else _UPSERT_USER_TAKING_EMAIL
+    return session.execute(statement, values).scalar_one()
 
 
-def _upsert_user_statement() -> ReturningInsert[str]:
+def _upsert_user_statement(*, taking_email: bool) -> ReturningInsert[str]:
+    """INSERT ... SELECT ... ON CONFLICT ("clerkId") DO UPDATE ... RETURNING id. Taking the email:
+
+        WITH cleared AS (UPDATE "User" SET email = NULL ... WHERE email = :email AND "clerkId" <> :clerk_id)
+        INSERT INTO "User" (...) SELECT ... WHERE (SELECT count(*) FROM cleared) IS NOT NULL ...
+
+    The count (run once, before the row is produced) makes the stale holder's email cleared
+    before this row is written, so the unique email index never sees the address twice: a
+    sibling CTE nobody reads would run after the INSERT."""
     users = table_of(User)
     now = bindparam("now", type_=users.c.createdAt.type)
-    statement = insert(users).values(
-        id=bindparam("id", type_=Text),
-        clerkId=bindparam("clerk_id", type_=Text),
-        email=bindparam("email", type_=Text),
-        name=bindparam("name", type_=Text),
-        isActive=bindparam("active", type_=Boolean),
-        createdAt=now,
-        updatedAt=now,
+    # No parameter is named as a column of "User": SQLAlchemy would read such a key as a value to
+    # SET in the UPDATE below.
+    clerk_id, email = bindparam("clerk_user_id", type_=Text), bindparam("new_email", type_=Text)
+    row = select(
+        bindparam("new_id", type_=Text),
+        clerk_id,
+        email,
+        bindparam("new_name", type_=Text),
+        bindparam("active", type_=Boolean),
+        now,
+        now,
     )
+    if taking_email:
+        cleared = (
+            update(users)
+            .where(users.c.email == email, users.c.clerkId != clerk_id)
+            .values(email=null(), updatedAt=now)
+            .returning(users.c.id)
+            .cte("cleared")
+        )
+        row = row.where(select(func.count()).select_from(cleared).scalar_subquery().is_not(None))
+    statement = insert(users).from_select(["id", "clerkId", "email", "name", "isActive", "createdAt", "updatedAt"], row)
     new = statement.excluded
     return statement.on_conflict_do_update(
         index_elements=[users.c.clerkId],
@@ -164,7 +193,8 @@ def _upsert_user_statement() -> ReturningInsert[str]:
 
 # Built once (compiled once, cached): every user.created and user.updated runs both.
 _CLAIM_VERSION = _claim_version_statement()
-_UPSERT_USER = _upsert_user_statement()
+_UPSERT_USER = _upsert_user_statement(taking_email=False)
+_UPSERT_USER_TAKING_EMAIL = _upsert_user_statement(taking_email=True)
 
 
 def _data(delivery: Delivery) -> dict[str, Any]:
