@@ -4,6 +4,8 @@ Every grant, reversal, debit and refund calls `change_credits`. It marks the tra
 service's own (so the database trigger on "CreditBalance", which records the Next.js app's direct
 changes as `external` entries, does not count it twice), moves the balance with one conditional
 UPDATE, and appends the ledger entry with the balance it left: one statement, one round trip.
+A new balance's starting credits (`open_credit_balance_once`) are the one other write of a
+balance here: the row inserted with them and their `signup` entry, also in one statement.
 """
 
 from __future__ import annotations
@@ -12,11 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import overload
 
-from sqlalchemy import Integer, Select, Text, bindparam, func, inspect, select, true, update
+from sqlalchemy import CTE, ColumnElement, Integer, Select, Text, bindparam, func, inspect, select, true, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
-from sqlalchemy.sql.dml import ReturningInsert
 
 from models.app import CreditBalance, User
 from models.base import table_of, utcnow
@@ -49,16 +50,10 @@ def _change_statement(*, with_floor: bool) -> Select[int, int | None]:
     ledger key exists already (the balance moved; the caller's transaction must roll back).
     """
     balance = table_of(CreditBalance)
-    ledger = table_of(CreditLedgerEntry)
     delta = bindparam("delta", type_=Integer)
-    # Marks the transaction as the service's within the same statement (an InitPlan, run once
-    # before any row changes; set_config(..., true) lasts until the transaction ends), so the
-    # trigger (an AFTER ROW trigger, fired when the statement ends) skips this change, at no
-    # extra round trip, and no savepoint rollback can separate the mark from the write.
-    mark = select(func.set_config(LEDGER_WRITE_SETTING, "on", True)).scalar_subquery()
     moved = (
         update(balance)
-        .where(balance.c.id == bindparam("credit_balance_id", type_=Text), mark == "on")
+        .where(balance.c.id == bindparam("credit_balance_id", type_=Text), _service_write_mark())
         .values(
             {
                 balance.c.creditsRemaining: balance.c.creditsRemaining + delta,
@@ -71,7 +66,25 @@ def _change_statement(*, with_floor: bool) -> Select[int, int | None]:
     if with_floor:
         moved = moved.where(balance.c.creditsRemaining + delta >= bindparam("floor", type_=Integer))
     moved_rows = moved.cte("moved")
-    entry = (
+    entry = _entry_of(moved_rows, bindparam("credit_balance_id", type_=Text), delta)
+    return select(moved_rows.c.creditsRemaining, entry.c.id).select_from(moved_rows.outerjoin(entry, true()))
+
+
+def _service_write_mark() -> ColumnElement[bool]:
+    """Marks the transaction as the service's within the statement that writes the balance (an
+    InitPlan, run once before any row changes; set_config(..., true) lasts until the transaction
+    ends), so the trigger (an AFTER ROW trigger, fired when the statement ends) skips this
+    change, at no extra round trip, and no savepoint rollback can separate the mark from the
+    write."""
+    return select(func.set_config(LEDGER_WRITE_SETTING, "on", True)).scalar_subquery() == "on"
+
+
+def _entry_of(written: CTE, credit_balance_id: ColumnElement[str], delta: ColumnElement[int]) -> CTE:
+    """The ledger entry of a balance row a CTE wrote (`written`: RETURNING "userId",
+    "clerkUserId", "creditsRemaining"): INSERT ... SELECT ... FROM written ON CONFLICT
+    (idempotency_key) DO NOTHING RETURNING id. No entry id: the key was there already."""
+    ledger = table_of(CreditLedgerEntry)
+    return (
         insert(ledger)
         .from_select(
             [
@@ -85,11 +98,11 @@ def _change_statement(*, with_floor: bool) -> Select[int, int | None]:
                 "reference",
             ],
             select(
-                moved_rows.c.userId,
-                moved_rows.c.clerkUserId,
-                bindparam("credit_balance_id", type_=Text),
+                written.c.userId,
+                written.c.clerkUserId,
+                credit_balance_id,
                 delta,
-                moved_rows.c.creditsRemaining,
+                written.c.creditsRemaining,
                 bindparam("kind", type_=Text),
                 bindparam("idempotency_key", type_=Text),
                 bindparam("reference", type_=Text),
@@ -99,7 +112,6 @@ def _change_statement(*, with_floor: bool) -> Select[int, int | None]:
         .returning(ledger.c.id)
         .cte("entry")
     )
-    return select(moved_rows.c.creditsRemaining, entry.c.id).select_from(moved_rows.outerjoin(entry, true()))
 
 
 _CHANGE = _change_statement(with_floor=False)
@@ -208,15 +220,29 @@ def open_credit_balance_once(
     session: Session, user_id: str, clerk_user_id: str, credits: int, *, reference: str
 ) -> LedgerChange | None:
     """`open_credit_balance` for a user that may have a balance already (the hot path of Clerk
-    `user.created`): Core statements only, no ORM object. None: the user had a balance, nothing
+    `user.created`): the row inserted with its starting credits and their `signup` entry in one
+    statement (`_OPEN_WITH_SIGNUP`), no ORM object. None: the user had a balance, nothing
     changed. The caller holds the user's lock, so no concurrent transaction opens it meanwhile
     (one that did would make the insert do nothing, and this return None)."""
-    balance_id = session.execute(
-        _OPEN_EMPTY_BALANCE, {"id": cuid(), "user_id": user_id, "clerk_user_id": clerk_user_id, "now": utcnow()}
-    ).scalar_one_or_none()
-    if balance_id is None:
+    if session.autoflush:
+        session.flush()
+    params = {
+        "new_balance_id": cuid(),
+        "owner_id": user_id,
+        "owner_clerk_id": clerk_user_id,
+        "credits": credits,
+        "now": utcnow(),
+        "kind": LedgerKind.SIGNUP.value,
+        "idempotency_key": _signup_key(user_id),
+        "reference": reference,
+    }
+    row = session.execute(_OPEN_WITH_SIGNUP, params).one_or_none()
+    if row is None:
         return None
-    return _credit_signup(session, balance_id, user_id, credits, reference=reference)
+    credit_balance_id, balance_after, entry_id = row
+    if entry_id is None:
+        raise LedgerKeyConflict(params["idempotency_key"])
+    return LedgerChange(entry_id, credit_balance_id, credits, balance_after)
 
 
 def _credit_signup(
@@ -228,32 +254,49 @@ def _credit_signup(
         credit_balance_id,
         delta=credits,
         kind=LedgerKind.SIGNUP,
-        idempotency_key=f"signup:{user_id}",
+        idempotency_key=_signup_key(user_id),
         reference=reference,
     )
 
 
-def _open_empty_balance_statement() -> ReturningInsert[str]:
-    """INSERT an empty "CreditBalance" unless the user has one, RETURNING its id (built once).
-    Empty: the trigger records nothing for a zero change; the credits go through `change_credits`."""
+def _signup_key(user_id: str) -> str:
+    return f"signup:{user_id}"
+
+
+def _open_with_signup_statement() -> Select[str, int, int | None]:
+    """A new balance with its starting credits and their ledger entry, unless the user has one
+    (built once):
+
+        WITH opened AS (INSERT INTO "CreditBalance" (...) SELECT ... WHERE <mark>
+                        ON CONFLICT ("userId") DO NOTHING RETURNING ...),
+             entry AS (INSERT INTO credit_ledger (...) SELECT ... FROM opened ... RETURNING id)
+        SELECT opened.id, opened."creditsRemaining", entry.id FROM opened LEFT JOIN entry ON true
+
+    No row: the user had a balance. The mark keeps the trigger from recording the insert as an
+    external change, as in `change_credits`."""
     balance = table_of(CreditBalance)
     now = bindparam("now", type_=balance.c.createdAt.type)
-    return (
+    credits = bindparam("credits", type_=Integer)
+    opened = (
         insert(balance)
-        .values(
-            {
-                balance.c.id: bindparam("id", type_=Text),
-                balance.c.userId: bindparam("user_id", type_=Text),
-                balance.c.clerkUserId: bindparam("clerk_user_id", type_=Text),
-                balance.c.creditsRemaining: 0,
-                balance.c.lastSyncedAt: now,
-                balance.c.createdAt: now,
-                balance.c.updatedAt: now,
-            }
+        .from_select(
+            ["id", "userId", "clerkUserId", "creditsRemaining", "lastSyncedAt", "createdAt", "updatedAt"],
+            select(
+                bindparam("new_balance_id", type_=Text),
+                bindparam("owner_id", type_=Text),
+                bindparam("owner_clerk_id", type_=Text),
+                credits,
+                now,
+                now,
+                now,
+            ).where(_service_write_mark()),
         )
         .on_conflict_do_nothing(index_elements=[balance.c.userId])
-        .returning(balance.c.id)
+        .returning(balance.c.id, balance.c.userId, balance.c.clerkUserId, balance.c.creditsRemaining)
+        .cte("opened")
     )
+    entry = _entry_of(opened, opened.c.id, credits)
+    return select(opened.c.id, opened.c.creditsRemaining, entry.c.id).select_from(opened.outerjoin(entry, true()))
 
 
-_OPEN_EMPTY_BALANCE = _open_empty_balance_statement()
+_OPEN_WITH_SIGNUP = _open_with_signup_statement()
