@@ -8,7 +8,7 @@ exactly once. The payload paths that name a user are billing knowledge, so the q
 
 from __future__ import annotations
 
-from sqlalchemy import BindParameter, ColumnElement, Text, and_, bindparam, func, or_, select
+from sqlalchemy import BindParameter, ColumnElement, Select, Text, and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from models.base import table_of
@@ -20,6 +20,18 @@ _INBOX = table_of(WebhookInbox)
 _LINKS = table_of(ProviderLink)
 
 ASAAS_OBJECTS = ("payment", "subscription", "checkout")
+
+
+def unmatched_for_user(clerk_user_id: BindParameter[str]) -> Select[int]:
+    """The ids of the unmatched rows naming this user, as a query (for a statement to embed)."""
+    return (
+        select(_INBOX.c.id)
+        .where(
+            _INBOX.c.status == InboxStatus.UNMATCHED.value,  # the partial index on unmatched rows
+            names_user(clerk_user_id),
+        )
+        .order_by(_INBOX.c.id)
+    )
 
 
 def unmatched_inbox_ids_for_user(session: Session, clerk_user_id: str) -> list[int]:
@@ -67,11 +79,4 @@ def _asaas_linked_to(clerk_user_id: BindParameter[str] | str) -> ColumnElement[b
 # Built once, with the user as a bound parameter: every new user and every new Asaas link asks
 # this, and building the expression each time cost more than running it.
 _USER = bindparam("clerk_user_id", type_=Text)
-_UNMATCHED_FOR_USER = (
-    select(_INBOX.c.id)
-    .where(
-        _INBOX.c.status == InboxStatus.UNMATCHED.value,  # the partial index on unmatched rows
-        names_user(_USER),
-    )
-    .order_by(_INBOX.c.id)
-)
+_UNMATCHED_FOR_USER = unmatched_for_user(_USER)

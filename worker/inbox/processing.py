@@ -20,7 +20,7 @@ from models.base import table_of
 from models.inbox import InboxStatus, WebhookInbox
 from models.locks import inbox_row_lock, try_lock_name
 from models.logs import bind_event
-from worker.inbox.replay import replay_waiting_for_user
+from worker.inbox.replay import enqueue_after_commit, replaying_waiting_for_user
 from worker.inbox.routing import handler_for
 from worker.registry import Delivery, Outcome
 
@@ -52,13 +52,16 @@ def apply_row(session: Session, delivery: Delivery) -> dict[str, Any]:
     """Apply a pending row and record its outcome (the caller holds its lock)."""
     bind_event(source=delivery.source, provider_event_id=delivery.external_id, event_type=delivery.event_type)
     outcome = apply_delivery(session, delivery)
-    detail = outcome.detail
-    if outcome.unblocks_user is not None:
-        # Before this row's own status is written, so the replay never picks this row itself.
-        replayed = replay_waiting_for_user(session, outcome.unblocks_user)
+    finished = {"inbox_id": delivery.inbox_id, "final_status": outcome.status.value, "final_detail": outcome.detail}
+    if outcome.unblocks_user is None:
+        session.execute(_FINISH, finished)
+    else:
+        # The billing events that waited for this user go back to pending in the same statement.
+        replayed = session.execute(_FINISH_AND_REPLAY, {**finished, "clerk_user_id": outcome.unblocks_user}).scalar()
         if replayed:
-            detail = f"{detail or 'processed'}; replaying {len(replayed)} unmatched billing event(s)"
-    session.execute(_FINISH, {"inbox_id": delivery.inbox_id, "status": outcome.status.value, "detail": detail})
+            enqueue_after_commit(session, sorted(replayed))
+            detail = f"{outcome.detail or 'processed'}; replaying {len(replayed)} unmatched billing event(s)"
+            session.execute(_SET_DETAIL, {"inbox_id": delivery.inbox_id, "final_detail": detail})
     return {"inbox_id": delivery.inbox_id, "status": outcome.status.value}
 
 
@@ -69,17 +72,21 @@ def apply_delivery(session: Session, delivery: Delivery) -> Outcome:
     return handler(session, delivery)
 
 
-# The row's final state, written by the run's own transaction. Built once on the table (Core: the
+# The row's final state, written by the run's own transaction. (Its parameters are not named as
+# the table's columns: SQLAlchemy would read such a key as a value to SET in the UPDATE of
+# `_FINISH_AND_REPLAY`'s CTE too.) Built once on the table (Core: the
 # session runs it without the ORM's bulk-update bookkeeping; no object of the row is loaded).
 _INBOX = table_of(WebhookInbox)
 _FINISH = (
     update(_INBOX)
     .where(_INBOX.c.id == bindparam("inbox_id"))
     .values(
-        status=bindparam("status"),
-        detail=bindparam("detail"),
+        status=bindparam("final_status"),
+        detail=bindparam("final_detail"),
         processed_at=func.now(),
         running_since=literal(None),
         last_error=literal(None),
     )
 )
+_FINISH_AND_REPLAY = replaying_waiting_for_user(_FINISH)
+_SET_DETAIL = update(_INBOX).where(_INBOX.c.id == bindparam("inbox_id")).values(detail=bindparam("final_detail"))

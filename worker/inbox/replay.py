@@ -6,11 +6,16 @@ Messages go out by task name (`webhooks.process`): this module never imports the
 
 from __future__ import annotations
 
-from sqlalchemy import func, literal, update
-from sqlalchemy.orm import Session
+from collections.abc import Iterable
+from typing import Any
 
+from sqlalchemy import Text, Update, bindparam, func, literal, select, update
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import ReturningUpdate
+
+from models.base import table_of
 from models.inbox import InboxStatus, WebhookInbox
-from worker.billing.waiting_events import unmatched_inbox_ids_for_user
+from worker.billing.waiting_events import unmatched_for_user, unmatched_inbox_ids_for_user
 from worker.celery_config import PROCESS_WEBHOOK_TASK
 from worker.task_base import send_after_commit
 
@@ -29,22 +34,53 @@ def requeue(session: Session, inbox_ids: list[int], *, include_processed: bool =
     ids = session.scalars(
         update(WebhookInbox)
         .where(WebhookInbox.id.in_(inbox_ids), WebhookInbox.status.in_(statuses))
-        # A fresh start: the cause was fixed, so earlier crashes no longer count, and the row is
-        # enqueued now (the sweeper measures its pending age from here).
-        .values(
-            status=InboxStatus.PENDING.value,
-            last_error=None,
-            crashes=0,
-            running_since=literal(None),
-            enqueued_at=func.now(),
-        )
+        .values(_PUT_BACK)
         .returning(WebhookInbox.id)
     ).all()
-    for inbox_id in ids:
-        send_after_commit(session, PROCESS_WEBHOOK_TASK, inbox_id=inbox_id)
+    enqueue_after_commit(session, ids)
     return list(ids)
+
+
+def enqueue_after_commit(session: Session, inbox_ids: Iterable[int]) -> None:
+    """Send `webhooks.process` for rows put back to pending, once the transaction commits."""
+    for inbox_id in inbox_ids:
+        send_after_commit(session, PROCESS_WEBHOOK_TASK, inbox_id=inbox_id)
+
+
+# A fresh start: the cause was fixed, so earlier crashes no longer count, and the row is enqueued
+# now (the sweeper measures its pending age from here).
+_PUT_BACK: dict[str, Any] = {
+    "status": InboxStatus.PENDING.value,
+    "last_error": None,
+    "crashes": 0,
+    "running_since": literal(None),
+    "enqueued_at": func.now(),
+}
 
 
 def replay_waiting_for_user(session: Session, clerk_user_id: str) -> list[int]:
     """Replay the billing events that waited `unmatched` for this user (or one of its links)."""
     return requeue(session, unmatched_inbox_ids_for_user(session, clerk_user_id))
+
+
+def replaying_waiting_for_user(finish: Update) -> ReturningUpdate[Any]:
+    """`finish` (the UPDATE that ends an inbox row's run) that also does what
+    `replay_waiting_for_user` does for the user `:clerk_user_id`, in the same round trip:
+
+        WITH replayed AS (UPDATE webhook_inbox SET status = 'pending', ... WHERE id IN
+                          (<unmatched rows naming the user>) RETURNING id)
+        UPDATE webhook_inbox SET ... WHERE id = :inbox_id RETURNING (SELECT array_agg(id) FROM replayed)
+
+    One row back, holding the replayed ids (NULL: none); the caller enqueues them after the
+    commit (`enqueue_after_commit`). The finished row is pending, never unmatched, so the two
+    UPDATEs never touch the same row."""
+    inbox = table_of(WebhookInbox)
+    waiting = unmatched_for_user(bindparam("clerk_user_id", type_=Text))
+    replayed = (
+        update(inbox)
+        .where(inbox.c.id.in_(waiting.scalar_subquery()))
+        .values({inbox.c[name]: value for name, value in _PUT_BACK.items()})
+        .returning(inbox.c.id)
+        .cte("replayed")
+    )
+    return finish.returning(select(func.array_agg(replayed.c.id)).scalar_subquery())
