@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import json
 from datetime import datetime
 from typing import Any, cast
 
@@ -136,14 +135,13 @@ class DeliveryRecorder:
         self._sql = compiled.string
         self._dbapi_error = engine.dialect.loaded_dbapi.Error
 
-    def record(self, *, source: str, external_id: str, event_type: str, payload: dict[str, Any]) -> int | None:
-        """Store a verified delivery once: the new row's id, or None for a duplicate."""
-        params = {
-            "source": source,
-            "external_id": external_id,
-            "event_type": event_type,
-            "payload": json.dumps(payload),
-        }
+    def record(self, *, source: str, external_id: str, event_type: str, payload_json: str) -> int | None:
+        """Store a verified delivery once: the new row's id, or None for a duplicate.
+
+        `payload_json` is the payload as JSON text, PostgreSQL parses it into the jsonb column:
+        the receiver passes the verified body as the provider sent it, not a copy serialised
+        again (its parser already refused what jsonb cannot hold)."""
+        params = {"source": source, "external_id": external_id, "event_type": event_type, "payload": payload_json}
         try:
             connection = self._engine.raw_connection()
         except self._dbapi_error as exc:  # could not connect: not a lost connection

@@ -49,30 +49,41 @@ BROKER_ERRORS = (KombuError, RedisError, OSError)
 
 
 @dataclass(frozen=True)
+class Body:
+    """A verified body parsed as a JSON object: the object, and the text it came from."""
+
+    text: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Delivery:
     source: str
     external_id: str
     event_type: str
     payload: dict[str, Any]
+    payload_json: str  # the body as the provider sent it: what the inbox stores
 
     @classmethod
-    def from_clerk(cls, payload: dict[str, Any], svix_id: str) -> Delivery:
+    def from_clerk(cls, body: Body, svix_id: str) -> Delivery:
         # Svix keeps `svix-id` across retries of one message: it is the deduplication key.
         return cls(
             source=Source.CLERK.value,
             external_id=require_text(svix_id, "missing_id", "the svix-id header"),
-            event_type=require_text(payload.get("type"), "missing_type", "the body's `type`"),
-            payload=payload,
+            event_type=require_text(body.payload.get("type"), "missing_type", "the body's `type`"),
+            payload=body.payload,
+            payload_json=body.text,
         )
 
     @classmethod
-    def from_asaas(cls, payload: dict[str, Any]) -> Delivery:
+    def from_asaas(cls, body: Body) -> Delivery:
         # Asaas event ids are opaque (they contain `&`): stored exactly as sent.
         return cls(
             source=Source.ASAAS.value,
-            external_id=require_text(payload.get("id"), "missing_id", "the body's `id`"),
-            event_type=require_text(payload.get("event"), "missing_type", "the body's `event`"),
-            payload=payload,
+            external_id=require_text(body.payload.get("id"), "missing_id", "the body's `id`"),
+            event_type=require_text(body.payload.get("event"), "missing_type", "the body's `event`"),
+            payload=body.payload,
+            payload_json=body.text,
         )
 
     def task_kwargs(self) -> dict[str, Any]:
@@ -153,11 +164,12 @@ def _too_large(limit: int) -> Rejected:
     return Rejected(413, "too_large", f"the body exceeds {limit} bytes")
 
 
-def parse_object(body: bytes) -> dict[str, Any]:
+def parse_object(body: bytes) -> Body:
     """Parse an authenticated body as a JSON object PostgreSQL's jsonb can hold, or 400."""
     try:
         # Decoded explicitly: json.loads(bytes) would also accept UTF-16 and UTF-32.
-        value = json.loads(body.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
+        text = body.decode("utf-8")
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     # UnicodeDecodeError: not UTF-8; ValueError: not JSON (or an integer beyond Python's digit
     # limit); RecursionError: nesting deeper than the parser can follow.
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -168,7 +180,7 @@ def parse_object(body: bytes) -> dict[str, Any]:
     # JSON strings hold no raw control character): without one, the walk has nothing to find.
     if b"\\u" in body and not _storable(value):
         raise Rejected(400, "malformed", "the body holds text PostgreSQL cannot store (NUL or a lone surrogate)")
-    return value
+    return Body(text, value)
 
 
 def require_text(value: Any, code: str, what: str) -> str:
@@ -292,7 +304,12 @@ class Inbox:
         """
         for attempt in self._once_more_if_disconnected:
             with attempt:
-                return self._recorder.record(**delivery.task_kwargs())
+                return self._recorder.record(
+                    source=delivery.source,
+                    external_id=delivery.external_id,
+                    event_type=delivery.event_type,
+                    payload_json=delivery.payload_json,
+                )
         raise AssertionError("unreachable: tenacity re-raises the last failure")
 
     def _queue_for_ingest(self, delivery: Delivery) -> Outcome:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 
 import pytest
@@ -120,10 +121,11 @@ def test_the_receivers_recorder_stores_a_delivery_once(settings, session):
     engine = make_engine(settings, pre_ping=False, isolation_level="AUTOCOMMIT")
     try:
         recorder = DeliveryRecorder(engine)
-        payload = {"type": "user.created", "data": {"id": "user_1", "nested": [1, "two", None]}}
-        first = recorder.record(source="clerk", external_id="msg_1", event_type="user.created", payload=payload)
-        again = recorder.record(source="clerk", external_id="msg_1", event_type="user.created", payload=payload)
-        other = recorder.record(source="asaas", external_id="msg_1", event_type="PAYMENT_CONFIRMED", payload={})
+        payload = {"type": "user.created", "data": {"id": "user_1", "nested": [1, "two", None, 1.5e3, "\u00e9"]}}
+        text = json.dumps(payload)
+        first = recorder.record(source="clerk", external_id="msg_1", event_type="user.created", payload_json=text)
+        again = recorder.record(source="clerk", external_id="msg_1", event_type="user.created", payload_json=text)
+        other = recorder.record(source="asaas", external_id="msg_1", event_type="PAYMENT_CONFIRMED", payload_json="{}")
     finally:
         engine.dispose()
     assert isinstance(first, int) and again is None and isinstance(other, int) and other != first
@@ -143,7 +145,7 @@ def test_the_receivers_recorder_raises_sqlalchemy_errors(settings):
     try:
         with pytest.raises(DBAPIError) as raised:
             # A source the table's check constraint refuses.
-            DeliveryRecorder(engine).record(source="nope", external_id="secret-id", event_type="x", payload={})
+            DeliveryRecorder(engine).record(source="nope", external_id="secret-id", event_type="x", payload_json="{}")
     finally:
         engine.dispose()
     assert isinstance(raised.value, IntegrityError)  # as SQLAlchemy's Connection would raise it
