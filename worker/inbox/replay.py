@@ -78,7 +78,10 @@ def replaying_waiting_for_user(finish: Update) -> ReturningUpdate[Any]:
     waiting = unmatched_for_user(bindparam("clerk_user_id", type_=Text))
     replayed = (
         update(inbox)
-        .where(inbox.c.id.in_(waiting.scalar_subquery()))
+        # The status again on the row itself: a row changed by a transaction this one waited
+        # for (processed meanwhile, or replayed by an operator) is checked anew, whereas the
+        # subquery's answer dates from before the wait.
+        .where(inbox.c.id.in_(waiting.scalar_subquery()), inbox.c.status == InboxStatus.UNMATCHED.value)
         .values({inbox.c[name]: value for name, value in _PUT_BACK.items()})
         .returning(inbox.c.id)
         .cte("replayed")
