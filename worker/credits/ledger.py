@@ -205,27 +205,25 @@ def _sync_loaded_balance(session: Session, credit_balance_id: str, balance_after
 
 
 def open_credit_balance(session: Session, user: User, credits: int, *, reference: str) -> LedgerChange:
-    """Create the user's balance with its starting credits, as a `signup` ledger entry.
-
-    The row is inserted empty (the trigger records nothing for a zero change) and then credited
-    through `change_credits` like any other change.
-    """
-    balance = CreditBalance(user_id=user.id, clerk_user_id=user.clerk_id, credits_remaining=0)
-    session.add(balance)
-    session.flush()
-    return _credit_signup(session, balance.id, user.id, credits, reference=reference)
+    """Create the user's balance with its starting credits, as a `signup` ledger entry
+    (`open_credit_balance_once`, for a user known to have no balance yet)."""
+    change = open_credit_balance_once(session, user.id, user.clerk_id, credits, reference=reference)
+    if change is None:
+        raise ValueError(f"user {user.id} has a credit balance already")
+    return change
 
 
 def open_credit_balance_once(
     session: Session, user_id: str, clerk_user_id: str, credits: int, *, reference: str
 ) -> LedgerChange | None:
-    """`open_credit_balance` for a user that may have a balance already (the hot path of Clerk
-    `user.created`): the row inserted with its starting credits and their `signup` entry in one
-    statement (`_OPEN_WITH_SIGNUP`), no ORM object. None: the user had a balance, nothing
-    changed. The caller holds the user's lock, so no concurrent transaction opens it meanwhile
-    (one that did would make the insert do nothing, and this return None)."""
+    """Create the user's balance with its starting credits and their `signup` entry, unless the
+    user has one (the hot path of Clerk `user.created`): one statement (`_OPEN_WITH_SIGNUP`), no
+    ORM object. None: the user had a balance, nothing changed. The caller holds the user's
+    lock, so no concurrent transaction opens it meanwhile (one that did would make the insert do
+    nothing, and this return None)."""
     if session.autoflush:
-        session.flush()
+        session.flush()  # what an ORM statement's autoflush did: pending changes (the user) first
+    signup_key = f"signup:{user_id}"
     params = {
         "new_balance_id": cuid(),
         "owner_id": user_id,
@@ -233,7 +231,7 @@ def open_credit_balance_once(
         "credits": credits,
         "now": utcnow(),
         "kind": LedgerKind.SIGNUP.value,
-        "idempotency_key": _signup_key(user_id),
+        "idempotency_key": signup_key,
         "reference": reference,
     }
     row = session.execute(_OPEN_WITH_SIGNUP, params).one_or_none()
@@ -241,26 +239,8 @@ def open_credit_balance_once(
         return None
     credit_balance_id, balance_after, entry_id = row
     if entry_id is None:
-        raise LedgerKeyConflict(params["idempotency_key"])
+        raise LedgerKeyConflict(signup_key)
     return LedgerChange(entry_id, credit_balance_id, credits, balance_after)
-
-
-def _credit_signup(
-    session: Session, credit_balance_id: str, user_id: str, credits: int, *, reference: str
-) -> LedgerChange:
-    """A new balance's starting credits: the `signup` entry, once per user."""
-    return change_credits(
-        session,
-        credit_balance_id,
-        delta=credits,
-        kind=LedgerKind.SIGNUP,
-        idempotency_key=_signup_key(user_id),
-        reference=reference,
-    )
-
-
-def _signup_key(user_id: str) -> str:
-    return f"signup:{user_id}"
 
 
 def _open_with_signup_statement() -> Select[str, int, int | None]:
