@@ -142,7 +142,7 @@ def plain_loop(factory, users: list[str], count: int, prefix: str) -> Counter:
     return statuses
 
 
-# The debit's three statements as worker/usage/debits.py and worker/credits/ledger.py send them, by hand
+# The debit's two statements as worker/usage/debits.py and worker/credits/ledger.py send them, by hand
 # (the current plan as worker.plans.current_plan.current_plan_query reads it: whatever its status).
 CLAIM_AND_FIND_ACCOUNT = """
 WITH claim AS (
@@ -156,13 +156,21 @@ SELECT (SELECT idempotency_key FROM claim), u.id, u."isActive", b.id, b."credits
 FROM (SELECT 1) AS one
 LEFT JOIN ("User" u JOIN "CreditBalance" b ON b."userId" = u.id) ON u."clerkId" = %(clerk_user_id)s
 """
-CHANGE_CREDITS = """
+# change_credits with the UsageHistory row and the stored answer as its follow-up writes.
+TAKE_AND_ANSWER = """
 WITH moved AS (
     UPDATE "CreditBalance" SET "creditsRemaining" = "creditsRemaining" + %(delta)s,
         "lastSyncedAt" = %(now)s, "updatedAt" = %(now)s
     WHERE id = %(balance_id)s AND (SELECT set_config('pedro_webhooks.ledger_write', 'on', true)) = 'on'
       AND "creditsRemaining" + %(delta)s >= 0
     RETURNING "userId", "clerkUserId", "creditsRemaining"),
+usage AS (
+    INSERT INTO "UsageHistory" (id, "userId", "creditBalanceId", "operationType", "creditsUsed", details, timestamp)
+    SELECT %(usage_id)s, "userId", %(balance_id)s, %(operation)s, %(cost)s, %(details)s, %(now)s FROM moved),
+answered AS (
+    UPDATE {schema}.usage_requests SET status = 'applied', credits = %(cost)s, usage_id = %(usage_id)s,
+        result = %(result)s || jsonb_build_object('remaining', (SELECT "creditsRemaining" FROM moved))
+    WHERE idempotency_key = %(key)s AND EXISTS (SELECT FROM moved)),
 entry AS (
     INSERT INTO {schema}.credit_ledger
         (user_id, clerk_user_id, credit_balance_id, delta, balance_after, kind, idempotency_key, reference)
@@ -171,21 +179,12 @@ entry AS (
     ON CONFLICT (idempotency_key) DO NOTHING RETURNING id)
 SELECT moved."creditsRemaining", entry.id FROM moved LEFT JOIN entry ON true
 """
-FINISH_WITH_USAGE = """
-WITH usage AS (
-    INSERT INTO "UsageHistory" (id, "userId", "creditBalanceId", "operationType", "creditsUsed", details, timestamp)
-    VALUES (%(usage_id)s, %(user_id)s, %(balance_id)s, %(operation)s, %(cost)s, %(details)s, %(now)s))
-UPDATE {schema}.usage_requests SET status = 'applied', result = %(result)s, credits = %(cost)s, usage_id = %(usage_id)s
-WHERE idempotency_key = %(key)s
-"""
 
 
 def psycopg_loop(database_url: str, schema: str, users: list[str], count: int, prefix: str) -> Counter:
     """Applied debits only (the benchmark's case), one transaction each, on one connection."""
-    claim, change, finish = (
-        sql.SQL(statement).format(schema=sql.Identifier(schema))
-        for statement in (CLAIM_AND_FIND_ACCOUNT, CHANGE_CREDITS, FINISH_WITH_USAGE)
-    )
+    claim = sql.SQL(CLAIM_AND_FIND_ACCOUNT).format(schema=sql.Identifier(schema))
+    take = sql.SQL(TAKE_AND_ANSWER).format(schema=sql.Identifier(schema))
     libpq_url = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
     statuses: Counter = Counter()
     with psycopg.connect(libpq_url, options="-c timezone=UTC") as conn:
@@ -200,39 +199,30 @@ def psycopg_loop(database_url: str, schema: str, users: list[str], count: int, p
             }
             now = datetime.now(UTC).replace(tzinfo=None)
             with conn.transaction():
-                claimed, user_id, active, balance_id, _, _ = conn.execute(
+                claimed, _, active, balance_id, _, _ = conn.execute(
                     claim,
                     {"key": key, "clerk_user_id": clerk_user_id, "operation": operation, "request": Jsonb(request)},
                 ).fetchone()
                 assert claimed is not None and active
+                usage_id = cuid()
                 moved = conn.execute(
-                    change,
+                    take,
                     {
                         "delta": -cost,
                         "now": now,
                         "balance_id": balance_id,
                         "ledger_key": f"usage:{key}",
                         "reference": f"usage {operation} {key}",
-                    },
-                ).fetchone()
-                assert moved is not None and moved[1] is not None
-                usage_id = cuid()
-                result = {"status": "applied", "remaining": moved[0], "usage_id": usage_id}
-                conn.execute(
-                    finish,
-                    {
                         "usage_id": usage_id,
-                        "user_id": user_id,
-                        "balance_id": balance_id,
                         "operation": operation,
                         "cost": cost,
                         "details": Jsonb(None),
-                        "now": now,
-                        "result": Jsonb(result),
+                        "result": Jsonb({"status": "applied", "remaining": None, "usage_id": usage_id}),
                         "key": key,
                     },
-                )
-            statuses[result["status"]] += 1
+                ).fetchone()
+                assert moved is not None and moved[1] is not None
+            statuses["applied"] += 1
     return statuses
 
 

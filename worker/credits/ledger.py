@@ -4,15 +4,18 @@ Every grant, reversal, debit and refund calls `change_credits`. It marks the tra
 service's own (so the database trigger on "CreditBalance", which records the Next.js app's direct
 changes as `external` entries, does not count it twice), moves the balance with one conditional
 UPDATE, and appends the ledger entry with the balance it left: one statement, one round trip.
+Writes that belong to the change (a debit's `UsageHistory` row and stored answer) can ride in the
+same statement as a `FollowUp`: they select FROM the moved row, so they happen only if it moved.
 A new balance's starting credits (`open_credit_balance_once`) are the one other write of a
 balance here: the row inserted with them and their `signup` entry, also in one statement.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import overload
+from typing import Any, overload
 
 from sqlalchemy import CTE, ColumnElement, Integer, Select, Text, bindparam, func, inspect, select, true, update
 from sqlalchemy.dialects.postgresql import insert
@@ -36,7 +39,9 @@ class LedgerChange:
     balance_after: int
 
 
-def _change_statement(*, with_floor: bool) -> Select[int, int | None]:
+def _change_statement(
+    *, with_floor: bool, follow_up: Callable[[CTE], Sequence[CTE]] | None = None
+) -> Select[int, int | None]:
     """The balance move and its ledger entry as one statement, built once (Core constructs on the
     mapped tables, so the engine's schema_translate_map applies and the compiled form is cached).
 
@@ -44,10 +49,13 @@ def _change_statement(*, with_floor: bool) -> Select[int, int | None]:
                        [AND "creditsRemaining" + :delta >= :floor] RETURNING ...),
              entry AS (INSERT INTO credit_ledger (...) SELECT ... FROM moved
                        ON CONFLICT (idempotency_key) DO NOTHING RETURNING id)
+             [, <follow_up(moved)> ...]
         SELECT moved."creditsRemaining", entry.id FROM moved LEFT JOIN entry ON true
 
     No row: the floor refused the change (nothing written). A row whose entry id is NULL: the
     ledger key exists already (the balance moved; the caller's transaction must roll back).
+    The follow-up's CTEs run whether or not the SELECT reads them (PostgreSQL always runs a
+    data-modifying CTE); selecting FROM moved, they write nothing when the floor refused.
     """
     balance = table_of(CreditBalance)
     delta = bindparam("delta", type_=Integer)
@@ -67,7 +75,38 @@ def _change_statement(*, with_floor: bool) -> Select[int, int | None]:
         moved = moved.where(balance.c.creditsRemaining + delta >= bindparam("floor", type_=Integer))
     moved_rows = moved.cte("moved")
     entry = _entry_of(moved_rows, bindparam("credit_balance_id", type_=Text), delta)
-    return select(moved_rows.c.creditsRemaining, entry.c.id).select_from(moved_rows.outerjoin(entry, true()))
+    statement = select(moved_rows.c.creditsRemaining, entry.c.id).select_from(moved_rows.outerjoin(entry, true()))
+    if follow_up is not None:
+        statement = statement.add_cte(*follow_up(moved_rows))
+    return statement
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """Writes that belong to a balance change and go in its statement (`follow_up`): both forms
+    of the statement, with and without a floor, built once."""
+
+    plain: Select[int, int | None]
+    with_floor: Select[int, int | None]
+
+
+def follow_up(build: Callable[[CTE], Sequence[CTE]]) -> FollowUp:
+    """`build(moved)` returns the CTEs to add: each selects FROM `moved` (the balance row the
+    change wrote, RETURNING "userId", "clerkUserId", "creditsRemaining"), so it writes only
+    when the balance moved. Their bound parameters must not be named as a column of a table
+    they UPDATE (SQLAlchemy would SET that column from it) nor as this statement's own
+    (`credit_balance_id`, `delta`, `now`, `floor`, `ledger_*`)."""
+    return FollowUp(
+        _change_statement(with_floor=False, follow_up=build), _change_statement(with_floor=True, follow_up=build)
+    )
+
+
+@dataclass(frozen=True)
+class Then:
+    """A follow-up and the values of its parameters for one change."""
+
+    writes: FollowUp
+    params: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _service_write_mark() -> ColumnElement[bool]:
@@ -82,7 +121,9 @@ def _service_write_mark() -> ColumnElement[bool]:
 def _entry_of(written: CTE, credit_balance_id: ColumnElement[str], delta: ColumnElement[int]) -> CTE:
     """The ledger entry of a balance row a CTE wrote (`written`: RETURNING "userId",
     "clerkUserId", "creditsRemaining"): INSERT ... SELECT ... FROM written ON CONFLICT
-    (idempotency_key) DO NOTHING RETURNING id. No entry id: the key was there already."""
+    (idempotency_key) DO NOTHING RETURNING id. No entry id: the key was there already. (Its
+    parameters are named `ledger_*`: `kind` and `idempotency_key` are also columns of tables a
+    follow-up may UPDATE.)"""
     ledger = table_of(CreditLedgerEntry)
     return (
         insert(ledger)
@@ -103,9 +144,9 @@ def _entry_of(written: CTE, credit_balance_id: ColumnElement[str], delta: Column
                 credit_balance_id,
                 delta,
                 written.c.creditsRemaining,
-                bindparam("kind", type_=Text),
-                bindparam("idempotency_key", type_=Text),
-                bindparam("reference", type_=Text),
+                bindparam("ledger_kind", type_=Text),
+                bindparam("ledger_key", type_=Text),
+                bindparam("ledger_reference", type_=Text),
             ),
         )
         .on_conflict_do_nothing(index_elements=[ledger.c.idempotency_key])
@@ -114,8 +155,7 @@ def _entry_of(written: CTE, credit_balance_id: ColumnElement[str], delta: Column
     )
 
 
-_CHANGE = _change_statement(with_floor=False)
-_CHANGE_WITH_FLOOR = _change_statement(with_floor=True)
+_NO_FOLLOW_UP = FollowUp(_change_statement(with_floor=False), _change_statement(with_floor=True))
 _BALANCE_MAPPER = inspect(CreditBalance)
 
 
@@ -129,6 +169,7 @@ def change_credits(
     idempotency_key: str,
     reference: str,
     floor: None = None,
+    then: Then | None = None,
 ) -> LedgerChange: ...
 
 
@@ -142,6 +183,7 @@ def change_credits(
     idempotency_key: str,
     reference: str,
     floor: int,
+    then: Then | None = None,
 ) -> LedgerChange | None: ...
 
 
@@ -154,6 +196,7 @@ def change_credits(
     idempotency_key: str,
     reference: str,
     floor: int | None = None,
+    then: Then | None = None,
 ) -> LedgerChange | None:
     """Add `delta` (negative to take) to the balance and append its ledger entry.
 
@@ -163,6 +206,8 @@ def change_credits(
     `MissingBalance`) and that this change was not applied before (its own idempotency check);
     the unique `idempotency_key` is the last guard: a concurrent duplicate raises
     `LedgerKeyConflict` and the transaction rolls back.
+
+    `then`: writes that belong to this change, in the same statement, done only if it applied.
     """
     if session.autoflush:
         session.flush()  # what an ORM statement's autoflush did: pending changes go first
@@ -171,14 +216,17 @@ def change_credits(
         "credit_balance_id": credit_balance_id,
         "delta": delta,
         "now": now,
-        "kind": kind.value,
-        "idempotency_key": idempotency_key,
-        "reference": reference,
+        "ledger_kind": kind.value,
+        "ledger_key": idempotency_key,
+        "ledger_reference": reference,
     }
+    writes = _NO_FOLLOW_UP if then is None else then.writes
+    if then is not None:
+        params.update(then.params)
     if floor is None:
-        statement = _CHANGE
+        statement = writes.plain
     else:
-        statement, params["floor"] = _CHANGE_WITH_FLOOR, floor
+        statement, params["floor"] = writes.with_floor, floor
     row = session.execute(statement, params).one_or_none()
     if row is None:
         if floor is None:
@@ -230,9 +278,9 @@ def open_credit_balance_once(
         "owner_clerk_id": clerk_user_id,
         "credits": credits,
         "now": utcnow(),
-        "kind": LedgerKind.SIGNUP.value,
-        "idempotency_key": signup_key,
-        "reference": reference,
+        "ledger_kind": LedgerKind.SIGNUP.value,
+        "ledger_key": signup_key,
+        "ledger_reference": reference,
     }
     row = session.execute(_OPEN_WITH_SIGNUP, params).one_or_none()
     if row is None:

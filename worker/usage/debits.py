@@ -4,9 +4,9 @@ A debit: claim the key (`worker.usage.requests`), find the user's balance, resol
 it with one conditional UPDATE (`change_credits` with floor 0: never an overdraft), write the
 `UsageHistory` row, and store the answer on the key.
 
-The hot path is three statements: the claim together with the account and its current plan (one
-statement: a data-modifying CTE), `change_credits` (one statement), and the `UsageHistory` row
-together with the stored answer (one statement).
+The hot path is two statements: the claim together with the account and its current plan (one
+statement: a data-modifying CTE), and `change_credits` with the `UsageHistory` row and the stored
+answer as its follow-up writes (one statement, which writes them only if the balance moved).
 
 `debit_many` applies several debits in one transaction (the worker's batches): one after another
 in arrival order for each user, users in a fixed order (their Clerk id), so two batches running at
@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from models.app import CreditBalance, OperationType, User
 from models.base import table_of
+from models.ids import cuid
 from models.ledger import LedgerKind
 from models.usage import UsageRequest
 from worker.credits.ledger import change_credits
@@ -42,16 +43,17 @@ from worker.usage.requests import (
     CLAIM,
     NotYetKnown,
     answer,
+    applied_answer,
     autoflush,
     claim_key,
     column_param,
     error,
     finish,
-    finish_applied,
     forget_key,
     is_amount,
     repeat_answer,
     stored_request,
+    usage_and_answer,
 )
 
 _requests = table_of(UsageRequest)
@@ -230,6 +232,7 @@ def _repeat(session: Session, request: DebitRequest, operation: str) -> dict[str
 def _take(
     session: Session, request: DebitRequest, account: Account, operation: OperationType, cost: int
 ) -> dict[str, Any]:
+    usage_id = cuid()
     change = change_credits(
         session,
         account.credit_balance_id,
@@ -238,22 +241,20 @@ def _take(
         idempotency_key=f"usage:{request.idempotency_key}",
         reference=f"usage {operation.value} {request.idempotency_key}",
         floor=0,
+        then=usage_and_answer(
+            request.idempotency_key,
+            usage_id,
+            credits=cost,
+            operation=operation,
+            credits_used=cost,
+            details=request.details,
+        ),
     )
     if change is None:
         # Read after the refused UPDATE: it waited for any concurrent debit of this balance.
         remaining = session.scalar(_REMAINING, {"id": account.credit_balance_id})
         return finish(session, request.idempotency_key, answer("insufficient_credits", remaining))
-    return finish_applied(
-        session,
-        request.idempotency_key,
-        change.balance_after,
-        credits=cost,
-        user_id=account.user_id,
-        credit_balance_id=account.credit_balance_id,
-        operation=operation,
-        credits_used=cost,
-        details=request.details,
-    )
+    return applied_answer(usage_id, change.balance_after)
 
 
 def _operation(name: Any) -> OperationType | None:

@@ -14,19 +14,21 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models.app import UsageHistory
+from models.ids import cuid
 from models.ledger import LedgerKind
 from models.usage import UsageRequest
 from worker.credits.ledger import change_credits
 from worker.usage.requests import (
     NotYetKnown,
     answer,
+    applied_answer,
     autoflush,
     claim_key,
     error,
     finish,
-    finish_applied,
     is_amount,
     repeat_answer,
+    usage_and_answer,
 )
 
 
@@ -79,6 +81,7 @@ def _give_back(session: Session, request: RefundRequest, debited: UsageRequest, 
     usage = session.get(UsageHistory, debited.usage_id) if debited.usage_id is not None else None
     if usage is None:
         raise LookupError(f"the UsageHistory row {debited.usage_id} of debit {request.refund_of} does not exist")
+    usage_id = cuid()
     change = change_credits(
         session,
         usage.credit_balance_id,
@@ -86,18 +89,16 @@ def _give_back(session: Session, request: RefundRequest, debited: UsageRequest, 
         kind=LedgerKind.REFUND,
         idempotency_key=f"refund:{request.idempotency_key}",
         reference=f"refund of usage {request.refund_of}",
+        then=usage_and_answer(
+            request.idempotency_key,
+            usage_id,
+            credits=credits,
+            operation=usage.operation_type,
+            credits_used=-credits,
+            details=request.details,
+        ),
     )
-    return finish_applied(
-        session,
-        request.idempotency_key,
-        change.balance_after,
-        credits=credits,
-        user_id=usage.user_id,
-        credit_balance_id=usage.credit_balance_id,
-        operation=usage.operation_type,
-        credits_used=-credits,
-        details=request.details,
-    )
+    return applied_answer(usage_id, change.balance_after)
 
 
 def _lock_debit(session: Session, request: RefundRequest) -> UsageRequest | None:

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from sqlalchemy import BindParameter, Column, bindparam, delete, select, update
+from sqlalchemy import CTE, BindParameter, Column, bindparam, delete, exists, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from models.app import OperationType, UsageHistory
 from models.base import table_of, utcnow
-from models.ids import cuid
 from models.usage import UsageRequest
+from worker.credits.ledger import Then, follow_up
 from worker.errors import LedgerKeyConflict
 
 PENDING = "pending"
@@ -86,24 +86,57 @@ _FINISH = (
     .values(_FINISH_VALUES)
 )
 
-# The `UsageHistory` row and the stored answer that names it, in one statement.
-_ADD_USAGE = insert(_history).values(
-    {
-        _history.c.id: column_param(_history.c.id, "usage_id"),
-        **{
-            column: column_param(column)
-            for column in (
-                _history.c.userId,
-                _history.c.creditBalanceId,
-                _history.c.operationType,
-                _history.c.creditsUsed,
-                _history.c.details,
-                _history.c.timestamp,
-            )
-        },
-    }
-)
-_FINISH_WITH_USAGE = _FINISH.add_cte(_ADD_USAGE.cte("usage"))
+
+def _usage_and_answer(moved: CTE) -> list[CTE]:
+    """What an applied debit or refund writes besides the balance and its ledger entry, as
+    writes that follow the change in its own statement (`worker.credits.ledger.follow_up`):
+
+        usage AS (INSERT INTO "UsageHistory" (...) SELECT :new_usage_id, moved."userId", ... FROM moved),
+        answered AS (UPDATE usage_requests SET status = 'applied',
+                     result = :applied_answer || jsonb_build_object('remaining', (SELECT ... FROM moved)),
+                     ... WHERE idempotency_key = :key AND EXISTS (SELECT ... FROM moved))
+
+    The stored answer's `remaining` is the balance the change left, as the caller gets it."""
+    usage = (
+        insert(_history)
+        .from_select(
+            ["id", "userId", "creditBalanceId", "operationType", "creditsUsed", "details", "timestamp"],
+            select(
+                bindparam("new_usage_id", type_=_history.c.id.type),
+                moved.c.userId,
+                bindparam("credit_balance_id", type_=_history.c.creditBalanceId.type),
+                bindparam("usage_operation", type_=_history.c.operationType.type),
+                bindparam("usage_credits_used", type_=_history.c.creditsUsed.type),
+                bindparam("usage_details", type_=_history.c.details.type),
+                bindparam("usage_time", type_=_history.c.timestamp.type),
+            ),
+        )
+        .cte("usage")
+    )
+    left = select(moved.c.creditsRemaining).scalar_subquery()
+    remaining = func.jsonb_build_object("remaining", left)
+    answered = (
+        update(_requests)
+        .where(
+            _requests.c.idempotency_key == bindparam("key", type_=_requests.c.idempotency_key.type),
+            exists(moved.select()),  # no moved row: nothing answered here
+        )
+        .values(
+            {
+                _requests.c.status: "applied",
+                _requests.c.result: bindparam("applied_answer", type_=_requests.c.result.type).op(
+                    "||", return_type=_requests.c.result.type
+                )(remaining),
+                _requests.c.credits: bindparam("applied_credits", type_=_requests.c.credits.type),
+                _requests.c.usage_id: bindparam("new_usage_id", type_=_requests.c.usage_id.type),
+            }
+        )
+        .cte("answered")
+    )
+    return [usage, answered]
+
+
+USAGE_AND_ANSWER = follow_up(_usage_and_answer)
 
 _FORGET = delete(_requests).where(_requests.c.idempotency_key == column_param(_requests.c.idempotency_key, "key"))
 
@@ -181,39 +214,36 @@ def finish(session: Session, key: str, result: dict[str, Any]) -> dict[str, Any]
     return result
 
 
-def finish_applied(
-    session: Session,
+def usage_and_answer(
     key: str,
-    remaining: int,
+    usage_id: str,
     *,
     credits: int,
-    user_id: str,
-    credit_balance_id: str,
     operation: OperationType,
     credits_used: int,
     details: dict[str, Any] | None,
-) -> dict[str, Any]:
-    """Write the `UsageHistory` row the Next.js app shows (`creditsUsed` > 0 for usage, < 0 for a
-    refund) and store the `applied` answer naming it on the key, in one statement."""
-    usage_id = cuid()
-    applied = answer("applied", remaining, usage_id)
-    session.execute(
-        _FINISH_WITH_USAGE,
+) -> Then:
+    """For `change_credits(..., then=...)`: write the `UsageHistory` row the Next.js app shows
+    (`creditsUsed` > 0 for usage, < 0 for a refund) and store the `applied` answer naming it on
+    the key, in the change's own statement and only if the change applied. The answer is then
+    `applied_answer(usage_id, change.balance_after)`."""
+    return Then(
+        USAGE_AND_ANSWER,
         {
             "key": key,
-            "status": applied["status"],
-            "result": applied,
-            "credits": credits,
-            "usage_id": usage_id,
-            "userId": user_id,
-            "creditBalanceId": credit_balance_id,
-            "operationType": operation,
-            "creditsUsed": credits_used,
-            "details": details,
-            "timestamp": utcnow(),
+            "new_usage_id": usage_id,
+            "applied_answer": applied_answer(usage_id, None),
+            "applied_credits": credits,
+            "usage_operation": operation,
+            "usage_credits_used": credits_used,
+            "usage_details": details,
+            "usage_time": utcnow(),
         },
     )
-    return applied
+
+
+def applied_answer(usage_id: str, remaining: int | None) -> dict[str, Any]:
+    return answer("applied", remaining, usage_id)
 
 
 def forget_key(session: Session, key: str) -> None:
