@@ -11,7 +11,7 @@ from __future__ import annotations
 from sqlalchemy import BindParameter, ColumnElement, Select, Text, and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
-from models.base import table_of
+from models.base import constant, table_of
 from models.billing import ProviderLink
 from models.inbox import InboxStatus, WebhookInbox
 
@@ -27,7 +27,7 @@ def unmatched_for_user(clerk_user_id: BindParameter[str]) -> Select[int]:
     return (
         select(_INBOX.c.id)
         .where(
-            _INBOX.c.status == InboxStatus.UNMATCHED.value,  # the partial index on unmatched rows
+            _INBOX.c.status == constant(InboxStatus.UNMATCHED.value),  # the partial index on unmatched rows
             names_user(clerk_user_id),
         )
         .order_by(_INBOX.c.id)
@@ -48,23 +48,25 @@ def names_user(clerk_user_id: BindParameter[str] | str) -> ColumnElement[bool]:
 
 def _clerk_payer_is(clerk_user_id: BindParameter[str] | str) -> ColumnElement[bool]:
     return and_(
-        _INBOX.c.source == "clerk",
-        _INBOX.c.payload[("data", "payer", "user_id")].astext == clerk_user_id,
+        _INBOX.c.source == constant("clerk"),
+        _payload_text("data", "payer", "user_id") == clerk_user_id,
     )
 
 
 def _asaas_reference_names(clerk_user_id: BindParameter[str] | str) -> ColumnElement[bool]:
     references = [
-        func.split_part(_INBOX.c.payload[(kind, "externalReference")].astext, "|", 1) == clerk_user_id
+        func.split_part(_payload_text(kind, "externalReference"), constant("|"), constant(1)) == clerk_user_id
         for kind in ASAAS_OBJECTS
     ]
-    return and_(_INBOX.c.source == "asaas", or_(*references))
+    return and_(_INBOX.c.source == constant("asaas"), or_(*references))
 
 
 def _asaas_linked_to(clerk_user_id: BindParameter[str] | str) -> ColumnElement[bool]:
-    linked = select(_LINKS.c.external_id).where(_LINKS.c.provider == "asaas", _LINKS.c.clerk_user_id == clerk_user_id)
+    linked = select(_LINKS.c.external_id).where(
+        _LINKS.c.provider == constant("asaas"), _LINKS.c.clerk_user_id == clerk_user_id
+    )
     carried = [
-        _INBOX.c.payload[path].astext.in_(linked)
+        _payload_text(*path).in_(linked)
         for path in (
             ("payment", "customer"),
             ("payment", "subscription"),
@@ -73,7 +75,14 @@ def _asaas_linked_to(clerk_user_id: BindParameter[str] | str) -> ColumnElement[b
             ("checkout", "customer"),
         )
     ]
-    return and_(_INBOX.c.source == "asaas", or_(*carried))
+    return and_(_INBOX.c.source == constant("asaas"), or_(*carried))
+
+
+def _payload_text(*path: str) -> ColumnElement[str]:
+    """payload #>> '{a,b}': the text at a JSON path of the row's payload (NULL if absent), the
+    path written into the SQL (`constant`)."""
+    assert all(key.isidentifier() for key in path)  # nothing to quote inside the array literal
+    return _INBOX.c.payload.op("#>>", return_type=Text)(constant("{" + ",".join(path) + "}"))
 
 
 # Built once, with the user as a bound parameter: every new user and every new Asaas link asks

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import bindparam, func, literal, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
-from models.base import table_of
+from models.base import constant, table_of
 from models.inbox import InboxStatus, WebhookInbox
 from models.locks import inbox_row_lock, try_lock_name
 from models.logs import bind_event
@@ -84,8 +84,8 @@ _FINISH = (
         status=bindparam("final_status"),
         detail=bindparam("final_detail"),
         processed_at=func.now(),
-        running_since=literal(None),
-        last_error=literal(None),
+        running_since=constant(None),
+        last_error=constant(None),
     )
 )
 _FINISH_AND_REPLAY = replaying_waiting_for_user(_FINISH)

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Text, Update, bindparam, func, literal, select, update
+from sqlalchemy import Text, Update, bindparam, func, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningUpdate
 
-from models.base import table_of
+from models.base import constant, table_of
 from models.inbox import InboxStatus, WebhookInbox
 from worker.billing.waiting_events import unmatched_for_user, unmatched_inbox_ids_for_user
 from worker.celery_config import PROCESS_WEBHOOK_TASK
@@ -50,10 +50,10 @@ def enqueue_after_commit(session: Session, inbox_ids: Iterable[int]) -> None:
 # A fresh start: the cause was fixed, so earlier crashes no longer count, and the row is enqueued
 # now (the sweeper measures its pending age from here).
 _PUT_BACK: dict[str, Any] = {
-    "status": InboxStatus.PENDING.value,
-    "last_error": None,
-    "crashes": 0,
-    "running_since": literal(None),
+    "status": constant(InboxStatus.PENDING.value),
+    "last_error": constant(None),
+    "crashes": constant(0),
+    "running_since": constant(None),
     "enqueued_at": func.now(),
 }
 
@@ -81,7 +81,7 @@ def replaying_waiting_for_user(finish: Update) -> ReturningUpdate[Any]:
         # The status again on the row itself: a row changed by a transaction this one waited
         # for (processed meanwhile, or replayed by an operator) is checked anew, whereas the
         # subquery's answer dates from before the wait.
-        .where(inbox.c.id.in_(waiting.scalar_subquery()), inbox.c.status == InboxStatus.UNMATCHED.value)
+        .where(inbox.c.id.in_(waiting.scalar_subquery()), inbox.c.status == constant(InboxStatus.UNMATCHED.value))
         .values({inbox.c[name]: value for name, value in _PUT_BACK.items()})
         .returning(inbox.c.id)
         .cte("replayed")
