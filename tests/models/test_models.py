@@ -12,7 +12,7 @@ from sqlalchemy import delete, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from models.app import CreditBalance, OperationType, StorageObject, UsageHistory, User
-from models.base import SERVICE_SCHEMA, utcnow
+from models.base import SERVICE_SCHEMA, constant, utcnow
 from models.db import make_engine
 from models.inbox import DeliveryRecorder, WebhookInbox
 from models.tables import metadata
@@ -151,3 +151,26 @@ def test_the_receivers_recorder_raises_sqlalchemy_errors(settings):
     assert isinstance(raised.value, IntegrityError)  # as SQLAlchemy's Connection would raise it
     assert raised.value.connection_invalidated is False
     assert raised.value.hide_parameters is True
+
+
+@pytest.mark.parametrize("value", ["it's", "{a,b}", "", 0, 42, None])
+def test_a_constant_written_into_the_sql_reads_back_as_itself(session, value):
+    assert session.scalar(select(constant(value))) == value
+
+
+@pytest.mark.parametrize("value", [True, 1.5, b"x", ["a"]])
+def test_only_text_integers_and_null_are_constants(value):
+    with pytest.raises(TypeError):
+        constant(value)
+
+
+def test_the_replay_statement_binds_only_its_inputs():
+    """Its fixed values (statuses, provider names, JSON paths) are written into the SQL: only
+    the row, its outcome and the user are converted and sent on each run."""
+    from sqlalchemy.dialects import postgresql
+
+    from worker.inbox.processing import _FINISH_AND_REPLAY
+
+    inputs = {"inbox_id": 1, "final_status": "processed", "final_detail": None, "clerk_user_id": "user_1"}
+    compiled = _FINISH_AND_REPLAY.compile(dialect=postgresql.psycopg.dialect(), column_keys=sorted(inputs))
+    assert sorted(compiled.construct_params(inputs)) == sorted(inputs)
