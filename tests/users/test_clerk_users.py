@@ -162,3 +162,28 @@ def test_a_payload_that_can_never_succeed_fails_at_once(session_factory, event_t
 def test_unknown_clerk_type_is_ignored_and_replayable(session_factory):
     row = deliver(session_factory, "clerk", {"type": "organization.created", "data": {"id": "org_1"}})
     assert row.status == "ignored" and "no handler" in row.detail
+
+
+def test_a_new_user_takes_five_statements(session_factory):
+    """The row's lock, the run's start, the version claim (with the user's lock), the user with
+    its balance and signup entry, and the row's final state with the replay of waiting billing
+    events: each a statement that does what no other can (BEGIN and COMMIT aside)."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    deliver(session_factory, "clerk", clerk_user_event("user.created", "user_warm", CREATED_AT))  # compiles
+    inbox_id = store(session_factory, "clerk", payload("clerk/user.created"))
+    statements: list[str] = []
+    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(Engine, "before_cursor_execute", listener)
+    try:
+        assert process(inbox_id)["status"] == "processed"
+    finally:
+        event.remove(Engine, "before_cursor_execute", listener)
+    assert len(statements) == 5, statements
+    with session_factory() as session:
+        user = _user(session)
+        assert user is not None and user.credit_balance is not None
+        assert user.credit_balance.credits_remaining == session.scalar(
+            select(CreditLedgerEntry.delta).where(CreditLedgerEntry.user_id == user.id)
+        )

@@ -6,8 +6,9 @@ changes as `external` entries, does not count it twice), moves the balance with 
 UPDATE, and appends the ledger entry with the balance it left: one statement, one round trip.
 Writes that belong to the change (a debit's `UsageHistory` row and stored answer) can ride in the
 same statement as a `FollowUp`: they select FROM the moved row, so they happen only if it moved.
-A new balance's starting credits (`open_credit_balance_once`) are the one other write of a
-balance here: the row inserted with them and their `signup` entry, also in one statement.
+A new balance's starting credits are the one other write of a balance here: the row inserted
+with them and their `signup` entry, in one statement of its own (`open_credit_balance_once`) or
+in the statement that writes its user (`opening_credit_balance`, Clerk `user.created`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from models.app import CreditBalance, User
-from models.base import table_of, utcnow
+from models.base import constant, table_of, utcnow
 from models.ids import cuid
 from models.ledger import CreditLedgerEntry, LedgerKind
 from worker.errors import LedgerKeyConflict, MissingBalance
@@ -118,10 +119,17 @@ def _service_write_mark() -> ColumnElement[bool]:
     return select(func.set_config(LEDGER_WRITE_SETTING, "on", True)).scalar_subquery() == "on"
 
 
-def _entry_of(written: CTE, credit_balance_id: ColumnElement[str], delta: ColumnElement[int]) -> CTE:
+def _entry_of(
+    written: CTE,
+    credit_balance_id: ColumnElement[str],
+    delta: ColumnElement[int],
+    *,
+    key: ColumnElement[str] | None = None,
+) -> CTE:
     """The ledger entry of a balance row a CTE wrote (`written`: RETURNING "userId",
     "clerkUserId", "creditsRemaining"): INSERT ... SELECT ... FROM written ON CONFLICT
-    (idempotency_key) DO NOTHING RETURNING id. No entry id: the key was there already. (Its
+    (idempotency_key) DO NOTHING RETURNING id (its key `:ledger_key`, or `key`). No entry id: the
+    key was there already. (Its
     parameters are named `ledger_*`: `kind` and `idempotency_key` are also columns of tables a
     follow-up may UPDATE.)"""
     ledger = table_of(CreditLedgerEntry)
@@ -145,7 +153,7 @@ def _entry_of(written: CTE, credit_balance_id: ColumnElement[str], delta: Column
                 delta,
                 written.c.creditsRemaining,
                 bindparam("ledger_kind", type_=Text),
-                bindparam("ledger_key", type_=Text),
+                bindparam("ledger_key", type_=Text) if key is None else key,
                 bindparam("ledger_reference", type_=Text),
             ),
         )
@@ -265,65 +273,100 @@ def open_credit_balance_once(
     session: Session, user_id: str, clerk_user_id: str, credits: int, *, reference: str
 ) -> LedgerChange | None:
     """Create the user's balance with its starting credits and their `signup` entry, unless the
-    user has one (the hot path of Clerk `user.created`): one statement (`_OPEN_WITH_SIGNUP`), no
-    ORM object. None: the user had a balance, nothing changed. The caller holds the user's
-    lock, so no concurrent transaction opens it meanwhile (one that did would make the insert do
-    nothing, and this return None)."""
+    user has one: one statement (`_OPEN_WITH_SIGNUP`), no ORM object. None: the user had a
+    balance, nothing changed. The caller holds the user's lock, so no concurrent transaction
+    opens it meanwhile (one that did would make the insert do nothing, and this return None).
+    (Clerk `user.created` opens it in its user's own statement: `opening_credit_balance`.)"""
     if session.autoflush:
         session.flush()  # what an ORM statement's autoflush did: pending changes (the user) first
-    signup_key = f"signup:{user_id}"
-    params = {
-        "new_balance_id": cuid(),
-        "owner_id": user_id,
-        "owner_clerk_id": clerk_user_id,
-        "credits": credits,
-        "now": utcnow(),
-        "ledger_kind": LedgerKind.SIGNUP.value,
-        "ledger_key": signup_key,
-        "ledger_reference": reference,
-    }
+    params = {"owner_id": user_id, "owner_clerk_id": clerk_user_id, **signup_params(credits, reference=reference)}
     row = session.execute(_OPEN_WITH_SIGNUP, params).one_or_none()
     if row is None:
         return None
     credit_balance_id, balance_after, entry_id = row
+    signup_entry = opened_credit_balance(user_id, credit_balance_id, entry_id)
+    if signup_entry is None:
+        return None
+    return LedgerChange(signup_entry, credit_balance_id, credits, balance_after)
+
+
+@dataclass(frozen=True)
+class Opening:
+    """The CTEs that open a balance with its starting credits (`opening_credit_balance`)."""
+
+    opened: CTE  # RETURNING id, "userId", "clerkUserId", "creditsRemaining"
+    entry: CTE  # RETURNING id
+
+
+def opening_credit_balance(owner: CTE) -> Opening:
+    """For a statement that writes a user row (`owner`: a CTE RETURNING its id and "clerkId"):
+    open that user's balance with its starting credits and their `signup` entry, unless it has
+    one, in the same statement. Its parameters: `signup_params`. Read `opened.id` and `entry.id`
+    with `opened_credit_balance`."""
+    return _opening(owner.c.id, owner.c.clerkId, owner)
+
+
+def signup_params(credits: int, *, reference: str) -> dict[str, Any]:
+    """The values of an opening's parameters (besides its owner)."""
+    return {
+        "new_balance_id": cuid(),
+        "credits": credits,
+        "now": utcnow(),
+        "ledger_kind": LedgerKind.SIGNUP.value,
+        "ledger_reference": reference,
+    }
+
+
+def opened_credit_balance(user_id: str, credit_balance_id: str | None, entry_id: int | None) -> int | None:
+    """The `signup` entry's id if an opening opened the balance; None if the user had one. A
+    balance opened without its entry means the `signup` ledger key existed already:
+    `LedgerKeyConflict`, and the transaction rolls back."""
+    if credit_balance_id is None:
+        return None
     if entry_id is None:
-        raise LedgerKeyConflict(signup_key)
-    return LedgerChange(entry_id, credit_balance_id, credits, balance_after)
+        raise LedgerKeyConflict(f"{_SIGNUP_KEY_PREFIX}{user_id}")
+    return entry_id
 
 
-def _open_with_signup_statement() -> Select[str, int, int | None]:
-    """A new balance with its starting credits and their ledger entry, unless the user has one
-    (built once):
+_SIGNUP_KEY_PREFIX = f"{LedgerKind.SIGNUP.value}:"
 
-        WITH opened AS (INSERT INTO "CreditBalance" (...) SELECT ... WHERE <mark>
-                        ON CONFLICT ("userId") DO NOTHING RETURNING ...),
-             entry AS (INSERT INTO credit_ledger (...) SELECT ... FROM opened ... RETURNING id)
-        SELECT opened.id, opened."creditsRemaining", entry.id FROM opened LEFT JOIN entry ON true
 
-    No row: the user had a balance. The mark keeps the trigger from recording the insert as an
-    external change, as in `change_credits`."""
+def _opening(owner_id: ColumnElement[str], owner_clerk_id: ColumnElement[str], owner: CTE | None) -> Opening:
+    """A new balance with its starting credits and their ledger entry, unless the user has one:
+
+        opened AS (INSERT INTO "CreditBalance" (...) SELECT ... [FROM owner] WHERE <mark>
+                   ON CONFLICT ("userId") DO NOTHING RETURNING ...),
+        entry AS (INSERT INTO credit_ledger (...) SELECT ... FROM opened ... RETURNING id)
+
+    The entry's key is 'signup:' || the user's id. The mark keeps the trigger from recording the
+    insert as an external change, as in `change_credits`."""
     balance = table_of(CreditBalance)
     now = bindparam("now", type_=balance.c.createdAt.type)
     credits = bindparam("credits", type_=Integer)
+    row = select(bindparam("new_balance_id", type_=Text), owner_id, owner_clerk_id, credits, now, now, now)
+    if owner is not None:
+        row = row.select_from(owner)
     opened = (
         insert(balance)
         .from_select(
             ["id", "userId", "clerkUserId", "creditsRemaining", "lastSyncedAt", "createdAt", "updatedAt"],
-            select(
-                bindparam("new_balance_id", type_=Text),
-                bindparam("owner_id", type_=Text),
-                bindparam("owner_clerk_id", type_=Text),
-                credits,
-                now,
-                now,
-                now,
-            ).where(_service_write_mark()),
+            row.where(_service_write_mark()),
         )
         .on_conflict_do_nothing(index_elements=[balance.c.userId])
         .returning(balance.c.id, balance.c.userId, balance.c.clerkUserId, balance.c.creditsRemaining)
         .cte("opened")
     )
-    entry = _entry_of(opened, opened.c.id, credits)
+    key = constant(_SIGNUP_KEY_PREFIX) + opened.c.userId
+    return Opening(opened, _entry_of(opened, opened.c.id, credits, key=key))
+
+
+def _open_with_signup_statement() -> Select[str, int, int | None]:
+    """The opening on its own, for a user known by id (built once): no row if it had a balance.
+
+    WITH opened AS (...), entry AS (...)
+    SELECT opened.id, opened."creditsRemaining", entry.id FROM opened LEFT JOIN entry ON true"""
+    opening = _opening(bindparam("owner_id", type_=Text), bindparam("owner_clerk_id", type_=Text), None)
+    opened, entry = opening.opened, opening.entry
     return select(opened.c.id, opened.c.creditsRemaining, entry.c.id).select_from(opened.outerjoin(entry, true()))
 
 

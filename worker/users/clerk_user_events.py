@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, CursorResult, Text, bindparam, func, null, select, update
+from sqlalchemy import BigInteger, Boolean, CursorResult, Select, Text, bindparam, func, null, select, true, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningInsert
@@ -24,7 +24,7 @@ from models.ids import cuid
 from models.locks import lock_first, user_lock
 from models.settings import process_settings
 from models.user_sync import UserSyncState
-from worker.credits.ledger import open_credit_balance_once
+from worker.credits.ledger import opened_credit_balance, opening_credit_balance, signup_params
 from worker.errors import PermanentError
 from worker.registry import Delivery, Outcome, handles
 
@@ -42,9 +42,9 @@ def sync_user(session: Session, delivery: Delivery) -> Outcome:
     email = primary_email(data)
     if deleted:
         email = _email_if_free(session, email, clerk_id)
-    user_id = _upsert_user(session, clerk_id, email=email, name=display_name(data), deleted=deleted)
     credits = process_settings().signup_credits
-    if open_credit_balance_once(session, user_id, clerk_id, credits, reference=f"clerk {delivery.external_id}"):
+    signup = signup_params(credits, reference=f"clerk {delivery.external_id}")
+    if _upsert_user(session, clerk_id, email=email, name=display_name(data), deleted=deleted, signup=signup):
         # Billing events that arrived before the user waited as `unmatched`: the pipeline
         # replays them once this commits.
         return Outcome.processed(f"user created with {credits} signup credits", unblocks_user=clerk_id)
@@ -128,9 +128,12 @@ def _email_if_free(session: Session, email: str | None, clerk_id: str) -> str | 
     return None if session.scalar(select(users.c.id).where(held_elsewhere)) else email
 
 
-def _upsert_user(session: Session, clerk_id: str, *, email: str | None, name: str | None, deleted: bool) -> str:
-    """Insert or update the user's row; returns its id. Core, no ORM object: this is every
-    `user.created`'s path, and nothing after it needs more than the id. A live user takes its
+def _upsert_user(
+    session: Session, clerk_id: str, *, email: str | None, name: str | None, deleted: bool, signup: dict[str, Any]
+) -> bool:
+    """Insert or update the user's row and open its credit balance with the signup credits
+    (`signup`: `signup_params`) unless it has one, in one statement; True if the balance was
+    opened. Core, no ORM object: this is every `user.created`'s path. A live user takes its
     email: Clerk moved the address from another account, so the stale holder's copy is cleared
     in the same statement (`_UPSERT_USER_TAKING_EMAIL`)."""
     values = {
@@ -139,14 +142,22 @@ def _upsert_user(session: Session, clerk_id: str, *, email: str | None, name: st
         "new_email": email,
         "new_name": name,
         "active": not deleted,
-        "now": utcnow(),
+        **signup,
     }
     statement = _UPSERT_USER if deleted or email is None else _UPSERT_USER_TAKING_EMAIL
-    return session.execute(statement, values).scalar_one()
+    user_id, credit_balance_id, entry_id = session.execute(statement, values).one()
+    return opened_credit_balance(user_id, credit_balance_id, entry_id) is not None
 
 
-def _upsert_user_statement(*, taking_email: bool) -> ReturningInsert[str]:
-    """INSERT ... SELECT ... ON CONFLICT ("clerkId") DO UPDATE ... RETURNING id. Taking the email:
+def _upsert_user_statement(*, taking_email: bool) -> Select[str, str | None, int | None]:
+    """The user's upsert, and its balance opened from the row it returns (`opening_credit_balance`):
+
+        WITH upserted AS (INSERT INTO "User" (...) SELECT ... ON CONFLICT ("clerkId") DO UPDATE ...
+                          RETURNING id, "clerkId"),
+             opened AS (...), entry AS (...)
+        SELECT upserted.id, opened.id, entry.id FROM upserted LEFT JOIN opened ... LEFT JOIN entry ...
+
+    Taking the email:
 
         WITH cleared AS (UPDATE "User" SET email = NULL ... WHERE email = :email AND "clerkId" <> :clerk_id)
         INSERT INTO "User" (...) SELECT ... WHERE (SELECT count(*) FROM cleared) IS NOT NULL ...
@@ -179,16 +190,25 @@ def _upsert_user_statement(*, taking_email: bool) -> ReturningInsert[str]:
         row = row.where(select(func.count()).select_from(cleared).scalar_subquery().is_not(None))
     statement = insert(users).from_select(["id", "clerkId", "email", "name", "isActive", "createdAt", "updatedAt"], row)
     new = statement.excluded
-    return statement.on_conflict_do_update(
-        index_elements=[users.c.clerkId],
-        # A deleted user's update makes it inactive; no update makes a user active again.
-        set_={
-            "email": new.email,
-            "name": new.name,
-            "updatedAt": new.updatedAt,
-            "isActive": users.c.isActive & new.isActive,
-        },
-    ).returning(users.c.id)
+    upserted = (
+        statement.on_conflict_do_update(
+            index_elements=[users.c.clerkId],
+            # A deleted user's update makes it inactive; no update makes a user active again.
+            set_={
+                "email": new.email,
+                "name": new.name,
+                "updatedAt": new.updatedAt,
+                "isActive": users.c.isActive & new.isActive,
+            },
+        )
+        .returning(users.c.id, users.c.clerkId)
+        .cte("upserted")
+    )
+    opening = opening_credit_balance(upserted)
+    opened, entry = opening.opened, opening.entry
+    return select(upserted.c.id, opened.c.id.label("credit_balance_id"), entry.c.id.label("entry_id")).select_from(
+        upserted.outerjoin(opened, true()).outerjoin(entry, true())
+    )
 
 
 # Built once (compiled once, cached): every user.created and user.updated runs both.
