@@ -27,7 +27,10 @@ def unmatched_for_user(clerk_user_id: BindParameter[str]) -> Select[int]:
     return (
         select(_INBOX.c.id)
         .where(
-            _INBOX.c.status == constant(InboxStatus.UNMATCHED.value),  # the partial index on unmatched rows
+            # Written into the SQL, not bound: the plan PostgreSQL caches for a prepared statement
+            # can then use the partial index on unmatched rows (with a bound status it scans the
+            # whole inbox, which only grows).
+            _INBOX.c.status == constant(InboxStatus.UNMATCHED.value),
             names_user(clerk_user_id),
         )
         .order_by(_INBOX.c.id)

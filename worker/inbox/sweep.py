@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
+from models.base import constant
 from models.inbox import InboxStatus, WebhookInbox
 from models.locks import inbox_row_lock_of, try_lock_clause
 from models.settings import Settings
@@ -40,8 +41,14 @@ def sweep(session: Session, settings: Settings, *, oldest_waiting_id: int | None
 
 
 def _sweepable_ids(session: Session, settings: Settings, oldest_waiting_id: int | None) -> list[int]:
+    return list(session.scalars(sweepable_query(settings, oldest_waiting_id)))
+
+
+def sweepable_query(settings: Settings, oldest_waiting_id: int | None) -> Select[int]:
+    """The rows a pass re-enqueues, locked. The status is written into the SQL (`constant`), so
+    the plan PostgreSQL caches for this statement can use the partial index on pending rows."""
     stale = WebhookInbox.enqueued_at < func.now() - timedelta(seconds=settings.sweep_pending_after_seconds)
-    conditions = [WebhookInbox.status == InboxStatus.PENDING, stale]
+    conditions = [WebhookInbox.status == constant(InboxStatus.PENDING.value), stale]
     if oldest_waiting_id is not None:
         waiting_since = select(WebhookInbox.enqueued_at).where(WebhookInbox.id == oldest_waiting_id).scalar_subquery()
         conditions.append(WebhookInbox.enqueued_at < func.coalesce(waiting_since, func.now()))
@@ -51,4 +58,4 @@ def _sweepable_ids(session: Session, settings: Settings, oldest_waiting_id: int 
     # The lock a run holds for its whole transaction, tried without waiting: taken here, it also
     # keeps a run from starting on the row until this sweep commits (that run retries shortly).
     unlocked = try_lock_clause(inbox_row_lock_of(candidates.c.id))
-    return list(session.scalars(select(candidates.c.id).where(unlocked)))
+    return select(candidates.c.id).where(unlocked)
