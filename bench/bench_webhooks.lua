@@ -5,18 +5,14 @@
 -- DELIVERIES_FILE holds one delivery per line, "svix-id svix-timestamp svix-signature body" (the
 -- body is one line of JSON, a user of its own per delivery). Each wrk thread sends the lines whose
 -- number modulo the thread count is its own, each exactly once, and stops once all of them were
--- answered; meanwhile a connection that finds none left sends GET /healthz every
--- FALLBACK_DELAY_MS (told apart by its body, counted apart, at most MAX_FALLBACKS per thread, so
--- about 2 s of waiting for the last answers: a thread that stopped earlier abandoned deliveries
--- still on their way, which the bench then had to send again after a pause that it measured).
--- The bench watches the database and sends again any delivery that was never stored; it
--- interrupts wrk once every user exists.
+-- answered; meanwhile a connection that finds none left sends GET /healthz (told apart by its
+-- body, counted apart, at most MAX_FALLBACKS per thread). The bench watches the database and
+-- sends again any delivery that was never stored; it interrupts wrk once every user exists.
 -- done() prints one line the bench parses: "RESULT status=count ... healthz=N".
 
 local threads = {}
 local counter = 0
-local MAX_FALLBACKS = 400
-local FALLBACK_DELAY_MS = 40
+local MAX_FALLBACKS = 100
 
 function setup(thread)
    thread:set("thread_index", counter)
@@ -65,15 +61,6 @@ function request()
    requests[next_request] = nil  -- sent once
    next_request = next_request + 1
    return chosen
-end
-
-function delay()
-   -- Sending deliveries: at once. Waiting for the last answers: a slow /healthz, not a spin that
-   -- takes the receiver's CPU from the deliveries still being answered.
-   if requests[next_request] == nil then
-      return FALLBACK_DELAY_MS
-   end
-   return 0
 end
 
 function response(status, headers, body)
