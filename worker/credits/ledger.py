@@ -129,9 +129,8 @@ def _entry_of(
     """The ledger entry of a balance row a CTE wrote (`written`: RETURNING "userId",
     "clerkUserId", "creditsRemaining"): INSERT ... SELECT ... FROM written ON CONFLICT
     (idempotency_key) DO NOTHING RETURNING id (its key `:ledger_key`, or `key`). No entry id: the
-    key was there already. (Its
-    parameters are named `ledger_*`: `kind` and `idempotency_key` are also columns of tables a
-    follow-up may UPDATE.)"""
+    key was there already. (Its parameters are named `ledger_*`: `kind` and `idempotency_key` are
+    also columns of tables a follow-up may UPDATE.)"""
     ledger = table_of(CreditLedgerEntry)
     return (
         insert(ledger)

@@ -26,7 +26,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from models.app import OperationType, UsageHistory
-from models.base import table_of, utcnow
+from models.base import constant, table_of, utcnow
 from models.usage import UsageRequest
 from worker.credits.ledger import Then, follow_up
 from worker.errors import LedgerKeyConflict
@@ -123,7 +123,7 @@ def _usage_and_answer(moved: CTE) -> list[CTE]:
         )
         .values(
             {
-                _requests.c.status: "applied",
+                _requests.c.status: constant("applied"),
                 _requests.c.result: bindparam("applied_answer", type_=_requests.c.result.type).op(
                     "||", return_type=_requests.c.result.type
                 )(remaining),

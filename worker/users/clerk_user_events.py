@@ -44,7 +44,8 @@ def sync_user(session: Session, delivery: Delivery) -> Outcome:
         email = _email_if_free(session, email, clerk_id)
     credits = process_settings().signup_credits
     signup = signup_params(credits, reference=f"clerk {delivery.external_id}")
-    if _upsert_user(session, clerk_id, email=email, name=display_name(data), deleted=deleted, signup=signup):
+    name = display_name(data)
+    if _upsert_user_opening_balance(session, clerk_id, email=email, name=name, deleted=deleted, signup=signup):
         # Billing events that arrived before the user waited as `unmatched`: the pipeline
         # replays them once this commits.
         return Outcome.processed(f"user created with {credits} signup credits", unblocks_user=clerk_id)
@@ -128,7 +129,7 @@ def _email_if_free(session: Session, email: str | None, clerk_id: str) -> str | 
     return None if session.scalar(select(users.c.id).where(held_elsewhere)) else email
 
 
-def _upsert_user(
+def _upsert_user_opening_balance(
     session: Session, clerk_id: str, *, email: str | None, name: str | None, deleted: bool, signup: dict[str, Any]
 ) -> bool:
     """Insert or update the user's row and open its credit balance with the signup credits
