@@ -88,7 +88,6 @@ class DebitRequest:
 
 @dataclass(frozen=True)
 class Account:
-    user_id: str
     is_active: bool
     credit_balance_id: str
     credits_remaining: int
@@ -163,9 +162,7 @@ def debit(session: Session, request: DebitRequest, *, final: bool = True) -> dic
         # Checked once the key is ours, so a debit that did apply before answers `duplicate`.
         return finish(session, request.idempotency_key, answer("expired"))
     account = (
-        None
-        if found.user_id is None
-        else Account(found.user_id, found.is_active, found.credit_balance_id, found.credits_remaining)
+        None if found.user_id is None else Account(found.is_active, found.credit_balance_id, found.credits_remaining)
     )
     if account is None:
         if not final:
