@@ -25,12 +25,17 @@ def lock_first(name: ColumnElement[str]) -> CTE:
     """The lock on `name` as a CTE: a statement that takes its input rows FROM it waits for and
     takes the lock before it writes anything, in its own round trip (`lock_names` costs one
     more). For one name; `lock_names` orders several."""
-    return select(func.pg_advisory_xact_lock(func.hashtextextended(name, 0)).label("locked")).cte("locked")
+    return select(_lock_clause(name).label("locked")).cte("locked")
 
 
 def try_lock_name(session: Session, name: str) -> bool:
     """Take the lock on `name` if nobody holds it; False (without waiting) if someone does."""
     return bool(session.scalar(_TRY_LOCK, {"name": name}))
+
+
+def _lock_clause(name: str | ColumnElement[str]) -> ColumnElement[None]:
+    """`pg_advisory_xact_lock` on a name: waits for the lock, held until the transaction ends."""
+    return func.pg_advisory_xact_lock(func.hashtextextended(name, 0))
 
 
 def try_lock_clause(name: str | ColumnElement[str]) -> ColumnElement[bool]:
@@ -41,7 +46,7 @@ def try_lock_clause(name: str | ColumnElement[str]) -> ColumnElement[bool]:
 # Built once with the name as a parameter: every event takes these, and building the statement
 # each time cost more than sending it.
 _NAME = bindparam("name", type_=Text)
-_LOCK = select(func.pg_advisory_xact_lock(func.hashtextextended(_NAME, 0)))
+_LOCK = select(_lock_clause(_NAME))
 _TRY_LOCK = select(try_lock_clause(_NAME))
 
 

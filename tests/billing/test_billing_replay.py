@@ -16,20 +16,9 @@ from tests.support.billing import (
     count,
     ledger,
     subscription_events,
+    waiting_for_user,
 )
-from tests.support.inbox import clerk_user_event, deliver, inbox_row, process, store
-from worker.billing.waiting_events import unmatched_inbox_ids_for_user
-from worker.inbox.replay import replay_waiting_for_user
-
-
-def _replay_here(session_factory, clerk_id=CLERK_ID) -> list[int]:
-    """Replay and process in this process (no broker in these tests)."""
-    with session_factory.begin() as session:
-        ids = replay_waiting_for_user(session, clerk_id)
-        session.info["after_commit"] = []  # the requeue's messages: processed below instead
-    for inbox_id in ids:
-        process(inbox_id)
-    return ids
+from tests.support.inbox import clerk_user_event, deliver, inbox_row, store
 
 
 def test_payment_for_an_unknown_user_is_unmatched_then_replayed_and_granted_once(session_factory, pro_plan):
@@ -46,7 +35,7 @@ def test_payment_for_an_unknown_user_is_unmatched_then_replayed_and_granted_once
     assert balance(session_factory) == SIGNUP + PRO_CREDITS
     events = subscription_events(session_factory)
     assert len(events) == 2 and all(e.user_id for e in events)  # filled in, not duplicated
-    assert _replay_here(session_factory) == []  # nothing left to replay
+    assert waiting_for_user(session_factory) == []  # nothing left to replay
 
 
 def test_payment_without_reference_waits_for_a_link(session_factory, pro_plan):
@@ -65,12 +54,11 @@ def test_payment_without_reference_waits_for_a_link(session_factory, pro_plan):
         "customer cus_000000008773, subscription sub_m5gdy1upm25fbwgx"
     )
     assert count(session_factory, '"SubscriptionEvent"') == 0  # no user to log it for
-    with session_factory() as session:
-        assert unmatched_inbox_ids_for_user(session, CLERK_ID) == []  # nothing links it to the user yet
+    assert waiting_for_user(session_factory) == []  # nothing links it to the user yet
     # Carries the reference: the link it teaches replays the waiting payment by itself.
     deliver(session_factory, "asaas", asaas_event("SUBSCRIPTION_CREATED"))
     assert inbox_row(session_factory, row.id).detail.startswith(f"granted {PRO_CREDITS} credits of plan pro")
-    assert _replay_here(session_factory) == []
+    assert waiting_for_user(session_factory) == []
     assert count(session_factory, '"SubscriptionEvent"') == 2
 
 
@@ -89,7 +77,7 @@ def test_clerk_paid_attempt_before_the_user_is_replayed_once(session_factory, pr
     deliver(session_factory, "clerk", clerk_event("paymentAttempt.updated.failed"))  # processed: not replayed
     add_user(session_factory)  # replays the unmatched attempt
     assert inbox_row(session_factory, row.id).status == "processed"
-    assert _replay_here(session_factory) == []
+    assert waiting_for_user(session_factory) == []
     assert balance(session_factory) == SIGNUP + PRO_CREDITS
     assert count(session_factory, '"SubscriptionEvent"') == 2
 

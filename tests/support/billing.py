@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import Text, bindparam, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.app import CreditBalance, Plan, SubscriptionEvent
@@ -14,6 +14,7 @@ from models.inbox import WebhookInbox
 from models.ledger import CreditLedgerEntry
 from tests.support.inbox import assert_ledger_matches_balances, clerk_user_event, deliver, payload
 from worker.billing.subscription_log import subscription_event_id
+from worker.billing.waiting_events import unmatched_for_user
 from worker.registry import Delivery
 
 CLERK_ID = "user_29w83sxmDNGwOuEthce5gg56FcC"  # the payer / externalReference of the fixtures
@@ -94,6 +95,13 @@ def assert_billing_invariants(factory: sessionmaker[Session]) -> None:
     assert logged <= ids.keys(), "a SubscriptionEvent that no delivered event explains"
     processed_billing = {key for key, row in ids.items() if row.status == "processed" and _is_billing(row)}
     assert processed_billing <= logged, "a processed billing event without its SubscriptionEvent"
+
+
+def waiting_for_user(factory: sessionmaker[Session], clerk_id: str = CLERK_ID) -> list[int]:
+    """The unmatched rows naming this user (the lookup the pipeline's replay runs)."""
+    lookup = unmatched_for_user(bindparam("clerk_user_id", type_=Text))
+    with factory() as session:
+        return list(session.scalars(lookup, {"clerk_user_id": clerk_id}))
 
 
 def count(factory: sessionmaker[Session], table: str) -> int:

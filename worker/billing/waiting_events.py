@@ -8,8 +8,7 @@ exactly once. The payload paths that name a user are billing knowledge, so the q
 
 from __future__ import annotations
 
-from sqlalchemy import BindParameter, ColumnElement, Select, Text, and_, bindparam, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import BindParameter, ColumnElement, Select, Text, and_, func, or_, select
 
 from models.base import constant, table_of
 from models.billing import ProviderLink
@@ -35,12 +34,6 @@ def unmatched_for_user(clerk_user_id: BindParameter[str]) -> Select[int]:
         )
         .order_by(_INBOX.c.id)
     )
-
-
-def unmatched_inbox_ids_for_user(session: Session, clerk_user_id: str) -> list[int]:
-    """Unmatched rows naming this user: Clerk's payer, an Asaas externalReference, or an Asaas
-    customer/subscription linked to the user."""
-    return list(session.scalars(_UNMATCHED_FOR_USER, {"clerk_user_id": clerk_user_id}))
 
 
 def names_user(clerk_user_id: BindParameter[str] | str) -> ColumnElement[bool]:
@@ -86,9 +79,3 @@ def _payload_text(*path: str) -> ColumnElement[str]:
     path written into the SQL (`constant`)."""
     assert all(key.isidentifier() for key in path)  # nothing to quote inside the array literal
     return _INBOX.c.payload.op("#>>", return_type=Text)(constant("{" + ",".join(path) + "}"))
-
-
-# Built once, with the user as a bound parameter: every new user and every new Asaas link asks
-# this, and building the expression each time cost more than running it.
-_USER = bindparam("clerk_user_id", type_=Text)
-_UNMATCHED_FOR_USER = unmatched_for_user(_USER)

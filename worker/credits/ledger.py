@@ -7,8 +7,8 @@ UPDATE, and appends the ledger entry with the balance it left: one statement, on
 Writes that belong to the change (a debit's `UsageHistory` row and stored answer) can ride in the
 same statement as a `FollowUp`: they select FROM the moved row, so they happen only if it moved.
 A new balance's starting credits are the one other write of a balance here: the row inserted
-with them and their `signup` entry, in one statement of its own (`open_credit_balance_once`) or
-in the statement that writes its user (`opening_credit_balance`, Clerk `user.created`).
+with them and their `signup` entry, in one statement of its own (`open_credit_balance`) or in
+the statement that writes its user (`opening_credit_balance`, Clerk `user.created`).
 """
 
 from __future__ import annotations
@@ -260,32 +260,18 @@ def _sync_loaded_balance(session: Session, credit_balance_id: str, balance_after
 
 
 def open_credit_balance(session: Session, user: User, credits: int, *, reference: str) -> LedgerChange:
-    """Create the user's balance with its starting credits, as a `signup` ledger entry
-    (`open_credit_balance_once`, for a user known to have no balance yet)."""
-    change = open_credit_balance_once(session, user.id, user.clerk_id, credits, reference=reference)
-    if change is None:
-        raise ValueError(f"user {user.id} has a credit balance already")
-    return change
-
-
-def open_credit_balance_once(
-    session: Session, user_id: str, clerk_user_id: str, credits: int, *, reference: str
-) -> LedgerChange | None:
-    """Create the user's balance with its starting credits and their `signup` entry, unless the
-    user has one: one statement (`_OPEN_WITH_SIGNUP`), no ORM object. None: the user had a
-    balance, nothing changed. The caller holds the user's lock, so no concurrent transaction
-    opens it meanwhile (one that did would make the insert do nothing, and this return None).
-    (Clerk `user.created` opens it in its user's own statement: `opening_credit_balance`.)"""
+    """Create the balance of a user known to have none, with its starting credits and their
+    `signup` entry: one statement (`_OPEN_WITH_SIGNUP`), no ORM object for the balance. (Clerk
+    `user.created` opens it in its user's own statement: `opening_credit_balance`.)"""
     if session.autoflush:
         session.flush()  # what an ORM statement's autoflush did: pending changes (the user) first
-    params = {"owner_id": user_id, "owner_clerk_id": clerk_user_id, **signup_params(credits, reference=reference)}
+    params = {"owner_id": user.id, "owner_clerk_id": user.clerk_id, **signup_params(credits, reference=reference)}
     row = session.execute(_OPEN_WITH_SIGNUP, params).one_or_none()
     if row is None:
-        return None
+        raise ValueError(f"user {user.id} has a credit balance already")
     credit_balance_id, balance_after, entry_id = row
-    signup_entry = opened_credit_balance(user_id, credit_balance_id, entry_id)
-    if signup_entry is None:
-        return None
+    signup_entry = opened_credit_balance(user.id, credit_balance_id, entry_id)  # raises if its key existed
+    assert signup_entry is not None  # the row is the balance just opened
     return LedgerChange(signup_entry, credit_balance_id, credits, balance_after)
 
 

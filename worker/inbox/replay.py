@@ -15,7 +15,7 @@ from sqlalchemy.sql.dml import ReturningUpdate
 
 from models.base import constant, table_of
 from models.inbox import InboxStatus, WebhookInbox
-from worker.billing.waiting_events import unmatched_for_user, unmatched_inbox_ids_for_user
+from worker.billing.waiting_events import unmatched_for_user
 from worker.celery_config import PROCESS_WEBHOOK_TASK
 from worker.task_base import send_after_commit
 
@@ -58,14 +58,10 @@ _PUT_BACK: dict[str, Any] = {
 }
 
 
-def replay_waiting_for_user(session: Session, clerk_user_id: str) -> list[int]:
-    """Replay the billing events that waited `unmatched` for this user (or one of its links)."""
-    return requeue(session, unmatched_inbox_ids_for_user(session, clerk_user_id))
-
-
 def replaying_waiting_for_user(finish: Update) -> ReturningUpdate[Any]:
-    """`finish` (the UPDATE that ends an inbox row's run) that also does what
-    `replay_waiting_for_user` does for the user `:clerk_user_id`, in the same round trip:
+    """`finish` (the UPDATE that ends an inbox row's run) that also replays the billing events
+    that waited `unmatched` for the user `:clerk_user_id` (or one of its Asaas links), as
+    `requeue` does, in the same round trip:
 
         WITH replayed AS (UPDATE webhook_inbox SET status = 'pending', ... WHERE id IN
                           (<unmatched rows naming the user>) RETURNING id)
