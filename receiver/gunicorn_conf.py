@@ -27,6 +27,7 @@ from typing import Protocol
 from models.connectivity import exit_unless_reachable
 from models.logs import chosen_level
 from models.settings import ConfigError, load_settings
+from receiver.access_log import ACCESS_LOG_FORMAT
 
 
 def _int_from_env(name: str, default: int) -> int:
@@ -56,10 +57,11 @@ worker_class = "sync"
 timeout = 30
 graceful_timeout = 20
 
-# Access log without query strings, referrers or user agents: nothing a client sent in a
-# header (or a token someone put in a URL) is written anywhere.
+# Access log without query strings, referrers or user agents (receiver/access_log.py), from a
+# logger that works out only the fields the format names (gunicorn's builds some sixty).
 accesslog = "-"
-access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
+access_log_format = ACCESS_LOG_FORMAT
+logger_class = "receiver.access_log.AccessLogger"
 
 # structlog renders every line (LOG_FORMAT=json|console; models.logs), with the request's context.
 _GENERIC_FORMATTER = {"()": "models.logs.formatter"}
