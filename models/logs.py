@@ -14,6 +14,7 @@ otherwise); LOG_LEVEL the level (default INFO).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -49,11 +50,18 @@ def clear_event() -> None:
 
 def redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in list(event_dict.items()):
-        if _SECRET_KEYS.search(key):
+        if _is_secret_key(key):
             event_dict[key] = REDACTED
         elif isinstance(value, str) and "://" in value:
             event_dict[key] = _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", value)
     return event_dict
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_secret_key(key: str) -> bool:
+    # Asked for every key of every line, and lines repeat the same few keys: a regex search
+    # per key was most of this processor's cost.
+    return _SECRET_KEYS.search(key) is not None
 
 
 def add_pid(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
