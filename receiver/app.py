@@ -62,6 +62,7 @@ class Receiver:
     messages: TaskMessageWriter
 
     def close(self) -> None:
+        self.inbox.close()
         self.readiness.close()
         self.messages.close()
         self.producer.close()

@@ -292,12 +292,15 @@ class Inbox:
             )
         return Outcome("accepted", inbox_id)
 
+    def close(self) -> None:
+        self._recorder.close()
+
     def _store(self, delivery: Delivery) -> int | None:
         """One INSERT, committed when it returns (the engine is in autocommit: a one-statement
         transaction costs one round trip, not BEGIN, INSERT and COMMIT).
 
-        The pool does not ping a connection before handing it out (a round trip per delivery);
-        a connection found dead is retried once on a fresh one instead. Repeating is safe: if
+        The connection is not pinged before use (a round trip per delivery); a connection found
+        dead is retried once on a fresh one instead. Repeating is safe: if
         the first INSERT did commit before its connection died, the second finds the row and
         answers "duplicate" (still a 200: the row is stored), and `inbox.sweep` enqueues the
         pending row whose message was never sent.

@@ -174,3 +174,23 @@ def test_the_replay_statement_binds_only_its_inputs():
     inputs = {"inbox_id": 1, "final_status": "processed", "final_detail": None, "clerk_user_id": "user_1"}
     compiled = _FINISH_AND_REPLAY.compile(dialect=postgresql.psycopg.dialect(), column_keys=sorted(inputs))
     assert sorted(compiled.construct_params(inputs)) == sorted(inputs)
+
+
+def test_the_receivers_recorder_holds_one_connection_until_closed(settings):
+    engine = make_engine(settings, pre_ping=False, isolation_level="AUTOCOMMIT")
+    recorder = DeliveryRecorder(engine)
+    try:
+        for number in range(3):
+            recorder.record(source="clerk", external_id=f"held_{number}", event_type="t", payload_json="{}")
+        # One connection for every delivery: no checkout and return per delivery.
+        assert (engine.pool.checkedout(), engine.pool.checkedin()) == (1, 0)
+        # A statement the database refuses leaves the connection usable: it is kept.
+        with pytest.raises(IntegrityError):
+            recorder.record(source="nope", external_id="held_x", event_type="t", payload_json="{}")
+        assert recorder.record(source="clerk", external_id="held_3", event_type="t", payload_json="{}") is not None
+        assert (engine.pool.checkedout(), engine.pool.checkedin()) == (1, 0)
+        recorder.close()
+        assert (engine.pool.checkedout(), engine.pool.checkedin()) == (0, 1)
+    finally:
+        recorder.close()
+        engine.dispose()

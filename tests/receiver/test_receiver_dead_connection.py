@@ -29,9 +29,21 @@ def _engine(app: Flask) -> Engine:
     return app.extensions[EXTENSION].engine
 
 
+def _recording_backend_pid(settings) -> int:
+    """The backend of the connection the receiver stores deliveries on: its recorder holds one
+    (models/inbox.py, DeliveryRecorder), the one whose last statement was the inbox INSERT."""
+    with psycopg.connect(libpq_url(settings.database_url.get_secret_value()), autocommit=True) as admin:
+        pids = admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND query LIKE 'INSERT INTO %webhook_inbox%'"
+        ).fetchall()
+    assert len(pids) == 1, pids
+    return int(pids[0][0])
+
+
 def _pooled_backend_pid(app: Flask) -> int:
-    """The backend of the connection the pool will hand out next (the pool holds exactly one:
-    every request so far ran one at a time)."""
+    """The backend of the connection the pool will hand out next (the pool holds exactly one
+    checked in: /readyz ran once, and every request so far ran one at a time)."""
     engine = _engine(app)
     assert engine.pool.checkedin() == 1
     with engine.connect() as connection:
@@ -57,16 +69,18 @@ def _post_clerk(app: Flask):
 
 @pytest.fixture
 def warm_app(app: Flask) -> Flask:
-    """A receiver that has stored one delivery: its pool holds one open connection."""
+    """A receiver that has stored one delivery (its recorder holds a connection) and answered
+    /readyz once (its pool holds one more, checked in)."""
     _, response = _post_clerk(app)
     assert response.status_code == 200
+    assert app.test_client().get("/readyz").status_code == 200
     return app
 
 
 def test_a_delivery_on_a_dead_pooled_connection_is_stored_on_a_fresh_one(
     warm_app, receiver_settings, session_factory, queue
 ):
-    dead_pid = _pooled_backend_pid(warm_app)
+    dead_pid = _recording_backend_pid(receiver_settings)
     _terminate(receiver_settings, dead_pid)
 
     svix_id, response = _post_clerk(warm_app)
@@ -76,7 +90,7 @@ def test_a_delivery_on_a_dead_pooled_connection_is_stored_on_a_fresh_one(
     row = next(row for row in inbox_rows(session_factory) if row.external_id == svix_id)
     assert response.get_json()["inbox_id"] == row.id
     assert [task.kwargs for task in queue()][-1] == {"inbox_id": row.id}
-    assert _pooled_backend_pid(warm_app) != dead_pid  # a new connection, not the dead one revived
+    assert _recording_backend_pid(receiver_settings) != dead_pid  # a new connection, not the dead one revived
 
 
 def test_readiness_on_a_dead_pooled_connection_reconnects(warm_app, receiver_settings):
@@ -104,7 +118,7 @@ def _connections_refused(settings) -> Iterator[None]:
 def test_a_second_failure_is_an_outage_not_a_loop(warm_app, receiver_settings, caplog):
     """Retried once only: when the fresh connection is refused too, the delivery takes the
     PostgreSQL-down path (here Redis is not durable, so 503: the provider retries)."""
-    _terminate(receiver_settings, _pooled_backend_pid(warm_app))
+    _terminate(receiver_settings, _recording_backend_pid(receiver_settings))
 
     with _connections_refused(receiver_settings):
         _, response = _post_clerk(warm_app)
