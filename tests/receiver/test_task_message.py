@@ -73,6 +73,12 @@ def test_every_message_has_its_own_task_id(writer, redis_client):
     assert len(ids) == 5
     assert {message["headers"]["id"] for message in queued} == ids
     assert len({message["properties"]["delivery_tag"] for message in queued}) == 5
+    # Each carries its own kwargs, in its body and in both reprs (the rest is made once per task).
+    for message in queued:
+        args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+        assert args == []
+        assert message["headers"]["kwargsrepr"] == message["properties"]["kwargsrepr"] == repr(kwargs)
+    assert sorted(json.loads(base64.b64decode(m["body"]))[1]["inbox_id"] for m in queued) == list(range(5))
 
 
 def test_an_unreachable_redis_raises_a_redis_error(producer):
