@@ -176,6 +176,7 @@ def test_the_replay_statement_binds_only_its_inputs():
     assert sorted(compiled.construct_params(inputs)) == sorted(inputs)
 
 
+@pytest.mark.usefixtures("session_factory")  # the rows it stores are emptied after the test
 def test_the_receivers_recorder_holds_one_connection_until_closed(settings):
     engine = make_engine(settings, pre_ping=False, isolation_level="AUTOCOMMIT")
     recorder = DeliveryRecorder(engine)

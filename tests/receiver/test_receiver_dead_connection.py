@@ -31,14 +31,15 @@ def _engine(app: Flask) -> Engine:
 
 def _recording_backend_pid(settings) -> int:
     """The backend of the connection the receiver stores deliveries on: its recorder holds one
-    (models/inbox.py, DeliveryRecorder), the one whose last statement was the inbox INSERT."""
+    (models/inbox.py, DeliveryRecorder). It ran the latest inbox INSERT: other connections whose
+    last statement was one (the tests' own engine, stores in earlier tests) ran theirs before."""
     with psycopg.connect(libpq_url(settings.database_url.get_secret_value()), autocommit=True) as admin:
-        pids = admin.execute(
+        found = admin.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            " AND query LIKE 'INSERT INTO %webhook_inbox%'"
-        ).fetchall()
-    assert len(pids) == 1, pids
-    return int(pids[0][0])
+            " AND query LIKE 'INSERT INTO %webhook_inbox%' ORDER BY query_start DESC LIMIT 1"
+        ).fetchone()
+    assert found is not None, "no connection ran the inbox INSERT"
+    return int(found[0])
 
 
 def _pooled_backend_pid(app: Flask) -> int:
