@@ -66,7 +66,15 @@ from worker.celery_config import PROCESS_WEBHOOK_TASK, WEBHOOKS_QUEUE, create_pr
 EXAMPLE = json.loads((ROOT / "tests/fixtures/payloads/clerk/user.created.json").read_text())
 CLERK_SECRET = "whsec_" + "YmVuY2gtd2ViaG9va3Mtc2lnbmluZy1zZWNyZXQ="
 WRK = "/usr/bin/wrk"
-WRK_THREADS, WRK_CONNECTIONS = 2, 16
+# One wrk thread: it stops once every delivery it sent was answered. With two, the first to
+# finish stopped while the other still had deliveries on the way, and its open connections held
+# the receiver's sync workers: gunicorn 27 (`util.close_graceful`, benoitc/gunicorn#3590) lingers
+# up to 2 s after each answer for the client to close, and a stopped wrk thread never does. The
+# other thread's last deliveries then waited 2 or 4 s for a worker (measured: every answer under
+# 300 ms in the access log, the last rows stored 2.0 and 4.0 s late), the bench re-sent them
+# and the round's rate halved. One thread keeps up: the receiver peaks near 1,200 deliveries/s,
+# where wrk's two threads used 0.2 CPU.
+WRK_THREADS, WRK_CONNECTIONS = 1, 16
 DRAIN_POLL_SECONDS = 0.01
 TIMEOUT_SECONDS = 600
 RESEND_AFTER_SECONDS = 1  # no delivery stored for this long: send again those never stored
