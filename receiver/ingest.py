@@ -300,10 +300,10 @@ class Inbox:
         transaction costs one round trip, not BEGIN, INSERT and COMMIT).
 
         The connection is not pinged before use (a round trip per delivery); a connection found
-        dead is retried once on a fresh one instead. Repeating is safe: if
-        the first INSERT did commit before its connection died, the second finds the row and
-        answers "duplicate" (still a 200: the row is stored), and `inbox.sweep` enqueues the
-        pending row whose message was never sent.
+        dead is retried once on a fresh one instead. Repeating is safe: if the first INSERT did
+        commit before its connection died, the second finds the row and answers "duplicate"
+        (still a 200: the row is stored), and `inbox.sweep` enqueues the pending row whose
+        message was never sent.
         """
         for attempt in self._once_more_if_disconnected:
             with attempt:
