@@ -7,10 +7,12 @@ with a message that names it.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from celery import Celery
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
@@ -188,7 +190,13 @@ def _receive(receiver: Receiver, source: Source, verified_delivery: Callable[[],
     )
     # Exactly 200, for a duplicate too: Asaas counts any other status (201/202/204 included)
     # as a failed delivery and pauses its queue after 15 failures in a row.
-    return jsonify(result.body()), 200
+    return _json_answer(result.body()), 200
+
+
+def _json_answer(body: dict[str, Any]) -> Response:
+    """`body` as JSON, written as `jsonify` writes it (compact, keys sorted, a final newline)
+    without looking up the app's JSON provider and its options on every delivery."""
+    return Response(json.dumps(body, separators=(",", ":"), sort_keys=True) + "\n", mimetype="application/json")
 
 
 @bp.get("/healthz")

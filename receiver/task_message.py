@@ -8,7 +8,8 @@ producer outside Python does (and what kombu's Redis transport does underneath `
 
 - Celery builds the message: `app.amqp.create_task_message` (protocol 2: headers, properties
   and body, exactly as `send_task` would with the same options);
-- kombu serialises the body (`kombu.serialization.dumps`, JSON);
+- the body is JSON, as kombu's `json` serializer writes it for plain values (`json.dumps`: the
+  kwargs are ints and strings), UTF-8;
 - the envelope is kombu's Redis transport's (`Channel.prepare_message` and
   `_inplace_augment_message`: the body base64-encoded, `delivery_info`, a `delivery_tag`),
   pushed with LPUSH onto the queue's list, on the anonymous exchange (the queue's name is the
@@ -30,7 +31,6 @@ from typing import Any
 
 import redis
 from celery import Celery
-from kombu.serialization import dumps as serialize
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -39,6 +39,8 @@ _BODY_ENCODING = "base64"
 _PRIORITY = 0
 _PERSISTENT = 2  # kombu's delivery_mode for a direct exchange's messages (Celery's default)
 _PLACEHOLDER_ID = "00000000-0000-0000-0000-000000000000"
+# What kombu's `json` serializer declares for the body it writes.
+_CONTENT_TYPE, _CONTENT_ENCODING = "application/json", "utf-8"
 
 
 @dataclass(frozen=True)
@@ -85,12 +87,12 @@ class TaskMessageWriter:
         kwargsrepr = repr(kwargs)
         template = self._template(task_name, queue)
         headers = {**template.headers, "id": task_id, "root_id": task_id, "kwargsrepr": kwargsrepr}
-        content_type, content_encoding, payload = serialize(((), kwargs, template.embed), serializer="json")
+        body = json.dumps(((), kwargs, template.embed)).encode()
         return task_id, json.dumps(
             {
-                "body": base64.b64encode(payload.encode() if isinstance(payload, str) else payload).decode(),
-                "content-encoding": content_encoding,
-                "content-type": content_type,
+                "body": base64.b64encode(body).decode(),
+                "content-encoding": _CONTENT_ENCODING,
+                "content-type": _CONTENT_TYPE,
                 "headers": headers,
                 "properties": {
                     **template.properties,

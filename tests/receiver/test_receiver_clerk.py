@@ -41,6 +41,9 @@ def test_a_signed_delivery_is_stored_once_and_enqueued(client, session_factory, 
     [row] = inbox_rows(session_factory)
     assert response.status_code == 200
     assert response.json == {"status": "accepted", "inbox_id": row.id}
+    # Written as Flask's jsonify writes it: compact, keys sorted, a final newline.
+    assert response.content_type == "application/json"
+    assert response.get_data() == b'{"inbox_id":%d,"status":"accepted"}\n' % row.id
     assert (row.source, row.external_id, row.event_type, row.status) == (
         "clerk",
         headers["svix-id"],
