@@ -18,7 +18,10 @@ Fire and drain for both the no-op and `process`: the worker stops consuming (`ca
 the queue is filled, the worker starts consuming (`add_consumer`) and the clock runs until the
 queue and Redis's unacked set are both empty. Prints each round, then the medians of the rates
 and of each round's ratios process / no-op and e2e / no-op (goals: >= 0.6 and >= 0.4).
-`--profile FILE` drains one more batch of `webhooks.process` under py-spy (raw stacks).
+`--profile FILE` drains one more batch of `webhooks.process` under py-spy (raw stacks). `--cpu`
+also prints, for each drain, the CPU time per event of the worker's main process, its pool
+processes, PostgreSQL's processes and Redis (read from the kernel before and after the drain):
+where an event's cost goes, and which process is the busiest.
 
     flock /tmp/pedro-bench.lock .venv/bin/python bench/bench_webhooks.py [--events 1000] [--rounds 3]
 
@@ -50,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+import psutil  # noqa: E402
 import redis  # noqa: E402
 from celery import Celery  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
@@ -95,12 +99,54 @@ class Round:
         )
 
 
+class CpuMeter:
+    """CPU seconds used during a drain by the worker's main process, its pool processes, and
+    every PostgreSQL and Redis process on this machine (the servers the worker talks to)."""
+
+    GROUPS = ("main", "pool", "postgres", "redis")
+
+    def __init__(self, worker_pid: int) -> None:
+        self.worker_pid = worker_pid
+        self.per_event_ms: dict[str, float] = {}  # of the latest drain
+
+    def _snapshot(self) -> dict[tuple[int, float], tuple[str, float]]:
+        main = psutil.Process(self.worker_pid)
+        groups = {main: "main", **{child: "pool" for child in main.children()}}
+        for process in psutil.process_iter(["name"]):
+            name = process.info["name"] or ""
+            if name.startswith("postgres"):
+                groups[process] = "postgres"
+            elif name.startswith("redis-server"):
+                groups[process] = "redis"
+        snapshot = {}
+        for process, group in groups.items():
+            try:
+                times = process.cpu_times()
+                snapshot[(process.pid, process.create_time())] = (group, times.user + times.system)
+            except psutil.NoSuchProcess:
+                pass
+        return snapshot
+
+    @contextmanager
+    def measuring(self, count: int) -> Iterator[None]:
+        before = self._snapshot()
+        yield
+        after = self._snapshot()
+        used = dict.fromkeys(self.GROUPS, 0.0)
+        for key, (group, seconds) in after.items():
+            used[group] += seconds - before.get(key, (group, 0.0))[1]
+        self.per_event_ms = {group: 1000 * seconds / count for group, seconds in used.items()}
+
+    def line(self) -> str:
+        return "  ".join(f"{group} {self.per_event_ms[group]:.2f}" for group in self.GROUPS)
+
+
 class Drain:
     """Fire and drain on one worker: fill the queue while the worker does not consume, then time
     until the queue is empty and nothing is unacked."""
 
-    def __init__(self, producer: Celery, worker: WorkerProcess, redis_url: str) -> None:
-        self.producer, self.worker = producer, worker
+    def __init__(self, producer: Celery, worker: WorkerProcess, redis_url: str, cpu: CpuMeter | None = None) -> None:
+        self.producer, self.worker, self.cpu = producer, worker, cpu
         self.redis = redis.Redis.from_url(redis_url)
 
     def timed(self, count: int, fill: Callable[[], None], profile: Path | None = None) -> float:
@@ -110,6 +156,8 @@ class Drain:
         with ExitStack() as profiling:
             if profile is not None:
                 profiling.enter_context(py_spy(self.worker, profile))
+            if self.cpu is not None:
+                profiling.enter_context(self.cpu.measuring(count))
             started = time.perf_counter()
             self._control("add_consumer")
             deadline = time.monotonic() + TIMEOUT_SECONDS
@@ -311,6 +359,7 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, help="after the rounds, drain one more batch of webhooks.process under py-spy (raw)"
     )
+    parser.add_argument("--cpu", action="store_true", help="print each drain's CPU time per event, by process")
     args = parser.parse_args()
     with ExitStack() as stack:
         settings, _, _ = scratch_environment(
@@ -329,14 +378,18 @@ def main() -> None:
         stack.callback(worker.stop)
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-webhooks-")))
         port = stack.enter_context(receiver(str(folder)))
-        drain = Drain(producer, worker, settings.redis_url.get_secret_value())
+        cpu = CpuMeter(worker.process.pid) if args.cpu else None
+        drain = Drain(producer, worker, settings.redis_url.get_secret_value(), cpu)
 
         measure_noop(drain, producer, 200)  # warm-up: connections, imports, compiled statements
         measure_process(drain, producer, factory, "warm", 200)
         rounds = []
         for number in range(1, args.rounds + 1):
             noop = measure_noop(drain, producer, args.events)
+            noop_cpu = cpu.line() if cpu else ""
             process = measure_process(drain, producer, factory, f"p{number}", args.events)
+            if cpu:
+                print(f"round {number} CPU ms per event  no-op: {noop_cpu}  |  process: {cpu.line()}", flush=True)
             e2e, client = measure_e2e(port, factory, folder, f"e{number}", args.events)
             rounds.append(Round(noop, process, e2e, client))
             print(rounds[-1].line(number), flush=True)
