@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, request
 from sqlalchemy import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -195,13 +195,14 @@ def _receive(receiver: Receiver, source: Source, verified_delivery: Callable[[],
 
 def _json_answer(body: dict[str, Any]) -> Response:
     """`body` as JSON, written as `jsonify` writes it (compact, keys sorted, a final newline)
-    without looking up the app's JSON provider and its options on every delivery."""
+    without looking up the app's JSON provider and its options on every delivery. Every answer
+    of this module's routes is written here; error bodies by receiver/errors.py."""
     return Response(json.dumps(body, separators=(",", ":"), sort_keys=True) + "\n", mimetype="application/json")
 
 
 @bp.get("/healthz")
 def healthz() -> tuple[Response, int]:
-    return jsonify({"status": "ok"}), 200
+    return _json_answer({"status": "ok"}), 200
 
 
 @bp.get("/readyz")
@@ -212,4 +213,4 @@ def readyz() -> tuple[Response, int]:
     receiver.durability.check()  # logged when it changes: may deliveries wait in Redis?
     if any(state != "ok" for state in checks.values()):
         return error_response(503, "not_ready", "not ready")
-    return jsonify({"status": "ready"}), 200
+    return _json_answer({"status": "ready"}), 200
