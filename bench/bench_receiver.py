@@ -16,8 +16,11 @@ once (never a duplicate):
   what an open-loop client at that rate would see.
 
 After each app's runs the bench counts the inbox rows and the queued messages: every 200 has
-its row and its message, so the figures are real work. It prints the median of the rounds, the
-ratio receiver / lean, and wrk's own CPU (whether the load generator was the limit).
+its row and its message, so the figures are real work. For each peak run it also prints the CPU
+time per request of the app's gunicorn processes, of PostgreSQL and of Redis, and how busy the
+machine was (read from the kernel before and after the run): where a request's cost goes. It
+prints the median of the rounds, the ratio receiver / lean, and wrk's own CPU (whether the load
+generator was the limit).
 
 The memory part starts the receiver with ONE worker, sends 10,000 deliveries (a Python client:
 at one worker's rate it is not the limit) and samples that worker's RSS every 1,000.
@@ -55,6 +58,7 @@ import psycopg  # noqa: E402
 import redis  # noqa: E402
 from svix.webhooks import Webhook  # noqa: E402
 
+from bench.service_processes import CpuMeter  # noqa: E402
 from tests.support.databases import libpq_url, scratch_environment  # noqa: E402
 from worker.dev.embedded_servers import free_port  # noqa: E402
 
@@ -235,18 +239,28 @@ class Store:
 # -- the throughput part ------------------------------------------------------------------------
 
 
-def measure(app: App, env: dict[str, str], store: Store, folder: Path, seconds: float) -> tuple[Run, Run | None, str]:
+@dataclass(frozen=True)
+class Measured:
+    peak: Run
+    half: Run | None
+    check: str  # what the store holds after the runs
+    peak_cpu: str  # CPU time per request during the peak run, by group of processes
+
+
+def measure(app: App, env: dict[str, str], store: Store, folder: Path, seconds: float) -> Measured:
     store.reset()
-    with gunicorn(app, env) as (port, _):
+    with gunicorn(app, env) as (port, master):
         warm = wrk(port, folder, 1)
-        peak = wrk(port, folder, seconds)
+        cpu = CpuMeter(lambda: {process: "gunicorn" for process in [master, *master.children()]}, ("gunicorn",))
+        with cpu.measuring():
+            peak = wrk(port, folder, seconds)
         half = None
         ok = warm.ok + peak.ok
         if app.queue_key is not None:
             delay_ms, probe = half_rate_delay(port, folder, peak.rate, 2)
             half = wrk(port, folder, seconds, delay_ms)
             ok += probe.ok + half.ok
-    return peak, half, store.check(app, ok)
+    return Measured(peak, half, store.check(app, ok), cpu.line(peak.ok))
 
 
 def throughput(env: dict[str, str], store: Store, rounds: int, seconds: float) -> None:
@@ -254,12 +268,14 @@ def throughput(env: dict[str, str], store: Store, rounds: int, seconds: float) -
     with tempfile.TemporaryDirectory(prefix="pedro-bench-") as folder:
         for number in range(1, rounds + 1):
             for app in (BARE, LEAN, RECEIVER):
-                peak, half, check = measure(app, env, store, Path(folder), seconds)
+                measured = measure(app, env, store, Path(folder), seconds)
+                peak, half = measured.peak, measured.half
                 results.setdefault(app.name, []).append((peak, half))
                 half_text = f"half {half.rate:6.0f} req/s p99 {half.p99_ms:5.1f} ms" if half else ""
                 print(
                     f"round {number}  {app.name:17s} peak {peak.rate:6.0f} req/s p50 {peak.p50_ms:5.1f} ms"
-                    f" p99 {peak.p99_ms:5.1f} ms wrk CPU {peak.wrk_cpu:4.2f}  {half_text}  [{check}]",
+                    f" p99 {peak.p99_ms:5.1f} ms wrk CPU {peak.wrk_cpu:4.2f}  {half_text}  [{measured.check}]\n"
+                    f"         {'':17s} CPU ms per request at peak: {measured.peak_cpu}",
                     flush=True,
                 )
     print(f"\nmedian of {rounds} rounds ({seconds:g} s per run, {CONNECTIONS} connections, {WRK_THREADS} wrk threads)")

@@ -20,8 +20,8 @@ queue and Redis's unacked set are both empty. Prints each round, then the median
 and of each round's ratios process / no-op and e2e / no-op (goals: >= 0.6 and >= 0.4).
 `--profile FILE` drains one more batch of `webhooks.process` under py-spy (raw stacks). `--cpu`
 also prints, for each drain, the CPU time per event of the worker's main process, its pool
-processes, PostgreSQL's processes and Redis (read from the kernel before and after the drain):
-where an event's cost goes, and which process is the busiest.
+processes, PostgreSQL's processes and Redis (read from the kernel before and after the drain),
+and how busy the machine was: where an event's cost goes, and which process is the busiest.
 
     flock /tmp/pedro-bench.lock .venv/bin/python bench/bench_webhooks.py [--events 1000] [--rounds 3]
 
@@ -60,6 +60,7 @@ from sqlalchemy import func, select  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 from svix.webhooks import Webhook  # noqa: E402
 
+from bench.service_processes import CpuMeter  # noqa: E402
 from models.app import User  # noqa: E402
 from models.db import make_engine, make_session_factory  # noqa: E402
 from models.inbox import WebhookInbox, record_delivery  # noqa: E402
@@ -99,46 +100,14 @@ class Round:
         )
 
 
-class CpuMeter:
-    """CPU seconds used during a drain by the worker's main process, its pool processes, and
-    every PostgreSQL and Redis process on this machine (the servers the worker talks to)."""
+def worker_processes(worker: WorkerProcess) -> Callable[[], dict[psutil.Process, str]]:
+    """The worker's main process and its pool processes, for `CpuMeter`."""
 
-    GROUPS = ("main", "pool", "postgres", "redis")
+    def own() -> dict[psutil.Process, str]:
+        main = psutil.Process(worker.process.pid)
+        return {main: "main", **{child: "pool" for child in main.children()}}
 
-    def __init__(self, worker_pid: int) -> None:
-        self.worker_pid = worker_pid
-        self.per_event_ms: dict[str, float] = {}  # of the latest drain
-
-    def _snapshot(self) -> dict[tuple[int, float], tuple[str, float]]:
-        main = psutil.Process(self.worker_pid)
-        groups = {main: "main", **{child: "pool" for child in main.children()}}
-        for process in psutil.process_iter(["name"]):
-            name = process.info["name"] or ""
-            if name.startswith("postgres"):
-                groups[process] = "postgres"
-            elif name.startswith("redis-server"):
-                groups[process] = "redis"
-        snapshot = {}
-        for process, group in groups.items():
-            try:
-                times = process.cpu_times()
-                snapshot[(process.pid, process.create_time())] = (group, times.user + times.system)
-            except psutil.NoSuchProcess:
-                pass
-        return snapshot
-
-    @contextmanager
-    def measuring(self, count: int) -> Iterator[None]:
-        before = self._snapshot()
-        yield
-        after = self._snapshot()
-        used = dict.fromkeys(self.GROUPS, 0.0)
-        for key, (group, seconds) in after.items():
-            used[group] += seconds - before.get(key, (group, 0.0))[1]
-        self.per_event_ms = {group: 1000 * seconds / count for group, seconds in used.items()}
-
-    def line(self) -> str:
-        return "  ".join(f"{group} {self.per_event_ms[group]:.2f}" for group in self.GROUPS)
+    return own
 
 
 class Drain:
@@ -157,7 +126,7 @@ class Drain:
             if profile is not None:
                 profiling.enter_context(py_spy(self.worker, profile))
             if self.cpu is not None:
-                profiling.enter_context(self.cpu.measuring(count))
+                profiling.enter_context(self.cpu.measuring())
             started = time.perf_counter()
             self._control("add_consumer")
             deadline = time.monotonic() + TIMEOUT_SECONDS
@@ -378,7 +347,7 @@ def main() -> None:
         stack.callback(worker.stop)
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-webhooks-")))
         port = stack.enter_context(receiver(str(folder)))
-        cpu = CpuMeter(worker.process.pid) if args.cpu else None
+        cpu = CpuMeter(worker_processes(worker), ("main", "pool")) if args.cpu else None
         drain = Drain(producer, worker, settings.redis_url.get_secret_value(), cpu)
 
         measure_noop(drain, producer, 200)  # warm-up: connections, imports, compiled statements
@@ -386,10 +355,13 @@ def main() -> None:
         rounds = []
         for number in range(1, args.rounds + 1):
             noop = measure_noop(drain, producer, args.events)
-            noop_cpu = cpu.line() if cpu else ""
+            noop_cpu = cpu.line(args.events) if cpu else ""
             process = measure_process(drain, producer, factory, f"p{number}", args.events)
             if cpu:
-                print(f"round {number} CPU ms per event  no-op: {noop_cpu}  |  process: {cpu.line()}", flush=True)
+                print(
+                    f"round {number} CPU ms per event  no-op: {noop_cpu}  |  process: {cpu.line(args.events)}",
+                    flush=True,
+                )
             e2e, client = measure_e2e(port, factory, folder, f"e{number}", args.events)
             rounds.append(Round(noop, process, e2e, client))
             print(rounds[-1].line(number), flush=True)

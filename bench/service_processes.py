@@ -19,10 +19,12 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 from celery import Celery
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,6 +159,54 @@ def memory(pid: int) -> Memory:
         fields[key] = int(value.split()[0])  # kB
     uss = fields["Private_Clean"] + fields["Private_Dirty"]
     return Memory(fields["Rss"] / 1024, uss / 1024)
+
+
+class CpuMeter:
+    """Where a stretch of work's CPU went: the CPU time each group of processes used during it
+    (the service's own, as `own()` groups them, and every PostgreSQL and Redis process on this
+    machine, the servers the service talks to), per unit of work (an event, a request), and how
+    busy the whole machine was. Read from the kernel before and after the stretch."""
+
+    SERVERS = ("postgres", "redis")
+
+    def __init__(self, own: Callable[[], dict[psutil.Process, str]], groups: tuple[str, ...]) -> None:
+        self.own = own
+        self.groups = (*groups, *self.SERVERS)
+        self.seconds: dict[str, float] = {}  # CPU seconds of each group in the latest stretch
+        self.busy = 0.0  # the machine's busy share (0-1) in the latest stretch
+
+    def _snapshot(self) -> dict[tuple[int, float], tuple[str, float]]:
+        processes = self.own()
+        for process in psutil.process_iter(["name"]):
+            name = process.info["name"] or ""
+            if name.startswith("postgres"):
+                processes[process] = "postgres"
+            elif name.startswith("redis-server"):
+                processes[process] = "redis"
+        snapshot = {}
+        for process, group in processes.items():
+            try:
+                times = process.cpu_times()
+                snapshot[(process.pid, process.create_time())] = (group, times.user + times.system)
+            except psutil.NoSuchProcess:
+                pass
+        return snapshot
+
+    @contextlib.contextmanager
+    def measuring(self) -> Iterator[None]:
+        before, machine_before = self._snapshot(), psutil.cpu_times()
+        yield
+        after, machine_after = self._snapshot(), psutil.cpu_times()
+        self.seconds = dict.fromkeys(self.groups, 0.0)
+        for key, (group, seconds) in after.items():
+            self.seconds[group] += seconds - before.get(key, (group, 0.0))[1]
+        idle = (machine_after.idle + machine_after.iowait) - (machine_before.idle + machine_before.iowait)
+        self.busy = 1 - idle / max(sum(machine_after) - sum(machine_before), 1e-9)
+
+    def line(self, units: float) -> str:
+        """The latest stretch's CPU milliseconds per unit of work, by group, and the machine's load."""
+        used = "  ".join(f"{group} {1000 * self.seconds[group] / units:.2f}" for group in self.groups)
+        return f"{used}  (machine {100 * self.busy:.0f} % busy)"
 
 
 def free_port() -> int:
