@@ -194,14 +194,14 @@ class CpuMeter:
 
     @contextlib.contextmanager
     def measuring(self) -> Iterator[None]:
-        before, machine_before = self._snapshot(), psutil.cpu_times()
+        before = self._snapshot()
+        psutil.cpu_percent()  # starts psutil's count of the machine's busy time
         yield
-        after, machine_after = self._snapshot(), psutil.cpu_times()
+        self.busy = psutil.cpu_percent() / 100  # since the call above
+        after = self._snapshot()
         self.seconds = dict.fromkeys(self.groups, 0.0)
         for key, (group, seconds) in after.items():
             self.seconds[group] += seconds - before.get(key, (group, 0.0))[1]
-        idle = (machine_after.idle + machine_after.iowait) - (machine_before.idle + machine_before.iowait)
-        self.busy = 1 - idle / max(sum(machine_after) - sum(machine_before), 1e-9)
 
     def line(self, units: float) -> str:
         """The latest stretch's CPU milliseconds per unit of work, by group, and the machine's load."""
