@@ -15,7 +15,7 @@ default, so every task runs in the one pool process that is read); removes every
 Each batch of 1,000 deliveries goes through the receiver over HTTP, signed as the providers
 sign them, and on to the worker: 500 Clerk `user.created` (new users), then, once those are
 processed, 200 `user.updated` and 300 Asaas `PAYMENT_CONFIRMED` (the demo plan's 500 credits)
-for those users, plus --debits-per-batch `usage.debit` sent by name (worker.client.UsageClient)
+for those users, plus --debits-per-batch `usage.debit` sent by name (pedro_credits.CreditsClient)
 and waited for. After each batch it reads RSS and USS (/proc/<pid>/smaps_rollup) of the receiver
 worker, the pool process and the celery main process, and prints the series, the growth after
 warm-up (from the 2,000-event reading to the last) and whether it levels off (the last four
@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+from pedro_credits import CreditsClient  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from bench.service_processes import (  # noqa: E402
@@ -53,13 +54,12 @@ from bench.service_processes import (  # noqa: E402
     start_celery_worker,
     start_receiver,
 )
+from messaging.celery_config import create_producer  # noqa: E402
 from models.db import make_engine, make_session_factory  # noqa: E402
 from models.inbox import WebhookInbox  # noqa: E402
+from ops import sample_deliveries as samples  # noqa: E402
+from ops.demo_seed import seed_demo  # noqa: E402
 from tests.support.databases import scratch_environment  # noqa: E402
-from worker.celery_config import create_producer  # noqa: E402
-from worker.client import UsageClient  # noqa: E402
-from worker.ops import sample_deliveries as samples  # noqa: E402
-from worker.ops.demo_seed import seed_demo  # noqa: E402
 
 BATCH = 1000
 WARM_UP_EVENTS = 2000
@@ -118,7 +118,7 @@ def wait_until_processed(factory, stored: int, timeout: float = 300) -> None:
     raise RuntimeError(f"inbox rows still pending after {timeout} s")
 
 
-def debit_all(client: UsageClient, users: list[str], count: int, batch: int) -> None:
+def debit_all(client: CreditsClient, users: list[str], count: int, batch: int) -> None:
     # A generous deadline: on a loaded machine the debits may wait behind other work.
     key = f"mem-{batch}-{{}}"
     sent = [client.debit(users[n % len(users)], "AI_TEXT_CHAT", key.format(n), cost=1, wait=600) for n in range(count)]
@@ -127,7 +127,7 @@ def debit_all(client: UsageClient, users: list[str], count: int, batch: int) -> 
         raise RuntimeError(f"debits answered {statuses}")
 
 
-def run_batch(number: int, port: int, factory, client: UsageClient, debits: int) -> int:
+def run_batch(number: int, port: int, factory, client: CreditsClient, debits: int) -> int:
     """One batch of BATCH deliveries (+ debits); returns the inbox rows stored so far."""
     users = [f"user_mem_{number}_{n}" for n in range(BATCH // 2)]
     post_all(port, signed_batch(users, "user.created"))
@@ -223,7 +223,7 @@ def main() -> None:
             producer, env, logs / "worker.log", concurrency=args.worker_concurrency, queues="webhooks,usage,maintenance"
         )
         stack.callback(worker.stop)
-        client = UsageClient(producer)
+        client = CreditsClient(producer.conf.broker_url)
 
         started = time.monotonic()
         readings = [read(0, receiver, worker, started)]

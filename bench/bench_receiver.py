@@ -59,8 +59,8 @@ import redis  # noqa: E402
 from svix.webhooks import Webhook  # noqa: E402
 
 from bench.service_processes import CpuMeter  # noqa: E402
+from ops.local.servers import free_port  # noqa: E402
 from tests.support.databases import libpq_url, scratch_environment  # noqa: E402
-from worker.dev.embedded_servers import free_port  # noqa: E402
 
 SECRET = "whsec_" + "YmVuY2gtc2VjcmV0LWZvci1wZWRyby13ZWJob29rcw=="
 BODY_FILE = ROOT / "tests/fixtures/payloads/clerk/user.created.json"

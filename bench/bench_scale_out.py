@@ -11,7 +11,7 @@ everything again. Every figure is fire and drain (send all, then wait for all), 
    Procfile's queues (the debits on the Procfile's `usage` process when it has one):
    - no-op      `celery.accumulate` (Celery's own per-task cost: the ceiling);
    - webhooks   `webhooks.process` for --events Clerk user.created inbox rows stored beforehand;
-   - debits     `usage.debit` sent by name (worker.client.UsageClient), spread over the users;
+   - debits     `usage.debit` sent by name (pedro_credits.CreditsClient), spread over the users;
    each with its ratio to the same figure at concurrency 1.
 2. two worker instances, one `--queues=webhooks`, one `--queues=usage` (the Procfile's `usage`
    process when it has one), --split-concurrency processes each: each one's rate alone, then
@@ -42,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pedro_credits import CreditsClient  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from bench.service_processes import (  # noqa: E402
@@ -51,12 +52,11 @@ from bench.service_processes import (  # noqa: E402
     procfile_names,
     start_celery_worker,
 )
+from messaging.celery_config import PROCESS_WEBHOOK_TASK, USAGE_QUEUE, WEBHOOKS_QUEUE, create_producer  # noqa: E402
 from models.db import make_engine, make_session_factory  # noqa: E402
 from models.inbox import WebhookInbox, record_delivery  # noqa: E402
 from tests.support.databases import scratch_environment  # noqa: E402
 from tests.support.usage import make_user  # noqa: E402
-from worker.celery_config import PROCESS_WEBHOOK_TASK, USAGE_QUEUE, WEBHOOKS_QUEUE, create_producer  # noqa: E402
-from worker.client import UsageClient  # noqa: E402
 
 EXAMPLE = json.loads((ROOT / "tests/fixtures/payloads/clerk/user.created.json").read_text())
 PLENTY = 10**9
@@ -75,7 +75,7 @@ class Bench:
 
     def __init__(self, factory, producer, users: list[str], events: int, lock_file: Path | None) -> None:
         self.factory, self.producer, self.users, self.events = factory, producer, users, events
-        self.client = UsageClient(producer)
+        self.client = CreditsClient(producer.conf.broker_url)
         self.lock_file = lock_file
         self.serial = 0
         self.workers: list[ServiceProcess] = []  # the worker instances running now

@@ -35,8 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ops.local.servers import free_port  # noqa: E402
 from tests.support.databases import scratch_environment  # noqa: E402
-from worker.dev.embedded_servers import free_port  # noqa: E402
 
 TOKEN = uuid.uuid4().hex
 WORKERS = "4"

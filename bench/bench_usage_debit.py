@@ -42,13 +42,14 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pedro_credits import CreditsClient  # noqa: E402
+
+from messaging.celery_config import USAGE_QUEUE, create_producer  # noqa: E402
 from models.db import make_engine, make_session_factory  # noqa: E402
 from models.ids import cuid  # noqa: E402
 from tests.support.celery_worker import WorkerProcess  # noqa: E402
 from tests.support.databases import scratch_environment  # noqa: E402
 from tests.support.usage import make_user  # noqa: E402
-from worker.celery_config import USAGE_QUEUE, create_producer  # noqa: E402
-from worker.client import UsageClient  # noqa: E402
 from worker.usage import debits  # noqa: E402
 
 PLENTY = 10**9  # credits per user: the benchmark measures applied debits, not refusals
@@ -62,7 +63,7 @@ def timed(count: int, run: Callable[[], Counter]) -> tuple[float, Counter]:
     return count / (time.perf_counter() - start), statuses
 
 
-def send_debits(client: UsageClient, users: list[str], count: int, prefix: str) -> list:
+def send_debits(client: CreditsClient, users: list[str], count: int, prefix: str) -> list:
     return [client.debit(users[n % len(users)], "AI_TEXT_CHAT", f"{prefix}-{n}", cost=1) for n in range(count)]
 
 
@@ -117,9 +118,14 @@ def round_trips(settings, in_flight: int, total: int, send: Callable) -> list[fl
 
 
 def debit_sender(users: list[str], prefix: str) -> Callable:
+    clients: dict[str, CreditsClient] = {}  # one per broker, as a service keeps one
+
     def send(producer, key: str):
+        url = producer.conf.broker_url
+        if url not in clients:
+            clients[url] = CreditsClient(url)
         user = users[sum(map(ord, key)) % len(users)]
-        return UsageClient(producer).debit(user, "AI_TEXT_CHAT", f"{prefix}-{key}", cost=1)
+        return clients[url].debit(user, "AI_TEXT_CHAT", f"{prefix}-{key}", cost=1)
 
     return send
 
@@ -232,7 +238,7 @@ def negative_balances(factory) -> int:
 
 
 def one_round(number: int, args, producer, worker, factory, settings, users: list[str]) -> dict[str, float]:
-    client = UsageClient(producer)
+    client = CreditsClient(producer.conf.broker_url)
     figures: dict[str, float] = {}
     count = args.debits
 
@@ -319,7 +325,10 @@ def main() -> None:
         users = [f"user_bench_{n}" for n in range(args.users)]
         for clerk_id in users:
             make_user(factory, clerk_id, credits=PLENTY)
-        for result in [*send_debits(UsageClient(producer), users, 200, "warmup"), *send_noops(producer, 200)]:
+        for result in [
+            *send_debits(CreditsClient(producer.conf.broker_url), users, 200, "warmup"),
+            *send_noops(producer, 200),
+        ]:
             result.get(timeout=300)  # fork, connect, fill the caches
         rounds = []
         for number in range(args.rounds):

@@ -61,12 +61,12 @@ from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 from svix.webhooks import Webhook  # noqa: E402
 
 from bench.service_processes import CpuMeter  # noqa: E402
+from messaging.celery_config import PROCESS_WEBHOOK_TASK, WEBHOOKS_QUEUE, create_producer  # noqa: E402
 from models.app import User  # noqa: E402
 from models.db import make_engine, make_session_factory  # noqa: E402
 from models.inbox import WebhookInbox, record_delivery  # noqa: E402
 from tests.support.celery_worker import WorkerProcess  # noqa: E402
 from tests.support.databases import scratch_environment  # noqa: E402
-from worker.celery_config import PROCESS_WEBHOOK_TASK, WEBHOOKS_QUEUE, create_producer  # noqa: E402
 
 EXAMPLE = json.loads((ROOT / "tests/fixtures/payloads/clerk/user.created.json").read_text())
 CLERK_SECRET = "whsec_" + "YmVuY2gtd2ViaG9va3Mtc2lnbmluZy1zZWNyZXQ="

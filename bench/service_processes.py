@@ -210,7 +210,7 @@ class CpuMeter:
 
 
 def free_port() -> int:
-    from worker.dev.embedded_servers import free_port as _free_port
+    from ops.local.servers import free_port as _free_port
 
     return _free_port()
 

@@ -19,6 +19,8 @@ from flask import Blueprint, Flask, Response, current_app, request
 from sqlalchemy import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from celery_ext.redis_transport import TaskMessageWriter
+from messaging.ingest_message import IngestSigner
 from models.db import make_engine
 from models.inbox import Source
 from models.logs import bind_event, clear_event
@@ -37,9 +39,7 @@ from receiver.ingest import (
     read_body,
 )
 from receiver.metrics import Metrics
-from receiver.task_message import TaskMessageWriter
 from receiver.verification import AsaasVerifier, ClerkVerifier
-from worker.ingest_message import IngestSigner
 
 log = logging.getLogger(__name__)
 

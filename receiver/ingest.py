@@ -26,14 +26,14 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import ClientDisconnected
 
+from celery_ext.redis_transport import TaskMessageWriter
+from messaging.celery_config import INGEST_WEBHOOK_TASK, PROCESS_WEBHOOK_TASK, create_producer
+from messaging.ingest_message import IngestSigner
 from models.db import once_more_if_disconnected
 from models.inbox import DeliveryRecorder, Source
 from models.settings import Settings
 from receiver.durability import RedisDurability
 from receiver.errors import Rejected
-from receiver.task_message import TaskMessageWriter
-from worker.celery_config import INGEST_WEBHOOK_TASK, PROCESS_WEBHOOK_TASK, create_producer
-from worker.ingest_message import IngestSigner
 
 log = logging.getLogger(__name__)
 

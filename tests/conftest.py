@@ -14,6 +14,7 @@ import pytest
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
+from messaging.celery_config import create_producer
 from models import migrate
 from models.db import make_engine, make_session_factory
 from models.settings import Settings, load_settings
@@ -21,7 +22,6 @@ from tests.support.celery_worker import WorkerProcess
 from tests.support.databases import create_database, drop_database, truncate_all
 from tests.support.servers import claim_redis_databases, postgres_admin_url, redis_base_url
 from worker.celery_app import app as worker_app
-from worker.celery_config import create_producer
 
 # Webhook secrets the tests sign with. Test-only values, never used anywhere else.
 CLERK_TEST_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtZm9yLXBlZHJvLXdlYmhvb2tz"

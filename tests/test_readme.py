@@ -41,7 +41,7 @@ def test_the_operating_section_explains_every_inbox_status():
 
 
 def test_the_sample_alert_rules_use_gauges_the_exporter_serves(settings, redis_client, engine):
-    from worker.ops.metrics import OpsCollector
+    from ops.queries.metrics import OpsCollector
 
     served = {family.name for family in OpsCollector(engine, redis_client, ["webhooks", "usage"]).collect()}
     rules = _section("Operating").split("```yaml", 1)[1].split("```", 1)[0]
@@ -56,7 +56,7 @@ def test_the_commands_the_readme_shows_exist():
 
     from click.testing import CliRunner
 
-    from worker.cli import main
+    from ops.cli import main
 
     shown = re.findall(r"(?:\.venv/bin/)?pedro-webhooks ((?:[a-z][a-z-]*)(?: [a-z][a-z-]*)?)", README)
     # The Operating section names subcommands without the program's name: `inbox list ...`.

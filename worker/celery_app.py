@@ -10,11 +10,11 @@ from __future__ import annotations
 from celery import Celery
 from celery.signals import worker_init
 
+from messaging.celery_config import celery_config
+from messaging.ingest_message import IngestSigner
 from models.connectivity import exit_unless_reachable
 from models.settings import ConfigError, load_settings
 from worker import lifecycle  # noqa: F401  (start-up checks, logging and task log context: signal handlers)
-from worker.celery_config import celery_config
-from worker.ingest_message import IngestSigner
 
 TASK_MODULES = ["worker.inbox.tasks", "worker.usage.tasks"]
 

@@ -28,9 +28,9 @@ from contextvars import ContextVar
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from celery import Celery, Task
-from celery.utils.time import get_exponential_backoff_interval
 from sqlalchemy.orm import Session
 
+from celery_ext.backoff import retry_countdown
 from worker.database import session_factory
 
 log = logging.getLogger(__name__)
@@ -105,14 +105,4 @@ class TransactionalTask(Task, Generic[_P, _R]):
 
     def retry_countdown(self) -> float:
         """The countdown autoretry would give the next try: exponential, capped, jittered."""
-        backoff = getattr(self, "retry_backoff", False)
-        if not backoff:
-            return float(getattr(self, "default_retry_delay", 180))
-        return float(
-            get_exponential_backoff_interval(
-                factor=int(backoff),
-                retries=self.request.retries,
-                maximum=getattr(self, "retry_backoff_max", 600),
-                full_jitter=getattr(self, "retry_jitter", True),
-            )
-        )
+        return retry_countdown(self, self.request.retries)

@@ -18,14 +18,14 @@ import psycopg
 from pydantic import SecretStr
 from redis import Redis
 
+from messaging.celery_config import celery_config
 from models.settings import Settings
+from ops.local.servers import free_port
 from tests.conftest import ASAAS_TEST_TOKEN, CLERK_TEST_SECRET, INGEST_TEST_KEY
 from tests.faults.processes import ProcfileProcess, log_says, web_ready
 from tests.faults.servers import LocalPostgres, LocalRedis
 from tests.faults.workload import SIGNUP_CREDITS
 from tests.support.servers import PROJECT_ROOT, procfile_commands
-from worker.celery_config import celery_config
-from worker.dev.embedded_servers import free_port
 
 PLUGIN = "tests.faults.worker_plugin"
 # Set to a folder to keep each scenario's logs (web, worker, beat, PostgreSQL) after it ends.

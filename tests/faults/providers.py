@@ -3,7 +3,7 @@
 - Clerk (Svix-signed) and Asaas (`asaas-access-token`) deliveries over real HTTP: anything but
   a 200, a refused connection and a dropped one included, is sent again after a short pause,
   as the providers do (Svix keeps the svix-id on every retry; Asaas the event id).
-- A service spending credits: `usage.debit` through `worker.client.UsageClient`, and a debit
+- A service spending credits: `usage.debit` through `pedro_credits.CreditsClient`, and a debit
   that got no answer in time is sent again with the same idempotency key.
 """
 
@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from pedro_credits import CreditsClient
 
 from tests.faults.workload import DEBIT_OPERATION, Debit, ProviderDelivery
 from tests.support.receiver_support import asaas_headers, clerk_headers
-from worker.client import UsageClient
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class DebitStats:
 
 class DebitService:
     """A service spending credits: once a user's sign-up was delivered, it sends that user's
-    debits (`UsageClient.debit`, explicit cost) and waits for each answer; a debit without an
+    debits (`CreditsClient.debit`, explicit cost) and waits for each answer; a debit without an
     answer after DEBIT_ANSWER_TIMEOUT seconds is sent again with the same key."""
 
     def __init__(self, redis_url: str, debits: list[Debit], give_up_after: float = 240) -> None:
@@ -198,7 +198,7 @@ class DebitService:
         self._thread.join(30)
 
     def _run(self) -> None:
-        client = UsageClient(self.redis_url)
+        client = CreditsClient(self.redis_url)
         deadline = time.monotonic() + self.give_up_after
         seen: set[str] = set()
         try:
@@ -220,7 +220,7 @@ class DebitService:
             with contextlib.suppress(Exception):
                 client.close()
 
-    def _send(self, client: UsageClient, debit: Debit, again: bool = False) -> None:
+    def _send(self, client: CreditsClient, debit: Debit, again: bool = False) -> None:
         try:
             # Its deadline (`wait`) is the service's whole patience: re-sends of the same key inside
             # it may still apply; past it the worker would take nothing (`expired`).
@@ -236,7 +236,7 @@ class DebitService:
             self.stats.sent += 1
         self._in_flight[debit.key] = (debit, result, time.monotonic())
 
-    def _collect(self, client: UsageClient) -> None:
+    def _collect(self, client: CreditsClient) -> None:
         for key, (debit, result, sent_at) in list(self._in_flight.items()):
             answer = None
             try:

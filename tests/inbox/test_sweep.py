@@ -11,11 +11,7 @@ import redis
 from celery.exceptions import TaskRevokedError
 from sqlalchemy import text, update
 
-from models.inbox import WebhookInbox
-from models.locks import inbox_row_lock
-from tests.support.databases import libpq_url, settings_copy
-from tests.support.inbox import inbox_row, payload, store
-from worker.celery_config import (
+from messaging.celery_config import (
     MAINTENANCE_QUEUE,
     PROCESS_WEBHOOK_TASK,
     WEBHOOKS_QUEUE,
@@ -23,6 +19,10 @@ from worker.celery_config import (
     create_producer,
     sweep_expiry_seconds,
 )
+from models.inbox import WebhookInbox
+from models.locks import inbox_row_lock
+from tests.support.databases import libpq_url, settings_copy
+from tests.support.inbox import inbox_row, payload, store
 from worker.inbox.queue_probe import oldest_waiting_inbox_id
 from worker.inbox.sweep import sweep
 

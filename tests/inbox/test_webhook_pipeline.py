@@ -8,6 +8,7 @@ import time
 import psycopg
 from sqlalchemy import select, text, update
 
+from messaging.ingest_message import IngestSigner
 from models.inbox import WebhookInbox
 from models.locks import inbox_row_lock
 from tests.conftest import INGEST_TEST_KEY
@@ -15,7 +16,6 @@ from tests.support.databases import libpq_url
 from tests.support.inbox import inbox_row, payload, process, store
 from worker.inbox.runs import MAX_CRASHES
 from worker.inbox.tasks import PROCESS_MAX_RETRIES
-from worker.ingest_message import IngestSigner
 
 CLERK_ID = "user_29w83sxmDNGwOuEthce5gg56FcC"
 

@@ -19,10 +19,10 @@ from sqlalchemy import text, update
 
 from models.inbox import WebhookInbox
 from models.usage import UsageRequest
+from ops.local.servers import free_port
 from tests.support.billing import add_user, asaas_event
 from tests.support.inbox import deliver, payload, store
 from tests.support.servers import procfile_command
-from worker.dev.embedded_servers import free_port
 
 
 @pytest.fixture

@@ -27,10 +27,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from pedro_credits import CreditsClient
 from sqlalchemy import create_engine, select, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
+from messaging.celery_config import create_producer
 from models import migrate
 from models.app import User
 from models.db import make_engine, make_session_factory
@@ -40,8 +42,6 @@ from tests.support.celery_worker import WorkerProcess
 from tests.support.databases import create_database, drop_database, libpq_url, settings_copy
 from tests.support.receiver_support import clerk_headers, payload_bytes, receiver_apps
 from tests.support.servers import claim_redis_databases
-from worker.celery_config import create_producer
-from worker.client import UsageClient
 
 pytestmark = pytest.mark.skipif(
     shutil.which("pgbouncer") is None, reason="pgbouncer is not installed (apt-get install pgbouncer)"
@@ -211,7 +211,7 @@ def test_a_delivery_and_a_debit_go_through_receiver_and_worker_behind_pgbouncer(
                 answer = make_app().test_client().post("/webhooks/clerk", data=body, headers=clerk_headers(body))
             assert answer.status_code == 200
             clerk_id = _processed_user(direct_url)
-            debit = UsageClient(producer).debit(clerk_id, "AI_TEXT_CHAT", "pgbouncer-debit-1", cost=1)
+            debit = CreditsClient(producer.conf.broker_url).debit(clerk_id, "AI_TEXT_CHAT", "pgbouncer-debit-1", cost=1)
             assert debit.get(timeout=30)["status"] == "applied"
         finally:
             worker.stop()

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
+from messaging.ingest_message import IngestSigner
 from tests.conftest import INGEST_TEST_KEY
 from tests.support.receiver_support import (
     CountingStream,
@@ -25,7 +26,6 @@ from tests.support.receiver_support import (
     post_raw,
     queued_tasks,
 )
-from worker.ingest_message import IngestSigner
 
 LIMIT = 2048
 

@@ -223,7 +223,7 @@ class TestStartUp:
         # and the signed ingest message's format.
         code = (
             "import sys, receiver.app, receiver.gunicorn_conf\n"
-            "shared = {'worker', 'worker.celery_config', 'worker.ingest_message'}\n"
+            "shared = {'worker', 'messaging.celery_config', 'messaging.ingest_message'}\n"
             "loaded = [m for m in sys.modules if m.startswith('worker') and m not in shared]\n"
             "assert not loaded, loaded\n"
         )

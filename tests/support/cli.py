@@ -9,8 +9,8 @@ from pathlib import Path
 
 from click.testing import CliRunner, Result
 
+from ops.cli import main
 from tests.support.servers import PROJECT_ROOT
-from worker.cli import main
 
 COMMAND = Path(sys.executable).parent / "pedro-webhooks"  # the console script pip installed
 

@@ -48,7 +48,7 @@ def postgres_admin_url(stack: ExitStack) -> str:
         return url
     if _answers("127.0.0.1", 5432):
         return "postgresql://postgres@127.0.0.1:5432/postgres"
-    from worker.dev.embedded_servers import EmbeddedPostgres
+    from ops.local.servers import EmbeddedPostgres
 
     server = EmbeddedPostgres(_scratch_dir(stack, "postgres"))
     url = server.start()
@@ -62,7 +62,7 @@ def redis_base_url(stack: ExitStack) -> str:
         return url.rstrip("/").rsplit("/", 1)[0] if url.count("/") > 2 else url
     if _answers("127.0.0.1", 6379):
         return "redis://127.0.0.1:6379"
-    from worker.dev.embedded_servers import EmbeddedRedis
+    from ops.local.servers import EmbeddedRedis
 
     server = EmbeddedRedis(_scratch_dir(stack, "redis"))
     url = server.start()
@@ -110,7 +110,7 @@ def private_redis(*options: str) -> Iterator[str]:
     import tempfile
     import time
 
-    from worker.dev.embedded_servers import free_port
+    from ops.local.servers import free_port
 
     port = free_port()
     folder = tempfile.mkdtemp(prefix="pw-test-redis-")

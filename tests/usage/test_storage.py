@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from pedro_credits import CreditsClient
 from sqlalchemy import select
 
 from models.app import StorageObject
 from tests.support.celery_worker import wait_for_state
 from tests.support.usage import count_rows, make_user
-from worker.client import UsageClient
 from worker.usage import storage
 from worker.usage.requests import NotYetKnown
 
@@ -77,7 +77,7 @@ def test_an_unknown_user_is_answered_when_the_wait_is_over(session_factory):
 
 
 def test_a_user_created_during_the_wait_has_the_upload_recorded_after_it(celery_worker, producer, session_factory):
-    result = UsageClient(producer).record_storage("user_late", **BLOB)
+    result = CreditsClient(producer.conf.broker_url).record_storage("user_late", **BLOB)
     wait_for_state(result, "RETRY")  # the worker ran it, found no user, and is waiting
     assert count_rows(session_factory, StorageObject) == 0
     make_user(session_factory, "user_late")
@@ -89,7 +89,7 @@ def test_a_user_created_during_the_wait_has_the_upload_recorded_after_it(celery_
 
 
 def test_storage_tasks_through_a_worker(celery_worker, producer, session_factory):
-    client = UsageClient(producer)
+    client = CreditsClient(producer.conf.broker_url)
     results = [client.record_storage("user_a", **BLOB) for _ in range(4)]  # also concurrently
     statuses = sorted(result.get(timeout=30)["status"] for result in results)
     assert statuses == ["duplicate", "duplicate", "duplicate", "recorded"]

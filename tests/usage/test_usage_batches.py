@@ -16,17 +16,19 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 import pytest
+import redis
+from pedro_credits import CreditsClient
 from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from celery_ext.redis_transport import queue_lists
+from messaging.celery_config import USAGE_QUEUE, create_producer
 from models.app import UsageHistory
 from tests.support.celery_worker import WorkerProcess, wait_for_state
 from tests.support.inbox import assert_ledger_matches_balances, deliver, payload
 from tests.support.servers import claim_redis_databases
 from tests.support.usage import balance, count_rows, ledger_deltas, make_user, stored_status
-from worker.celery_config import create_producer
-from worker.client import UsageClient
 
 pytestmark = pytest.mark.celery_worker
 
@@ -34,7 +36,7 @@ CLERK_ID = "user_29w83sxmDNGwOuEthce5gg56FcC"  # the id in the documented user.c
 
 
 @pytest.fixture(scope="module")
-def batch_worker(settings, servers) -> Iterator[WorkerProcess]:
+def batch_worker(settings, servers, tmp_path_factory) -> Iterator[WorkerProcess]:
     """One worker, one pool process, on a broker of its own (no other test worker takes these
     messages), with a lock timeout long enough for a test to hold a balance row."""
     with ExitStack() as stack:
@@ -43,7 +45,12 @@ def batch_worker(settings, servers) -> Iterator[WorkerProcess]:
         producer = create_producer(settings.model_copy(update={"redis_url": SecretStr(broker)}))
         stack.callback(producer.close)
         worker = WorkerProcess(
-            producer, queues="usage", concurrency=1, env={"REDIS_URL": broker, "DB_LOCK_TIMEOUT_MS": "60000"}
+            producer,
+            queues="usage",
+            concurrency=1,
+            env={"REDIS_URL": broker, "DB_LOCK_TIMEOUT_MS": "60000"},
+            loglevel="INFO",
+            output=tmp_path_factory.mktemp("batch-worker") / "worker.log",
         )
         worker.start()
         stack.callback(worker.stop)
@@ -51,8 +58,8 @@ def batch_worker(settings, servers) -> Iterator[WorkerProcess]:
 
 
 @pytest.fixture
-def client(batch_worker, session_factory) -> Iterator[UsageClient]:
-    yield UsageClient(batch_worker.producer)
+def client(batch_worker, session_factory) -> Iterator[CreditsClient]:
+    yield CreditsClient(batch_worker.producer.conf.broker_url)
     assert_ledger_matches_balances(session_factory)
 
 
@@ -79,14 +86,28 @@ def wait_until_a_debit_waits_for_a_lock(factory: sessionmaker[Session], timeout:
         time.sleep(0.02)
 
 
+def wait_until_the_worker_holds_every_message(broker_url: str, timeout: float = 30) -> None:
+    """Every message sent so far has left the `usage` queue's lists for the worker's hands."""
+    client = redis.Redis.from_url(broker_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while sum(client.llen(name) for name in queue_lists(USAGE_QUEUE)):
+            assert time.monotonic() < deadline, "the worker did not take every debit"
+            time.sleep(0.02)
+    finally:
+        client.close()
+
+
 @contextmanager
-def pool_busy(factory: sessionmaker[Session], client: UsageClient) -> Iterator[None]:
-    """The pool process blocked on a locked balance while the block sends; released at its end."""
+def pool_busy(factory: sessionmaker[Session], client: CreditsClient) -> Iterator[None]:
+    """The pool process blocked on a locked balance while the block sends; released at its end,
+    once the worker holds every debit sent (so they all leave in the next batch)."""
     make_user(factory, "user_blocker", credits=10)
     with balance_locked(factory, "user_blocker"):
         blocker = client.debit("user_blocker", "AI_TEXT_CHAT", "blocker", cost=1)
         wait_until_a_debit_waits_for_a_lock(factory)
         yield
+        wait_until_the_worker_holds_every_message(client.app.conf.broker_url)
     assert blocker.get(timeout=30)["status"] == "applied"
 
 
@@ -97,6 +118,14 @@ def transactions_of(factory: sessionmaker[Session], prefix: str) -> int:
             text("SELECT count(DISTINCT xmin::text) FROM ingest.usage_requests WHERE idempotency_key LIKE :p"),
             {"p": f"{prefix}%"},
         )
+
+
+def test_the_batching_strategy_is_installed_on_usage_debit(batch_worker):
+    """Debits queued while the pool is busy must leave as one transaction: if Celery stopped
+    building `usage.debit`'s Strategy, batching would be off without any error but this one."""
+    log = batch_worker.output.read_text()
+    assert "debits.batching_installed" in log, "the worker did not install the debit batching strategy"
+    assert "batching_not_installed" not in log
 
 
 def test_duplicates_inside_one_batch_answer_duplicate(client, session_factory):

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from celery.exceptions import TaskRevokedError
+from pedro_credits import CreditsClient
 from sqlalchemy import select
 
 from models.app import UsageHistory
@@ -16,13 +17,12 @@ from models.usage import UsageRequest
 from tests.support.celery_worker import wait_for_state
 from tests.support.inbox import assert_ledger_matches_balances, deliver, payload
 from tests.support.usage import balance, count_rows, debit, make_user, stored_status
-from worker.client import UsageClient
 
 CLERK_ID = "user_29w83sxmDNGwOuEthce5gg56FcC"  # the id in the documented user.created payload
 EXPIRED = {"status": "expired", "remaining": None, "usage_id": None}
 
 
-def _outcome_once_stored(client: UsageClient, key: str, timeout: float = 30) -> dict:
+def _outcome_once_stored(client: CreditsClient, key: str, timeout: float = 30) -> dict:
     """`usage.outcome(key)`, polled until the key has an answer."""
     deadline = time.monotonic() + timeout
     while (answer := client.outcome(key).get(timeout=30))["status"] == "unknown":
@@ -56,7 +56,7 @@ class TestInProcess:
 
 @pytest.fixture
 def client(celery_worker, producer, session_factory):
-    yield UsageClient(producer)
+    yield CreditsClient(producer.conf.broker_url)
     assert_ledger_matches_balances(session_factory)
 
 

@@ -6,12 +6,12 @@ import os
 from collections import Counter
 
 import pytest
+from pedro_credits import CreditsClient
 
 from models.app import UsageHistory
 from tests.support.celery_worker import WorkerProcess, wait_for_state
 from tests.support.inbox import assert_ledger_matches_balances, deliver, payload
 from tests.support.usage import balance, count_rows, ledger_deltas, make_user
-from worker.client import UsageClient
 
 CLERK_ID = "user_29w83sxmDNGwOuEthce5gg56FcC"  # the id in the documented user.created payload
 
@@ -27,7 +27,7 @@ def workers(celery_worker, producer):
 
 @pytest.fixture
 def client(workers, producer, session_factory):
-    yield UsageClient(producer)
+    yield CreditsClient(producer.conf.broker_url)
     assert_ledger_matches_balances(session_factory)
 
 
@@ -76,9 +76,9 @@ def test_a_user_that_never_comes_is_unknown_user_after_the_wait(client):
 
 
 def test_a_client_built_from_the_redis_url_as_the_readme_shows(workers, session_factory):
-    """`UsageClient(os.environ["REDIS_URL"])`: a service that knows only the Redis URL."""
+    """`CreditsClient(os.environ["REDIS_URL"])`: a service that knows only the Redis URL."""
     make_user(session_factory)
-    usage = UsageClient(os.environ["REDIS_URL"])
+    usage = CreditsClient(os.environ["REDIS_URL"])
     try:
         answer = usage.debit("user_a", "AI_IMAGE_GENERATION", idempotency_key="gen:1").get(timeout=30)
         assert answer["status"] == "applied" and answer["remaining"] == 90  # the seed's cost: 10

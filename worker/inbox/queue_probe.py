@@ -8,15 +8,14 @@ The sweeper uses this to leave alone the rows whose message is merely waiting in
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 from typing import Any
 
 import redis
 from redis.exceptions import RedisError
 
-from worker.celery_config import PROCESS_WEBHOOK_TASK, WEBHOOKS_QUEUE
+from celery_ext.redis_transport import task_of_message
+from messaging.celery_config import PROCESS_WEBHOOK_TASK, WEBHOOKS_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +41,9 @@ def oldest_waiting_inbox_id(broker_url: str, queue: str = WEBHOOKS_QUEUE) -> int
 
 
 def _process_message_inbox_id(raw: Any) -> int | None:
-    """The `inbox_id` of a kombu envelope carrying a `webhooks.process` task (protocol 2, JSON)."""
-    try:
-        envelope: dict[str, Any] = json.loads(raw)
-        if envelope.get("headers", {}).get("task") != PROCESS_WEBHOOK_TASK:
-            return None
-        _args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
-        inbox_id = kwargs.get("inbox_id")
-    except (ValueError, KeyError, TypeError):
+    """The `inbox_id` of a queued `webhooks.process` message, else None."""
+    task = task_of_message(raw)
+    if task is None or task[0] != PROCESS_WEBHOOK_TASK:
         return None
+    inbox_id = task[1].get("inbox_id")
     return inbox_id if isinstance(inbox_id, int) else None

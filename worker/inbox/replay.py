@@ -13,10 +13,10 @@ from sqlalchemy import Text, Update, bindparam, func, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningUpdate
 
+from messaging.celery_config import PROCESS_WEBHOOK_TASK
 from models.base import constant, table_of
 from models.inbox import InboxStatus, WebhookInbox
 from worker.billing.waiting_events import unmatched_for_user
-from worker.celery_config import PROCESS_WEBHOOK_TASK
 from worker.task_base import send_after_commit
 
 REPLAYABLE = (InboxStatus.IGNORED, InboxStatus.UNMATCHED, InboxStatus.NEEDS_ATTENTION, InboxStatus.FAILED)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from messaging.ingest_message import ForgedIngestMessage, IngestSigner
 from models.settings import process_settings
-from worker.ingest_message import ForgedIngestMessage, IngestSigner
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from datetime import timedelta
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
+from messaging.celery_config import PROCESS_WEBHOOK_TASK
 from models.base import constant
 from models.inbox import InboxStatus, WebhookInbox
 from models.locks import inbox_row_lock_of, try_lock_clause
 from models.settings import Settings
-from worker.celery_config import PROCESS_WEBHOOK_TASK
 from worker.task_base import send_after_commit
 
 SWEEP_BATCH = 1000

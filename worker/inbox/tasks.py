@@ -9,19 +9,18 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypedDict, TypeVar
 
-from billiard.einfo import ExceptionInfo
 from sqlalchemy.orm import Session
 
-from models.inbox import record_delivery
-from models.settings import process_settings
-from worker import database
-from worker.celery_app import app
-from worker.celery_config import (
+from messaging.celery_config import (
     INGEST_WEBHOOK_TASK,
     PROCESS_RETRY_BACKOFF_MAX,
     PROCESS_WEBHOOK_TASK,
     SWEEP_INBOX_TASK,
 )
+from models.inbox import record_delivery
+from models.settings import process_settings
+from worker import database
+from worker.celery_app import app
 from worker.errors import TRANSIENT_ERRORS
 from worker.inbox import runs
 from worker.inbox.processing import apply_row, claim_row
@@ -54,7 +53,7 @@ class InboxTask(TransactionalTask[_P, _R]):
     abstract = True
 
     def on_retry(
-        self, exc: Exception, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: ExceptionInfo
+        self, exc: Exception, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: Any
     ) -> None:
         if isinstance(exc, RowBusy):
             return  # the run holding the row records its own end
@@ -62,7 +61,7 @@ class InboxTask(TransactionalTask[_P, _R]):
         _record(lambda session: runs.record_retry(session, kwargs["inbox_id"], exc, due_at))
 
     def on_failure(
-        self, exc: Exception, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: ExceptionInfo
+        self, exc: Exception, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: Any
     ) -> None:
         inbox_id = kwargs["inbox_id"]
         if isinstance(exc, RowBusy):
@@ -74,7 +73,7 @@ class InboxTask(TransactionalTask[_P, _R]):
             _record(lambda session: runs.record_failure(session, inbox_id, exc))
 
 
-def _countdown(einfo: ExceptionInfo) -> float:
+def _countdown(einfo: Any) -> float:
     when = getattr(einfo.exception, "when", None)  # the Retry's countdown, or its ETA
     if isinstance(when, datetime):
         return max((when - datetime.now(when.tzinfo or UTC)).total_seconds(), 0.0)

@@ -8,7 +8,7 @@ USER_WAIT_SECONDS), and only then answers `unknown_user` / `unknown_debit`. Each
 back, so nothing is recorded for the key until that final answer.
 
 A debit has a deadline (`not_after`, with the message's `expires` set to the same moment by
-`UsageClient.debit`): its caller has stopped waiting by then, so nothing may be taken after it.
+`CreditsClient.debit`): its caller has stopped waiting by then, so nothing may be taken after it.
 A run past it answers `expired`, the wait for a user never goes beyond it, and a message Celery
 discards as expired (it never runs) still has `expired` stored on its key, by the
 `task_revoked` handler below. Refunds and storage tasks have no deadline: each records
@@ -24,10 +24,12 @@ from collections.abc import Callable
 from typing import Any, TypedDict
 
 from celery import Task
-from celery.signals import task_revoked
+from celery.signals import task_revoked, worker_ready
 from sqlalchemy.exc import SQLAlchemyError
 
+from celery_ext.batching import batching_installed
 from worker import database
+from messaging.celery_config import USAGE_QUEUE
 from worker.celery_app import app
 from worker.errors import TRANSIENT_ERRORS
 from worker.task_base import TransactionalTask
@@ -36,7 +38,7 @@ from worker.usage import debits, refunds, requests, storage
 log = logging.getLogger(__name__)
 
 DEBIT_TASK = "usage.debit"
-DEBIT_STRATEGY = "worker.usage.batches:batching_strategy"
+DEBIT_STRATEGY = "worker.usage.batches:debit_batching_strategy"
 
 USER_WAIT_SECONDS = 300
 MAX_USER_WAIT_SECONDS = 900
@@ -122,6 +124,20 @@ def debit(
     return run_or_wait(
         task, wait_for_user, lambda final: debits.debit(task.session, request, final=final), not_after=not_after
     )
+
+
+@worker_ready.connect
+def check_debit_batching(sender: Any = None, **_: Any) -> None:
+    """On a worker consuming `usage`, debits must go through their batching strategy: say so,
+    loudly when Celery did not build it (a Celery upgrade that no longer calls `Strategy`)."""
+    consumer = sender
+    queues = {queue.name for queue in getattr(getattr(consumer, "task_consumer", None), "queues", ())}
+    if USAGE_QUEUE not in queues:
+        return
+    if batching_installed(consumer, DEBIT_TASK):
+        log.info("debits.batching_installed task=%s", DEBIT_TASK)
+    else:
+        log.critical("debits.batching_not_installed task=%s: every debit runs alone, one transaction each", DEBIT_TASK)
 
 
 @task_revoked.connect

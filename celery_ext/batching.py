@@ -1,0 +1,190 @@
+"""Batches for one Celery task: its messages held by the worker's main process, applied by a pool
+process as one job, then acked (or requeued) one by one.
+
+`batching_strategy(...)` is the task's `Strategy`: Celery's default strategy does the message
+handling (expiry, revocation, ETA) and hands each ready request to a `Batcher`, which starts a
+pool job with everything held as soon as a pool process is free (at most `max_batch`). The job
+returns one `(outcome, detail)` report per message; `settle` acts on it after the job.
+What the job does is the caller's (`worker/usage/batches.py`). Why this design: docs/design.md.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import structlog
+from celery import Celery, Task
+from celery.worker.request import Request
+from celery.worker.state import task_ready, task_reserved
+from celery.worker.strategy import default as default_strategy
+
+log = structlog.get_logger(__name__)
+
+# What a pool job reports for each message of its batch; the main process acts on it.
+SUCCEEDED, RETRIED, FAILED, REQUEUE = "succeeded", "retried", "failed", "requeue"
+Report = tuple[str, str]
+
+_BATCHERS = "_batching_batchers"  # on the consumer: task name -> its Batcher
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One message as the pool process needs it (picklable)."""
+
+    task_id: str
+    kwargs: dict[str, Any]
+    retries: int
+    expires: datetime | None
+
+    @classmethod
+    def of(cls, request: Request) -> BatchItem:
+        return cls(request.id, dict(request.kwargs or {}), request.request_dict.get("retries") or 0, request.expires)
+
+
+ApplyBatch = Callable[[list[BatchItem]], list[Report]]
+
+
+def batching_strategy(
+    apply_batch: ApplyBatch, *, max_batch: int, max_held_per_process: int, sole_queue: str
+) -> Callable[..., Any]:
+    """A `Strategy` for a task: `apply_batch` (a module-level function: it is pickled to the pool)
+    runs each batch. On a worker consuming `sole_queue` alone, the prefetch window grows by one
+    for each message held (at most `max_held_per_process` per pool process)."""
+
+    def strategy(task: Task, app: Celery, consumer: Any, **kwargs: Any) -> Any:
+        batcher = Batcher(consumer, task, apply_batch, max_batch, max_held_per_process, sole_queue)
+        consumer.__dict__.setdefault(_BATCHERS, {})[task.name] = batcher
+        return default_strategy(task, app, _BatchingConsumer(consumer, batcher), **kwargs)
+
+    return strategy
+
+
+def batching_installed(consumer: Any, task_name: str) -> bool:
+    """Whether the worker's consumer built `task_name`'s strategy with `batching_strategy`."""
+    return task_name in consumer.__dict__.get(_BATCHERS, {})
+
+
+class _BatchingConsumer:
+    """The worker's consumer as Celery's default strategy sees it, except where a ready request
+    goes: to the batcher."""
+
+    def __init__(self, consumer: Any, batcher: Batcher) -> None:
+        self._consumer = consumer
+        self._batcher = batcher
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+    def on_task_request(self, request: Request) -> None:
+        self._batcher.add(request)
+
+    def apply_eta_task(self, request: Request) -> None:
+        """A message whose countdown ended (Celery's own `apply_eta_task`, batched)."""
+        task_reserved(request)
+        self._batcher.add(request)
+        self._consumer.qos.decrement_eventually()
+
+
+class Batcher:
+    """Held requests, handed to the pool as batches while a pool process is free."""
+
+    def __init__(
+        self, consumer: Any, task: Task, apply_batch: ApplyBatch, max_batch: int, max_held: int, sole_queue: str
+    ) -> None:
+        self._consumer = consumer  # its `qos` is made after the strategies: read it when used
+        self._pool = consumer.pool
+        self._task = task
+        self._apply_batch = apply_batch
+        self._max_batch = max_batch
+        self._sole_queue = sole_queue
+        self._slots = max(int(getattr(consumer.pool, "limit", 1) or 1), 1)
+        self._max_held = max_held * self._slots
+        self._waiting: deque[Request] = deque()
+        self._running = 0
+        self._window_raised: set[str] = set()
+
+    def add(self, request: Request) -> None:
+        if request.revoked():  # expired while it waited out a countdown: discarded and announced
+            return
+        if len(self._window_raised) < self._max_held and self._consumes_sole_queue():
+            self._window_raised.add(request.id)
+            self._consumer.qos.increment_eventually()
+        self._waiting.append(request)
+        self._flush()
+
+    def _consumes_sole_queue(self) -> bool:
+        task_consumer = self._consumer.task_consumer
+        return task_consumer is not None and {queue.name for queue in task_consumer.queues} == {self._sole_queue}
+
+    def _flush(self) -> None:
+        while self._waiting and self._running < self._slots:
+            batch = [self._waiting.popleft() for _ in range(min(len(self._waiting), self._max_batch))]
+            ready = [request for request in batch if not self._discarded(request)]
+            if ready:
+                self._start(ready)
+
+    def _discarded(self, request: Request) -> bool:
+        if request.revoked():
+            self._release(request)
+            return True
+        return False
+
+    def _start(self, batch: list[Request]) -> None:
+        self._running += 1
+
+        def accepted(pid: Any, time_accepted: float) -> None:
+            for request in batch:
+                request.on_accepted(pid, time_accepted)
+
+        def answered(reports: list[Report]) -> None:
+            self._finish(batch, reports)
+
+        def lost(exc_info: Any) -> None:
+            error = getattr(exc_info, "exception", None)
+            error = getattr(error, "exc", error)  # billiard wraps it in ExceptionWithTraceback
+            log.warning("batching.batch_lost", task=self._task.name, size=len(batch), error=type(error).__name__)
+            self._finish(batch, [(REQUEUE, "")] * len(batch))
+
+        self._pool.apply_async(
+            self._apply_batch,
+            args=([BatchItem.of(request) for request in batch],),
+            accept_callback=accepted,
+            callback=answered,
+            error_callback=lost,
+            timeout=self._task.time_limit or self._task.app.conf.task_time_limit,
+            soft_timeout=self._task.soft_time_limit or self._task.app.conf.task_soft_time_limit,
+        )
+
+    def _finish(self, batch: list[Request], reports: list[Report]) -> None:
+        try:
+            for request, (outcome, detail) in zip(batch, reports, strict=True):
+                try:
+                    settle(request, outcome, detail)
+                except Exception as exc:  # one message's ack must not strand the others' (Redis redelivers it)
+                    log.error("batching.settle_failed", task_id=request.id, error=type(exc).__name__)
+                self._release(request)
+        finally:
+            self._running -= 1
+            self._flush()
+
+    def _release(self, request: Request) -> None:
+        if request.id in self._window_raised:
+            self._window_raised.discard(request.id)
+            self._consumer.qos.decrement_eventually()
+
+
+def settle(request: Request, outcome: str, detail: str) -> None:
+    """Ack (or requeue) one message of a finished batch, with the events one task sends."""
+    if outcome == SUCCEEDED:
+        request.on_success((False, detail, None))  # task_ready, ack, task-succeeded
+        return
+    task_ready(request)
+    if outcome == REQUEUE:
+        request.reject(requeue=True)
+        return
+    request.acknowledge()
+    request.send_event("task-retried" if outcome == RETRIED else "task-failed", exception=detail, traceback="")

@@ -1,0 +1,90 @@
+"""`pedro-webhooks credits grant|adjust`: support credits, through the ledger, once per key."""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Callable
+
+import click
+
+from ops.cli.context import CliContext, pass_context
+
+_options = [
+    click.option("--user", "clerk_user_id", required=True, help="The Clerk user id."),
+    click.option("--reason", required=True, help="Why (kept in the ledger entry's reference)."),
+    click.option("--key", required=True, help="Idempotency key, e.g. the support ticket: the same key applies once."),
+    click.option("--operator", default=getpass.getuser, show_default="your login", help="Who is doing it."),
+]
+
+
+def _with_options(function: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(_options):
+        function = option(function)
+    return function
+
+
+@click.group()
+def credits() -> None:
+    """Give or take credits by hand (support), as ledger `adjustment` entries."""
+
+
+@credits.command()
+@_with_options
+@click.option("--amount", required=True, type=click.IntRange(min=1), help="Credits to give (> 0).")
+@pass_context
+def grant(cli: CliContext, clerk_user_id: str, reason: str, key: str, operator: str, amount: int) -> None:
+    """Give AMOUNT credits to a user."""
+    _change(cli, clerk_user_id, amount, reason, key, operator, allow_negative=False)
+
+
+@credits.command()
+@_with_options
+@click.option("--amount", required=True, type=int, help="Credits to add (positive) or take (negative).")
+@click.option("--allow-negative", is_flag=True, help="Let a negative amount take the balance below zero.")
+@pass_context
+def adjust(
+    cli: CliContext, clerk_user_id: str, reason: str, key: str, operator: str, amount: int, allow_negative: bool
+) -> None:
+    """Correct a balance by AMOUNT credits (either sign). Without --allow-negative it never takes
+    a balance below zero."""
+    _change(cli, clerk_user_id, amount, reason, key, operator, allow_negative=allow_negative)
+
+
+def _change(
+    cli: CliContext, clerk_user_id: str, amount: int, reason: str, key: str, operator: str, *, allow_negative: bool
+) -> None:
+    from ops.support_credits import SupportCreditError, change_support_credits
+    from worker.errors import LedgerKeyConflict
+
+    sessions = cli.sessions()
+    for _ in range(2):  # a concurrent run with the same key: the second pass finds its entry
+        try:
+            with sessions.begin() as session:
+                change = change_support_credits(
+                    session,
+                    clerk_user_id=clerk_user_id,
+                    amount=amount,
+                    reason=reason,
+                    key=key,
+                    operator=operator,
+                    allow_negative=allow_negative,
+                )
+            break
+        except SupportCreditError as exc:
+            raise click.ClickException(str(exc)) from None
+        except LedgerKeyConflict:
+            continue
+    else:
+        raise click.ClickException(f"key {key!r} is being used by another change right now: try again")
+    if change.applied_now:
+        click.echo(
+            f"{change.delta:+d} credits to {clerk_user_id}: balance {change.balance_after} "
+            f"(ledger entry {change.entry_id})"
+        )
+    else:
+        click.echo(
+            f"already applied with key {key!r}: ledger entry {change.entry_id} ({change.delta:+d}); nothing changed"
+        )
+
+
+COMMANDS = [credits]

@@ -1,0 +1,31 @@
+"""`pedro-webhooks sweep`: one sweeper pass now, as beat runs it every SWEEP_INTERVAL_SECONDS."""
+
+from __future__ import annotations
+
+import click
+
+from ops.cli.context import CliContext, pass_context
+
+
+@click.command()
+@pass_context
+def sweep(cli: CliContext) -> None:
+    """Re-enqueue the pending rows whose message may be lost (one sweeper pass).
+
+    Harmless to run at any time: processing is idempotent.
+    """
+    from worker.inbox.queue_probe import oldest_waiting_inbox_id
+    from worker.inbox.sweep import sweep as sweep_once
+    from worker.task_base import send_follow_ups
+
+    settings, app = cli.settings(), cli.celery_app()
+    # As the beat-driven task does: rows whose message still waits in the queue are left alone.
+    waiting = oldest_waiting_inbox_id(settings.redis_url.get_secret_value())
+    with cli.sessions()() as session:
+        with session.begin():
+            ids = sweep_once(session, settings, oldest_waiting_id=waiting)
+        sent = send_follow_ups(session, app)
+    click.echo(f"swept {len(ids)} pending row(s), enqueued {sent}" + (f": {ids}" if ids else ""))
+
+
+COMMANDS = [sweep]

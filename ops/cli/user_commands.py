@@ -1,0 +1,113 @@
+"""`pedro-webhooks user show CLERK_ID`: one user's balance, explained."""
+
+from __future__ import annotations
+
+import click
+
+from ops.cli.context import CliContext, pass_context
+from ops.cli.output import json_option, print_json, print_table, shorten
+from ops.queries.user_view import UserView, user_view
+
+
+@click.group()
+def user() -> None:
+    """Users as the service sees them."""
+
+
+@user.command()
+@click.argument("clerk_user_id")
+@click.option("--page", default=1, show_default=True, type=click.IntRange(1), help="Ledger page (newest first).")
+@click.option("--per-page", default=20, show_default=True, type=click.IntRange(1, 1000))
+@json_option
+@pass_context
+def show(cli: CliContext, clerk_user_id: str, page: int, per_page: int, as_json: bool) -> None:
+    """The User, its balance and what explains it (the ledger, with the payment or debit behind
+    each entry), the current plan, recent usage, storage, and inbox rows still waiting for it."""
+    with cli.sessions()() as session:
+        view = user_view(session, clerk_user_id, page=page, per_page=per_page)
+    if view is None:
+        raise click.ClickException(f"no user {clerk_user_id}")
+    if as_json:
+        print_json(_as_json(view))
+        return
+    u, balance = view.user, view.balance
+    click.echo(f"user:     {u.clerk_id} (id {u.id}) {u.email or '-'} {u.name or ''}".rstrip())
+    click.echo(f"active:   {'yes' if u.is_active else 'no (deleted in Clerk)'}; created {u.created_at:%Y-%m-%d %H:%M}")
+    if balance is None:
+        click.echo("balance:  none (no CreditBalance)")
+    else:
+        check = "= the ledger" if view.balance_matches_ledger else f"!= the ledger's {view.ledger_sum}: run reconcile"
+        click.echo(f"balance:  {balance.credits_remaining} credits ({check})")
+    plan = f"{view.plan.id} ({view.plan.name}, {view.plan.credits} credits)" if view.plan else "none"
+    state = f", {view.plan_state.status} via {view.plan_state.provider}" if view.plan_state and view.plan else ""
+    click.echo(f"plan:     {plan}{state}")
+    pages = max(1, -(-view.ledger_entries // per_page))
+    click.echo(f"\nledger (page {page} of {pages}, {view.ledger_entries} entries, newest first):")
+    print_table(
+        ["entry", "when", "kind", "delta", "balance after", "reference"],
+        [[e.id, e.created_at, e.kind, f"{e.delta:+d}", e.balance_after, shorten(e.reference, 80)] for e in view.ledger],
+    )
+    click.echo("\nrecent usage:")
+    print_table(
+        ["when", "operation", "credits", "details"],
+        [
+            [h.timestamp, h.operation_type.value, h.credits_used, shorten(str(h.details) if h.details else None, 60)]
+            for h in view.usage
+        ],
+    )
+    s = view.storage_summary
+    click.echo(f"\nstorage: {s.live_objects} object(s), {s.live_bytes} bytes ({s.deleted_objects} deleted)")
+    print_table(
+        ["created", "pathname", "size", "deleted"],
+        [[o.created_at, o.pathname, o.size, o.deleted_at] for o in view.storage],
+        empty="",
+    )
+    if view.waiting:
+        click.echo("\ninbox rows naming this user that still wait:")
+        print_table(
+            ["id", "type", "status", "detail"],
+            [[r.id, r.event_type, r.status, shorten(r.last_error or r.detail)] for r in view.waiting],
+        )
+
+
+def _as_json(view: UserView) -> dict[str, object]:
+    u = view.user
+    return {
+        "clerk_user_id": u.clerk_id,
+        "id": u.id,
+        "email": u.email,
+        "name": u.name,
+        "active": u.is_active,
+        "created_at": u.created_at,
+        "balance": view.balance.credits_remaining if view.balance else None,
+        "ledger_sum": view.ledger_sum,
+        "balance_matches_ledger": view.balance_matches_ledger,
+        "plan": {"id": view.plan.id, "name": view.plan.name, "credits": view.plan.credits} if view.plan else None,
+        "ledger_entries": view.ledger_entries,
+        "ledger": [
+            {
+                "id": e.id,
+                "created_at": e.created_at,
+                "kind": e.kind,
+                "delta": e.delta,
+                "balance_after": e.balance_after,
+                "idempotency_key": e.idempotency_key,
+                "reference": e.reference,
+            }
+            for e in view.ledger
+        ],
+        "usage": [
+            {"timestamp": h.timestamp, "operation": h.operation_type.value, "credits": h.credits_used}
+            for h in view.usage
+        ],
+        "storage": {
+            "live_objects": view.storage_summary.live_objects,
+            "live_bytes": view.storage_summary.live_bytes,
+            "deleted_objects": view.storage_summary.deleted_objects,
+            "recent": [{"pathname": o.pathname, "size": o.size, "deleted_at": o.deleted_at} for o in view.storage],
+        },
+        "waiting": [{"id": r.id, "event_type": r.event_type, "status": r.status} for r in view.waiting],
+    }
+
+
+COMMANDS = [user]

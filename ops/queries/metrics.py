@@ -1,0 +1,135 @@
+"""Gauges for alerts, read from PostgreSQL and Redis when Prometheus scrapes.
+
+Served by a process of its own (`pedro-webhooks metrics`, the Procfile's `metrics`), bound to
+127.0.0.1 by default: never by the public webhook port. Nothing is counted in memory, so any
+number of exporters (or a restarted one) report the same values. When a server cannot be read
+during a scrape its `*_up` gauge is 0 and its gauges are left out: the scrape itself succeeds.
+
+- pedro_webhooks_inbox_rows{source,status}: rows per status (every status, zeros included)
+- pedro_webhooks_inbox_oldest_age_seconds{source,status}: age of the oldest row of each status
+  that waits for something (pending, unmatched, needs_attention, failed)
+- pedro_webhooks_queue_length{queue}: messages waiting in each Celery queue
+- pedro_webhooks_usage_requests{kind,status}: debit and refund outcomes (ingest.usage_requests)
+- pedro_webhooks_database_up, pedro_webhooks_redis_up: 1 when the scrape could read them
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+import redis
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer, make_server
+from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.orm import Session
+
+from models.inbox import InboxStatus, Source
+from models.usage import UsageRequest
+from ops.queries.inbox_rows import counts_by_status
+from ops.queries.queues import queue_lengths
+
+log = logging.getLogger(__name__)
+
+PREFIX = "pedro_webhooks"
+# The statuses whose oldest row's age an alert watches: each means something waits.
+AGED_STATUSES = (InboxStatus.PENDING, InboxStatus.UNMATCHED, InboxStatus.NEEDS_ATTENTION, InboxStatus.FAILED)
+
+
+class OpsCollector(Collector):
+    def __init__(self, engine: Engine, redis_client: redis.Redis, queues: list[str]) -> None:
+        self._engine = engine
+        self._redis = redis_client
+        self._queues = queues
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield from self._database_gauges()
+        yield from self._queue_gauges()
+
+    def _database_gauges(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily(f"{PREFIX}_database_up", "1 when this scrape could read PostgreSQL.")
+        try:
+            with Session(self._engine) as session, session.begin():
+                families = [*_inbox_gauges(session), _usage_gauge(session)]
+        except (DBAPIError, PoolTimeoutError) as exc:
+            log.warning("metrics.database_unreachable error=%s", type(exc).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from families
+
+    def _queue_gauges(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily(f"{PREFIX}_redis_up", "1 when this scrape could read the Redis broker.")
+        try:
+            lengths = queue_lengths(self._redis, self._queues)
+        except RedisError as exc:
+            log.warning("metrics.redis_unreachable error=%s", type(exc).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        gauge = GaugeMetricFamily(f"{PREFIX}_queue_length", "Messages waiting in a Celery queue.", labels=["queue"])
+        for name, length in lengths.items():
+            gauge.add_metric([name], length)
+        yield gauge
+
+
+def _inbox_gauges(session: Session) -> list[GaugeMetricFamily]:
+    rows = GaugeMetricFamily(
+        f"{PREFIX}_inbox_rows", "Webhook inbox rows by source and status.", labels=["source", "status"]
+    )
+    ages = GaugeMetricFamily(
+        f"{PREFIX}_inbox_oldest_age_seconds",
+        "Age of the oldest inbox row of a status that waits (pending, unmatched, needs_attention, failed).",
+        labels=["source", "status"],
+    )
+    now = datetime.now(UTC)
+    counts = {(count.source, count.status): count for count in counts_by_status(session)}
+    for source in Source:
+        for status in InboxStatus:
+            count = counts.get((source.value, status.value))
+            rows.add_metric([source.value, status.value], count.count if count else 0)
+            if status in AGED_STATUSES:
+                oldest = count.oldest_received_at if count else None
+                ages.add_metric([source.value, status.value], (now - oldest).total_seconds() if oldest else 0)
+    return [rows, ages]
+
+
+def _usage_gauge(session: Session) -> GaugeMetricFamily:
+    gauge = GaugeMetricFamily(
+        f"{PREFIX}_usage_requests",
+        "Usage debits and refunds by kind and outcome status (every key ever answered).",
+        labels=["kind", "status"],
+    )
+    statement = select(UsageRequest.kind, UsageRequest.status, func.count()).group_by(
+        UsageRequest.kind, UsageRequest.status
+    )
+    for kind, status, count in session.execute(statement.order_by(UsageRequest.kind, UsageRequest.status)).all():
+        gauge.add_metric([kind, status], count)
+    return gauge
+
+
+def make_registry(engine: Engine, redis_client: redis.Redis, queues: list[str]) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(OpsCollector(engine, redis_client, queues))
+    return registry
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        """No access log: a line per scrape says nothing."""
+
+
+def make_exporter(registry: CollectorRegistry, address: str, port: int) -> WSGIServer:
+    """An HTTP server answering /metrics (any path) from `registry`; call serve_forever()."""
+    return make_server(address, port, make_wsgi_app(registry), ThreadingWSGIServer, handler_class=_QuietHandler)

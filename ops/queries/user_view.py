@@ -1,0 +1,114 @@
+"""`pedro-webhooks user show`: one user's balance explained, from the ledger up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from models.app import CreditBalance, Plan, StorageObject, UsageHistory, User
+from models.billing import UserPlan
+from models.inbox import InboxStatus, WebhookInbox
+from models.ledger import CreditLedgerEntry
+from ops.queries.inbox_rows import rows_naming_user
+
+# Rows that name the user and still wait for something (a person, a replay).
+_WAITING = (InboxStatus.PENDING, InboxStatus.UNMATCHED, InboxStatus.NEEDS_ATTENTION, InboxStatus.FAILED)
+
+
+@dataclass(frozen=True)
+class StorageSummary:
+    live_objects: int
+    live_bytes: int
+    deleted_objects: int
+
+
+@dataclass
+class UserView:
+    user: User
+    balance: CreditBalance | None
+    ledger_sum: int
+    plan: Plan | None
+    plan_state: UserPlan | None
+    ledger: list[CreditLedgerEntry]
+    ledger_entries: int  # in all (the page shows `ledger`)
+    usage: list[UsageHistory]
+    storage: list[StorageObject]
+    storage_summary: StorageSummary
+    waiting: list[WebhookInbox] = field(default_factory=list)
+
+    @property
+    def balance_matches_ledger(self) -> bool:
+        return self.balance is None or self.balance.credits_remaining == self.ledger_sum
+
+
+def user_view(
+    session: Session, clerk_user_id: str, *, page: int = 1, per_page: int = 20, recent: int = 10
+) -> UserView | None:
+    user = session.scalar(select(User).where(User.clerk_id == clerk_user_id))
+    if user is None:
+        return None
+    balance = session.scalar(select(CreditBalance).where(CreditBalance.user_id == user.id))
+    by_user = CreditLedgerEntry.clerk_user_id == clerk_user_id
+    ledger_sum = session.scalar(select(func.coalesce(func.sum(CreditLedgerEntry.delta), 0)).where(by_user)) or 0
+    if balance is not None:
+        # The invariant is per balance: the entries of this balance are what explain it.
+        by_balance = CreditLedgerEntry.credit_balance_id == balance.id
+        ledger_sum = session.scalar(select(func.coalesce(func.sum(CreditLedgerEntry.delta), 0)).where(by_balance)) or 0
+    plan_state = session.get(UserPlan, clerk_user_id)
+    plan = session.get(Plan, plan_state.plan_id) if plan_state is not None and plan_state.plan_id else None
+    return UserView(
+        user=user,
+        balance=balance,
+        ledger_sum=ledger_sum,
+        plan=plan,
+        plan_state=plan_state,
+        ledger=list(
+            session.scalars(
+                select(CreditLedgerEntry)
+                .where(by_user)
+                .order_by(CreditLedgerEntry.id.desc())
+                .offset((page - 1) * per_page)
+                .limit(per_page)
+            )
+        ),
+        ledger_entries=session.scalar(select(func.count()).where(by_user)) or 0,
+        usage=list(
+            session.scalars(
+                select(UsageHistory)
+                .where(UsageHistory.user_id == user.id)
+                .order_by(UsageHistory.timestamp.desc(), UsageHistory.id)
+                .limit(recent)
+            )
+        ),
+        storage=list(
+            session.scalars(
+                select(StorageObject)
+                .where(StorageObject.user_id == user.id)
+                .order_by(StorageObject.created_at.desc(), StorageObject.id)
+                .limit(recent)
+            )
+        ),
+        storage_summary=_storage_summary(session, user.id),
+        waiting=list(
+            session.scalars(
+                select(WebhookInbox)
+                .where(WebhookInbox.status.in_([s.value for s in _WAITING]), rows_naming_user(clerk_user_id))
+                .order_by(WebhookInbox.id)
+                .limit(recent)
+            )
+        ),
+    )
+
+
+def _storage_summary(session: Session, user_id: str) -> StorageSummary:
+    live = StorageObject.deleted_at.is_(None)
+    row = session.execute(
+        select(
+            func.count().filter(live),
+            func.coalesce(func.sum(StorageObject.size).filter(live), 0),
+            func.count().filter(~live),
+        ).where(StorageObject.user_id == user_id)
+    ).one()
+    return StorageSummary(row[0], int(row[1]), row[2])
