@@ -43,7 +43,7 @@ def run(cli: CliContext, data_dir: Path, procfile: str) -> None:
         if run_env is not None:
             run_env.unlink(missing_ok=True)
         for server in reversed(started):
-            click.echo(f"stopping {type(server).__name__}", err=True)
+            click.echo(f"stopping {local_run.server_name(server)}", err=True)
             server.stop()
 
 

@@ -8,30 +8,37 @@ import secrets
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from models.connectivity import masked_url
 from ops.local.local_env import RUN_ENV, write_env_file
-from ops.local.servers import EmbeddedPostgres, EmbeddedRedis
+from ops.local.servers import LocalPostgres, LocalRedis, PostgresPrograms
 
-EmbeddedServer = EmbeddedPostgres | EmbeddedRedis
+EmbeddedServer = LocalPostgres | LocalRedis
 
 LOCAL_BIND_HOST = "127.0.0.1"
 
 
 def start_missing_servers(data_dir: Path, started: list[EmbeddedServer]) -> None:
-    for variable, server_class, folder in (
-        ("DATABASE_URL", EmbeddedPostgres, "postgres"),
-        ("REDIS_URL", EmbeddedRedis, "redis"),
-    ):
+    """The embedded servers from pip (the `embedded` extra) for the URLs that are not set."""
+    makers: tuple[tuple[str, Callable[[], EmbeddedServer]], ...] = (
+        ("DATABASE_URL", lambda: LocalPostgres(data_dir / "postgres", programs=PostgresPrograms.embedded())),
+        ("REDIS_URL", lambda: LocalRedis(data_dir / "redis", machine_program=False)),
+    )
+    for variable, make in makers:
         if os.environ.get(variable):
             continue
-        server = server_class(data_dir / folder)
+        server = make()
         started.append(server)
         os.environ[variable] = server.start()
-        click.echo(f"started {server_class.__name__} for {variable} on port {server.port}", err=True)
+        click.echo(f"started {server_name(server)} for {variable} on port {server.port}", err=True)
+
+
+def server_name(server: EmbeddedServer) -> str:
+    return "embedded PostgreSQL" if isinstance(server, LocalPostgres) else "embedded Redis"
 
 
 def ensure_local_secrets(data_dir: Path) -> Path | None:
@@ -89,7 +96,7 @@ def share_with_commands(data_dir: Path, started: list[EmbeddedServer]) -> Path:
 
 
 def _started_variables(started: list[EmbeddedServer]) -> list[str]:
-    return ["DATABASE_URL" if isinstance(server, EmbeddedPostgres) else "REDIS_URL" for server in started]
+    return ["DATABASE_URL" if isinstance(server, LocalPostgres) else "REDIS_URL" for server in started]
 
 
 def print_where_to_look(secrets_file: Path | None, started: list[EmbeddedServer]) -> None:

@@ -17,9 +17,9 @@ from models import migrate
 from models.app import Plan
 from models.db import make_engine
 from models.settings import Settings
+from ops.local.servers import LocalPostgres
 from tests.faults.harness import SHORT_SWEEP, SweepSettings, cluster
 from tests.faults.scenario import Scenario
-from tests.faults.servers import LocalPostgres
 from tests.faults.workload import USERS, Workload, build_workload, plan_row
 
 
@@ -41,7 +41,10 @@ def fault_scratch() -> Iterator[Path]:
 def postgres_template(fault_scratch: Path) -> Iterator[LocalPostgres]:
     """A stopped cluster with the migrated schema and the `pro` plan: initdb and migrations run
     once per test run, and each scenario starts a copy of it on a port of its own."""
-    server = LocalPostgres(fault_scratch / "template")
+    # fsync off: these servers are thrown away and never survive a machine crash; a committed
+    # transaction is still in the kernel's cache when the server itself is killed, the fault
+    # these tests inject.
+    server = LocalPostgres(fault_scratch / "template", settings={"fsync": "off", "full_page_writes": "off"})
     server.start()
     try:
         settings = Settings(database_url=server.url, redis_url="redis://127.0.0.1:1/0")

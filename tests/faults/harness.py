@@ -20,10 +20,9 @@ from redis import Redis
 
 from messaging.celery_config import celery_config
 from models.settings import Settings
-from ops.local.servers import free_port
+from ops.local.servers import LocalPostgres, LocalRedis, free_port
 from tests.conftest import ASAAS_TEST_TOKEN, CLERK_TEST_SECRET, INGEST_TEST_KEY
 from tests.faults.processes import ProcfileProcess, log_says, web_ready
-from tests.faults.servers import LocalPostgres, LocalRedis
 from tests.faults.workload import SIGNUP_CREDITS
 from tests.support.servers import PROJECT_ROOT, procfile_commands
 

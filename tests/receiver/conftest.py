@@ -53,7 +53,7 @@ def queue(redis_client: redis.Redis) -> Callable[[], list[QueuedTask]]:
 def durable_redis_url() -> Iterator[str]:
     """A Redis of the run's own configured as production needs it (append-only file fsynced every
     second, never evicting): the only kind of broker a delivery may wait in."""
-    with private_redis("--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction") as url:
+    with private_redis(appendonly="yes", appendfsync="everysec", maxmemory_policy="noeviction") as url:
         yield url
 
 

@@ -54,14 +54,14 @@ def test_a_redis_with_an_append_only_file_gets_200_queued(make_app, session_fact
 @pytest.mark.parametrize(
     ("options", "why"),
     [
-        (["--appendonly", "yes", "--maxmemory-policy", "allkeys-lru"], "maxmemory-policy is allkeys-lru"),
-        (["--appendonly", "yes", "--appendfsync", "no"], "appendfsync is no"),
-        (["--appendonly", "no", "--save", "3600 1"], "RDB snapshots only, save '3600 1'"),
+        ({"appendonly": "yes", "maxmemory-policy": "allkeys-lru"}, "maxmemory-policy is allkeys-lru"),
+        ({"appendonly": "yes", "appendfsync": "no"}, "appendfsync is no"),
+        ({"appendonly": "no", "save": "3600 1"}, "RDB snapshots only, save '3600 1'"),
     ],
     ids=["evicting", "no-fsync", "snapshots-only"],
 )
 def test_a_redis_that_may_lose_messages_gets_a_503(make_app, session_factory, caplog, options, why):
-    with private_redis(*options) as url:
+    with private_redis(**options) as url:
         app = make_app(database_url=down_database_url(), redis_url=url)
         with caplog.at_level(logging.WARNING, logger="receiver"):
             response = _post(app)
@@ -73,7 +73,7 @@ def test_a_redis_that_may_lose_messages_gets_a_503(make_app, session_factory, ca
 @pytest.fixture(scope="module")
 def managed_url():
     """A Redis that refuses CONFIG, as some managed services do."""
-    with private_redis("--appendonly", "yes", "--rename-command", "CONFIG", "") as url:
+    with private_redis(appendonly="yes", rename_command=("CONFIG", "")) as url:
         yield url
 
 

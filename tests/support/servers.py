@@ -1,20 +1,21 @@
 """Find (or start) the PostgreSQL and Redis servers the tests talk to.
 
 Order: TEST_DATABASE_URL / TEST_REDIS_URL when set; else 127.0.0.1:5432 / :6379 when they
-answer; else the embedded servers from pip (the `embedded` extra), in `.local/` of the project.
+answer; else servers of the run's own (ops.local.servers), in `.local/` of the project.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import redis
+
+from ops.local.servers import LocalPostgres, LocalRedis, RedisOption, answers
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,22 +36,12 @@ def procfile_command(name: str) -> str:
     return commands[name]
 
 
-def _answers(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 def postgres_admin_url(stack: ExitStack) -> str:
     if url := os.environ.get("TEST_DATABASE_URL"):
         return url
-    if _answers("127.0.0.1", 5432):
+    if answers("127.0.0.1", 5432):
         return "postgresql://postgres@127.0.0.1:5432/postgres"
-    from ops.local.servers import EmbeddedPostgres
-
-    server = EmbeddedPostgres(_scratch_dir(stack, "postgres"))
+    server = LocalPostgres(_scratch_dir(stack, "postgres"))
     url = server.start()
     stack.callback(server.stop)
     return url
@@ -60,11 +51,9 @@ def redis_base_url(stack: ExitStack) -> str:
     """A Redis URL without a database number."""
     if url := os.environ.get("TEST_REDIS_URL"):
         return url.rstrip("/").rsplit("/", 1)[0] if url.count("/") > 2 else url
-    if _answers("127.0.0.1", 6379):
+    if answers("127.0.0.1", 6379):
         return "redis://127.0.0.1:6379"
-    from ops.local.servers import EmbeddedRedis
-
-    server = EmbeddedRedis(_scratch_dir(stack, "redis"))
+    server = LocalRedis(_scratch_dir(stack, "redis"))
     url = server.start()
     stack.callback(server.stop)
     return url.rsplit("/", 1)[0]
@@ -102,32 +91,15 @@ def _scratch_dir(stack: ExitStack, name: str) -> Path:
 
 
 @contextmanager
-def private_redis(*options: str) -> Iterator[str]:
-    """A redis-server of the test's own on a free port (never the shared one), with these
-    command-line options (e.g. "--appendonly", "yes"); its URL (database 0). Stopped at the end.
-    Its data folder is a temporary one, removed afterwards."""
-    import subprocess
+def private_redis(**config: RedisOption) -> Iterator[str]:
+    """A Redis of the test's own on a free port (never the shared one) with this configuration
+    (e.g. appendonly="yes"); its URL (database 0). Stopped and its folder removed at the end."""
     import tempfile
-    import time
 
-    from ops.local.servers import free_port
-
-    port = free_port()
-    folder = tempfile.mkdtemp(prefix="pw-test-redis-")
-    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", folder]
-    process = subprocess.Popen([*command, *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = Path(tempfile.mkdtemp(prefix="pw-test-redis-"))
+    server = LocalRedis(folder, config={name.replace("_", "-"): value for name, value in config.items()})
     try:
-        deadline = time.monotonic() + 20
-        while not _answers("127.0.0.1", port):
-            assert process.poll() is None, f"redis-server {' '.join(options)} exited with {process.returncode}"
-            assert time.monotonic() < deadline, "redis-server did not start in time"
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server.start()
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        server.stop()
         shutil.rmtree(folder, ignore_errors=True)

@@ -194,7 +194,7 @@ def test_run_starts_embedded_servers_and_leaves_nothing_behind(data_dir, tmp_pat
     (data_dir / "run.env").write_text(f"DATABASE_URL=postgresql://postgres@127.0.0.1:{free_port()}/gone\n")
     with _running(env, data_dir, log) as run:
         _assert_flower_requires_the_local_credentials(env["FLOWER_PORT"], data_dir)
-        assert "started EmbeddedPostgres" in log.read_text() and "started EmbeddedRedis" in log.read_text()
+        assert "started embedded PostgreSQL" in log.read_text() and "started embedded Redis" in log.read_text()
         postmasters = _postmasters(data_dir)
         assert postmasters, "the embedded PostgreSQL is not running"
         run.seen.update({p.pid: p for p in postmasters})
@@ -262,7 +262,7 @@ def test_run_uses_the_servers_it_is_given_and_migrates(data_dir, tmp_path, admin
     try:
         env, log = _run_env(DATABASE_URL=database_url, REDIS_URL=redis_urls["scratch"]), tmp_path / "run.log"
         with _running(env, data_dir, log) as run:
-            assert "started Embedded" not in log.read_text()
+            assert "started embedded" not in log.read_text()
             # Local only: the webhook port and the receiver's metrics listen on the loopback address.
             listening = _listening(run)
             assert ("127.0.0.1", int(env["PORT"])) in listening, listening
@@ -294,7 +294,7 @@ def test_ctrl_c_stops_every_process_and_the_command_exits(data_dir, tmp_path):
         assert len(run.seen) > len(postmasters) + 4  # honcho and the four Procfile processes, at least
     assert run.stopped_by_itself, log.read_text()[-3000:]
     _assert_none_alive(run.seen)
-    assert "stopping EmbeddedPostgres" in log.read_text() and "stopping EmbeddedRedis" in log.read_text()
+    assert "stopping embedded PostgreSQL" in log.read_text() and "stopping embedded Redis" in log.read_text()
 
 
 @pytest.mark.parametrize("credentials", [None, ""], ids=["unset", "empty"])
