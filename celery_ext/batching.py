@@ -21,6 +21,7 @@ from celery import Celery, Task
 from celery.worker.request import Request
 from celery.worker.state import task_ready, task_reserved
 from celery.worker.strategy import default as default_strategy
+from kombu.transport.virtual import QoS as VirtualQoS
 
 log = structlog.get_logger(__name__)
 
@@ -184,7 +185,23 @@ def settle(request: Request, outcome: str, detail: str) -> None:
         return
     task_ready(request)
     if outcome == REQUEUE:
-        request.reject(requeue=True)
+        requeue_first(request)
         return
     request.acknowledge()
     request.send_event("task-retried" if outcome == RETRIED else "task-failed", exception=detail, traceback="")
+
+
+def requeue_first(request: Request) -> None:
+    """Put the message back where it is taken next, as `reject(requeue=True)` does but at the
+    consuming end of kombu's Redis list (a rejected message goes to the other end, behind any
+    backlog, and may then expire before it is taken again)."""
+    message = request.message
+    qos = message.channel.qos
+    if request.acknowledged or not hasattr(qos, "restore_by_tag"):  # not kombu's Redis transport
+        request.reject(requeue=True)
+        return
+    qos.restore_by_tag(message.delivery_tag, leftmost=False)  # out of the unacked set, RPUSH
+    VirtualQoS.ack(qos, message.delivery_tag)  # what the Redis QoS's reject does after restoring
+    message._state = "REJECTED"
+    request.acknowledged = True
+    request.send_event("task-rejected", requeue=True)

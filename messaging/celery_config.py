@@ -23,6 +23,16 @@ MAINTENANCE_QUEUE = "maintenance"
 PROCESS_WEBHOOK_TASK = "webhooks.process"
 INGEST_WEBHOOK_TASK = "webhooks.ingest"
 SWEEP_INBOX_TASK = "inbox.sweep"
+# What services send (signed: docs/usage-api.md), on the `usage` queue.
+DEBIT_TASK = "usage.debit"
+REFUND_TASK = "usage.refund"
+OUTCOME_TASK = "usage.outcome"
+SETTLE_TASK = "usage.settle"
+RECORD_STORAGE_TASK = "storage.record"
+DELETE_STORAGE_TASK = "storage.delete"
+# Usage messages that do not verify, counted per claimed service (a Redis hash: the metrics
+# exporter serves it).
+REFUSED_USAGE_MESSAGES = "pedro-webhooks:refused-usage-messages"
 
 # The longest a task may run, and the longest countdown a retry may ask for. Redis re-delivers
 # an unacked message after `visibility_timeout`; it must be well above both, or a slow task

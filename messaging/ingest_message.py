@@ -1,27 +1,20 @@
 """The `webhooks.ingest` message: a verified delivery the receiver could not store (PostgreSQL was
-down), handed to the workers through Redis, signed.
-
-Whatever reaches the broker is not trusted to mint credits: every service that sends usage tasks
-holds REDIS_URL. So the receiver signs the delivery with a key only it and the workers hold
-(INGEST_SIGNING_KEY) and a worker stores nothing whose signature does not verify. The signature
-is itsdangerous' (HMAC-SHA256 over the serialised delivery), with no timestamp: such a message
-may wait in Redis for as long as PostgreSQL is down.
-
-Rotation: the setting is comma-separated, newest first; the first key signs and every key is
-accepted.
+down), handed to the workers through Redis. Signed (messaging.signing, as service `receiver`)
+with INGEST_SIGNING_KEY, which only the receiver and the workers hold, unlike REDIS_URL: a worker
+stores nothing whose signature does not verify. Rotation: comma-separated, newest first.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 from collections.abc import Sequence
 from typing import Any
 
-from itsdangerous import BadSignature, Serializer
-
+from messaging.celery_config import INGEST_WEBHOOK_TASK
+from messaging.signing import REQUEST, Keyring
 from models.settings import ConfigError
 
-SALT = "pedro-webhooks.webhooks.ingest"
+SERVICE = "receiver"
 FIELDS = ("source", "external_id", "event_type", "payload")
 
 
@@ -35,20 +28,24 @@ class IngestSigner:
             raise ConfigError(
                 "configuration error: INGEST_SIGNING_KEY is not set (the receiver and the workers need the same key)"
             )
-        # itsdangerous signs with the last key of its list and accepts them all; ours is newest first.
-        self._serializer = Serializer(list(reversed(keys)), salt=SALT, signer_kwargs={"digest_method": hashlib.sha256})
+        self._keyring = Keyring({SERVICE: keys})
 
-    def sign(self, delivery: dict[str, Any]) -> str:
-        return self._serializer.dumps({name: delivery[name] for name in FIELDS})
+    def message(self, task_id: str, delivery: dict[str, Any]) -> dict[str, str]:
+        """The task's kwargs carrying `delivery`, signed for the task id it is sent with."""
+        text = json.dumps({name: delivery[name] for name in FIELDS})
+        signed = self._keyring.sign(REQUEST, SERVICE, INGEST_WEBHOOK_TASK, task_id, text)
+        return {"service": SERVICE, "request": text, "signature": signed}
 
-    def open(self, signed: object) -> dict[str, Any]:
+    def open(self, task_id: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The delivery a genuine message carries, or `ForgedIngestMessage`."""
-        if not isinstance(signed, str):
+        service, text, signed = (kwargs.get(name) for name in ("service", "request", "signature"))
+        if set(kwargs) != {"service", "request", "signature"} or service != SERVICE:
             raise ForgedIngestMessage("not a signed ingest message")
-        try:
-            delivery = self._serializer.loads(signed)
-        except BadSignature:
-            raise ForgedIngestMessage("the signature does not verify with any configured key") from None
+        if not isinstance(text, str) or not isinstance(signed, str):
+            raise ForgedIngestMessage("not a signed ingest message")
+        if self._keyring.verify(REQUEST, SERVICE, INGEST_WEBHOOK_TASK, task_id, text, signed) is None:
+            raise ForgedIngestMessage("the signature does not verify with any configured key")
+        delivery = json.loads(text)
         if not isinstance(delivery, dict) or set(delivery) != set(FIELDS):
             raise ForgedIngestMessage("the signed message is not a delivery")
         return delivery

@@ -75,6 +75,9 @@ class Settings(DatabaseSettings, WebhookSecrets):
     redis_url: SecretStr
     # Signs what the receiver hands the workers through Redis; comma-separated, newest first.
     ingest_signing_key: SecretStr | None = None
+    # The services that may send usage.* and storage.* tasks: `name:key`, comma-separated,
+    # several keys per name during a rotation (messaging.signing).
+    usage_service_keys: SecretStr | None = None
     asaas_allowed_ips: str = ""
     trusted_proxy_count: int = Field(default=0, ge=0, le=10)
     # May a delivery wait in Redis when PostgreSQL is down? auto: read Redis's persistence settings.
@@ -100,6 +103,17 @@ class Settings(DatabaseSettings, WebhookSecrets):
         return _split_secret(self.ingest_signing_key)
 
     @cached_property
+    def usage_keys(self) -> dict[str, list[str]]:
+        return parse_service_keys(self.usage_service_keys.get_secret_value() if self.usage_service_keys else "")
+
+    @field_validator("usage_service_keys")
+    @classmethod
+    def _service_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_service_keys(value.get_secret_value())  # a ValueError names the entry, never a key
+        return value
+
+    @cached_property
     def asaas_ip_allowlist(self) -> frozenset[str]:
         return frozenset(ip.strip() for ip in self.asaas_allowed_ips.split(",") if ip.strip())
 
@@ -110,6 +124,20 @@ def normalize_database_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     raise ValueError("must be a postgresql:// or postgres:// URL")
+
+
+def parse_service_keys(value: str) -> dict[str, list[str]]:
+    """`name:key,name:key2,other:key3` -> {"name": ["key", "key2"], "other": ["key3"]}, in order.
+    Raises ValueError naming the position of an entry that is not `name:key` (never the key)."""
+    keys: dict[str, list[str]] = {}
+    for position, entry in enumerate((part.strip() for part in value.split(",")), start=1):
+        if not entry:
+            continue
+        name, separator, key = entry.partition(":")
+        if not separator or not name.strip() or not key.strip():
+            raise ValueError(f"entry {position} is not name:key")
+        keys.setdefault(name.strip(), []).append(key.strip())
+    return keys
 
 
 def _split_secret(value: SecretStr | None) -> list[str]:

@@ -13,6 +13,7 @@ import logging
 import math
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -326,7 +327,8 @@ class Inbox:
         try:
             # Signed: a worker stores only what the receiver verified, never a message someone
             # else with access to Redis put there.
-            self._send(INGEST_WEBHOOK_TASK, {"signed_delivery": self._signer.sign(delivery.task_kwargs())})
+            task_id = str(uuid.uuid4())
+            self._send(INGEST_WEBHOOK_TASK, self._signer.message(task_id, delivery.task_kwargs()), task_id=task_id)
         except BROKER_ERRORS as exc:
             log.error("webhook.unavailable source=%s error=%s", delivery.source, type(exc).__name__)
             # Stored nowhere: the provider must keep it and retry.

@@ -27,6 +27,8 @@ from worker.celery_app import app as worker_app
 CLERK_TEST_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtZm9yLXBlZHJvLXdlYmhvb2tz"
 ASAAS_TEST_TOKEN = "asaas-test-token-0123456789"
 INGEST_TEST_KEY = "ingest-test-key-for-pedro-webhooks-0123456789"
+# The services the test workers accept usage messages from (USAGE_SERVICE_KEYS): test-only keys.
+USAGE_TEST_KEYS = {"tests": "usage-test-key-0123456789", "other": "usage-other-service-key-0123456789"}
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +64,7 @@ def settings(admin_url, redis_urls) -> Iterator[Settings]:
         env.setenv("CLERK_WEBHOOK_SIGNING_SECRET", CLERK_TEST_SECRET)
         env.setenv("ASAAS_WEBHOOK_TOKEN", ASAAS_TEST_TOKEN)
         env.setenv("INGEST_SIGNING_KEY", INGEST_TEST_KEY)
+        env.setenv("USAGE_SERVICE_KEYS", ",".join(f"{name}:{key}" for name, key in USAGE_TEST_KEYS.items()))
         env.setenv("SIGNUP_CREDITS", "100")
         # Short, so tests that hold a lock on purpose see the worker's retry path quickly.
         env.setenv("DB_LOCK_TIMEOUT_MS", "1000")

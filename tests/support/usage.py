@@ -5,6 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from celery import Celery
+from celery.result import AsyncResult
+from pedro_credits import CreditsClient
+from pedro_credits.client import Pending
 from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, sessionmaker
@@ -12,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.app import AdminSettings, CreditBalance, Plan, User
 from models.billing import UserPlan
 from models.usage import UsageRequest
+from tests.support.celery_worker import wait_for_state
 from worker.credits.ledger import open_credit_balance
 from worker.usage import debits, refunds
 
@@ -96,3 +101,19 @@ def stored_status(factory: Factory, key: str) -> str | None:
 def count_rows(factory: Factory, model: type) -> int:
     with factory() as session:
         return session.scalar(select(func.count()).select_from(model))
+
+
+def credits_client(broker_url: str, service: str = "tests") -> CreditsClient:
+    """A `CreditsClient` of one of the services the test workers know (tests/conftest.py)."""
+    from tests.conftest import USAGE_TEST_KEYS
+
+    return CreditsClient(broker_url, service, USAGE_TEST_KEYS[service])
+
+
+def answers(pending: list[Pending]) -> list[dict[str, Any]]:
+    return [one.answer() for one in pending]
+
+
+def wait_for_retry(producer: Celery, pending: Pending, timeout: float = 30) -> None:
+    """The worker ran the request and is waiting to try again (its RETRY state)."""
+    wait_for_state(AsyncResult(pending.task_id, app=producer), "RETRY", timeout)

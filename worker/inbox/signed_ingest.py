@@ -1,4 +1,4 @@
-"""The worker's side of the signed `webhooks.ingest` message (worker/ingest_message.py): open it
+"""The worker's side of the signed `webhooks.ingest` message (messaging/ingest_message.py): open it
 with this process's keys (a worker without one does not start: worker/celery_app.py).
 
 A message that does not verify is dropped (logged, nothing stored): retrying it could never
@@ -16,13 +16,10 @@ from models.settings import process_settings
 log = logging.getLogger(__name__)
 
 
-def open_delivery(signed_delivery: object, unsigned: dict[str, Any]) -> dict[str, Any] | None:
+def open_delivery(task_id: str, kwargs: dict[str, Any]) -> dict[str, Any] | None:
     """The delivery of a genuine message; None (logged) for anything else."""
-    if unsigned:
-        log.warning("webhooks.ingest refused: an unsigned message (fields %s)", ", ".join(sorted(unsigned)))
-        return None
     try:
-        return IngestSigner(process_settings().ingest_signing_keys).open(signed_delivery)
+        return IngestSigner(process_settings().ingest_signing_keys).open(task_id, kwargs)
     except ForgedIngestMessage as exc:
-        log.warning("webhooks.ingest refused: %s", exc)
+        log.warning("webhooks.ingest refused: %s (fields %s)", exc, ", ".join(sorted(kwargs)))
         return None

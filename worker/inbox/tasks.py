@@ -122,12 +122,10 @@ def process_webhook(task: InboxTask[..., dict[str, Any]], inbox_id: int) -> dict
 
 # The delivery lives only in this message until it is stored: keep trying (max_retries=None).
 @app.task(name=INGEST_WEBHOOK_TASK, base=TransactionalTask, bind=True, max_retries=None, **RETRY_TRANSIENT_ERRORS)
-def ingest_webhook(
-    task: TransactionalTask[..., dict[str, Any]], signed_delivery: str = "", **unsigned: Any
-) -> dict[str, Any]:
+def ingest_webhook(task: TransactionalTask[..., dict[str, Any]], **message: Any) -> dict[str, Any]:
     """Store a verified delivery the receiver could not store (PostgreSQL was down), then
     process it like any other. Only a message the receiver signed is stored."""
-    delivery = open_delivery(signed_delivery, unsigned)
+    delivery = open_delivery(task.request.id or "", message)
     if delivery is None:
         return {"status": "refused"}
     session = task.session

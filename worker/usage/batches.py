@@ -1,36 +1,35 @@
 """`usage.debit` in batches: what a pool process does with a batch of debit messages.
 
 The worker's main process holds debit messages and hands them over as one batch whenever a pool
-process is free (`celery_ext.batching`, this task's `Strategy`). `apply_batch` applies them in one
-transaction (`debits.debit_many`), stores each answer, re-sends a debit whose user is not known
-yet on its own, and reports per message what to do with it. A batch that fails as a whole is
-applied again one debit per transaction. Guarantees and history: docs/design.md ("Debit batches").
+process is free (`celery_ext.batching`, this task's `Strategy`). `apply_batch` opens each signed
+message, applies the debits in one transaction (`debits.debit_many`), stores each signed answer,
+re-sends alone a debit whose user is not known yet, and reports per message what to do with it.
+Past the batch's earliest deadline the expired debits are settled and the rest applied again; a
+batch that fails otherwise is applied again one debit per transaction. More: docs/design.md.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import structlog
+from celery import Task
 from celery.utils.saferepr import saferepr
+from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 
 from celery_ext.backoff import retry_countdown
 from celery_ext.batching import FAILED, REQUEUE, RETRIED, SUCCEEDED, BatchItem, Report, batching_strategy
 from celery_ext.results import store_successes
-from messaging.celery_config import USAGE_QUEUE
+from messaging.celery_config import DEBIT_TASK, USAGE_QUEUE
 from worker import database
 from worker.errors import TRANSIENT_ERRORS
-from worker.task_base import TransactionalTask
 from worker.usage import debits
-from worker.usage.tasks import (
-    DEBIT_TASK,
-    TASK_OPTIONS,
-    USER_WAIT_SECONDS,
-    user_wait_countdown,
-    user_wait_over,
-)
+from worker.usage.messages import Refused, UsageMessage, is_signed_answer, open_message, refuse, signed_answer
+from worker.usage.requests import error
+from worker.usage.retries import TASK_OPTIONS, USER_WAIT_SECONDS, user_wait_countdown, user_wait_over
 
 log = structlog.get_logger(__name__)
 
@@ -38,7 +37,22 @@ log = structlog.get_logger(__name__)
 MAX_BATCH = 100
 MAX_HELD_PER_PROCESS = 2 * MAX_BATCH
 
-DebitTask = TransactionalTask[..., dict[str, Any]]
+# PostgreSQL's answers when a deadline is reached: the commit-time check (migration 0007), and
+# the lock timeout, which is capped at the time left (worker.usage.requests.lock_timeout_until).
+_DEADLINE_PASSED, _LOCK_NOT_AVAILABLE = "PWD01", "55P03"
+
+
+@dataclass(frozen=True)
+class Debit:
+    """One verified debit message of a batch."""
+
+    item: BatchItem
+    message: UsageMessage
+    request: debits.DebitRequest
+
+    @property
+    def final(self) -> bool:
+        return user_wait_over(self.item.retries, self.message.args.get("wait_for_user", USER_WAIT_SECONDS))
 
 
 @dataclass(frozen=True)
@@ -48,7 +62,7 @@ class _Answer:
 
 @dataclass(frozen=True)
 class _WaitForUser:
-    not_after: float | None
+    pass
 
 
 @dataclass(frozen=True)
@@ -60,80 +74,134 @@ _Outcome = _Answer | _WaitForUser | _Failure
 
 
 def apply_batch(items: list[BatchItem]) -> list[Report]:
-    """Apply a batch (in a pool process): one transaction, then each answer stored or each
-    waiting debit re-sent. One report per item, in order: (outcome, detail)."""
+    """Apply a batch (in a pool process): one report per item, in order: (outcome, detail)."""
     from worker.celery_app import app  # the pool process's app (the module is loaded there)
 
-    task = cast(DebitTask, app.tasks[DEBIT_TASK])
+    task = app.tasks[DEBIT_TASK]
     started = time.monotonic()
-    outcomes = _apply(items)
-    applied = list(zip(items, outcomes, strict=True))
-    stored = store_answers(task.backend, [(i.task_id, o.result) for i, o in applied if isinstance(o, _Answer)])
-    reports = [_publish(task, item, outcome, stored) for item, outcome in applied]
+    reports: list[Report | None] = [None] * len(items)
+    debits_of: dict[int, Debit] = {}
+    for n, item in enumerate(items):
+        opened = _open(item)
+        if isinstance(opened, Debit):
+            debits_of[n] = opened
+        elif isinstance(opened, UsageMessage):  # verified, but not a debit's arguments
+            stored = store_signed(
+                task, [(opened, error("invalid_request", "the arguments of usage.debit are not a debit"))]
+            )
+            reports[n] = (SUCCEEDED, "invalid_request") if stored else (REQUEUE, "answer not stored")
+        else:
+            reports[n] = (FAILED, "refused")
+    order = list(debits_of)
+    outcomes = dict(zip(order, _apply([debits_of[n] for n in order]), strict=True))
+    answered = [(debits_of[n].message, o.result) for n, o in outcomes.items() if isinstance(o, _Answer)]
+    stored = store_signed(task, answered)
+    for n, outcome in outcomes.items():
+        reports[n] = _publish(task, debits_of[n], outcome, stored)
     log.debug("debits.batch", size=len(items), seconds=round(time.monotonic() - started, 4))
-    return reports
+    return [report or (FAILED, "no report") for report in reports]
 
 
-def _apply(items: list[BatchItem]) -> list[_Outcome]:
+def _open(item: BatchItem) -> Debit | UsageMessage | None:
+    """The item's verified debit; its message alone if the arguments are not a debit's; None
+    (refused: logged and counted) if it does not verify."""
     try:
-        requests = [(_debit_request(item), _final(item)) for item in items]
+        message = open_message(DEBIT_TASK, item.task_id, item.kwargs)
+    except Refused as exc:
+        refuse(DEBIT_TASK, item.task_id, item.kwargs, str(exc))
+        return None
+    try:
+        return Debit(item, message, debits.DebitRequest.from_args(message.args, message.service))
+    except (KeyError, TypeError):
+        return message
+
+
+def _apply(batch: list[Debit]) -> list[_Outcome]:
+    if not batch:
+        return []
+    try:
         with database.session_factory().begin() as session:
-            answers = debits.debit_many(session, requests)
+            answers = debits.debit_many(session, [(debit.request, debit.final) for debit in batch])
     except Exception as exc:
-        if len(items) == 1:
+        if _deadline_error(exc):
+            return _settle_the_expired(batch, exc)
+        if len(batch) == 1:
             return [_Failure(exc)]
-        log.warning("debits.batch_rolled_back", size=len(items), error=type(exc).__name__)
-        return [outcome for item in items for outcome in _apply([item])]
-    return [
-        _Answer(answer) if answer is not None else _WaitForUser(request.not_after)
-        for (request, _), answer in zip(requests, answers, strict=True)
-    ]
+        log.warning("debits.batch_rolled_back", size=len(batch), error=type(exc).__name__)
+        return [outcome for debit in batch for outcome in _apply([debit])]
+    return [_Answer(answer) if answer is not None else _WaitForUser() for answer in answers]
 
 
-def _debit_request(item: BatchItem) -> debits.DebitRequest:
-    return debits.DebitRequest.from_task_kwargs(item.kwargs)
+def _deadline_error(exc: Exception) -> bool:
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in (
+        _DEADLINE_PASSED,
+        _LOCK_NOT_AVAILABLE,
+    )
 
 
-def _final(item: BatchItem) -> bool:
-    return user_wait_over(item.retries, item.kwargs.get("wait_for_user", USER_WAIT_SECONDS))
-
-
-def store_answers(backend: Any, answers: list[tuple[str, dict[str, Any]]]) -> bool:
-    """Store the batch's answers; False if that failed (the messages are then requeued: a rerun
-    answers what the commit stored)."""
+def _settle_the_expired(batch: list[Debit], exc: Exception) -> list[_Outcome]:
+    """The batch reached a deadline: settle the debits past theirs by PostgreSQL's clock (each
+    answers what its key holds, else `expired`), then apply the rest again without them."""
     try:
-        store_successes(backend, answers)
+        with database.session_factory().begin() as session:
+            now = float(session.scalar(select(func.extract("epoch", func.clock_timestamp()))) or 0)
+            expired = {n for n, debit in enumerate(batch) if _past(debit, now)}
+            in_key_order = sorted(expired, key=lambda n: batch[n].request.idempotency_key)
+            settled = {n: debits.settle(session, batch[n].request) for n in in_key_order}
+    except Exception as settle_exc:
+        return [_Failure(settle_exc)] * len(batch)
+    if not expired:  # a lock wait outlasted DB_LOCK_TIMEOUT_MS: no deadline involved
+        return [outcome for debit in batch for outcome in _apply([debit])] if len(batch) > 1 else [_Failure(exc)]
+    log.info("debits.deadline_reached", size=len(batch), expired=len(expired))
+    rest = iter(_apply([debit for n, debit in enumerate(batch) if n not in expired]))
+    return [_Answer(settled[n] or error("not_settled", "")) if n in expired else next(rest) for n in range(len(batch))]
+
+
+def _past(debit: Debit, now: float) -> bool:
+    return debit.request.not_after is not None and debit.request.not_after <= now
+
+
+def store_signed(task: Task, answers: list[tuple[UsageMessage, dict[str, Any]]]) -> bool:
+    """Store the signed answers, each under the task id it answers; False if that failed
+    (logged). The first signed answer of a task id stands; an unsigned one is overwritten."""
+    messages = {message.task_id: message for message, _ in answers}
+    try:
+        signed = [(message.task_id, signed_answer(message, answer)) for message, answer in answers]
+        store_successes(task.backend, signed, keep=lambda task_id, result: is_signed_answer(messages[task_id], result))
     except Exception as exc:
-        log.error("debits.answers_not_stored", size=len(answers), error=type(exc).__name__)
+        log.error("usage.answers_not_stored", size=len(answers), error=type(exc).__name__)
         return False
     return True
 
 
-def _publish(task: DebitTask, item: BatchItem, outcome: _Outcome, answers_stored: bool) -> Report:
-    """Report an answer stored with the batch's (`store_answers`), or re-send the debit, after
-    the commit. A broker or backend that fails here leaves the message to be requeued: its
-    rerun answers what the commit stored."""
+def _publish(task: Task, debit: Debit, outcome: _Outcome, answers_stored: bool) -> Report:
+    """Report an answer stored with the batch's, or re-send the debit, after the commit. A
+    broker or backend that fails here leaves the message to be requeued: its rerun answers what
+    the commit stored."""
+    item = debit.item
     try:
         if isinstance(outcome, _Answer):
             if not answers_stored:
                 return REQUEUE, "answers not stored"
-            _log_finished(item, outcome.result.get("status"))
+            _log_finished(debit, outcome.result.get("status"))
             return SUCCEEDED, saferepr(outcome.result)
         if isinstance(outcome, _WaitForUser):
-            return _resend(task, item, user_wait_countdown(item.retries, outcome.not_after), "waiting_for_user")
+            countdown = user_wait_countdown(item.retries, debit.request.not_after)
+            return _resend(task, debit, countdown, "waiting_for_user")
         if isinstance(outcome.error, TRANSIENT_ERRORS) and item.retries < TASK_OPTIONS["max_retries"]:
-            return _resend(task, item, retry_countdown(task, item.retries), type(outcome.error).__name__)
-        task.backend.mark_as_failure(item.task_id, outcome.error)
-        _log_finished(item, "failure", error=type(outcome.error).__name__)
+            return _resend(task, debit, retry_countdown(task, item.retries), type(outcome.error).__name__)
+        _log_finished(debit, "failure", error=type(outcome.error).__name__)
         return FAILED, type(outcome.error).__name__
     except Exception as exc:
         log.error("debits.answer_not_stored", task_id=item.task_id, error=type(exc).__name__)
         return REQUEUE, type(exc).__name__
 
 
-def _resend(task: DebitTask, item: BatchItem, countdown: float, reason: str) -> Report:
-    """The debit again, on its own, as Celery's `Task.retry` would send it. RETRY is stored
-    first: a re-send that runs at once must not have its answer overwritten."""
+def _resend(task: Task, debit: Debit, countdown: float, reason: str) -> Report:
+    """The debit again, on its own, as Celery's `Task.retry` would send it: same id, same signed
+    message, one more try."""
+    item = debit.item
+    # RETRY for Flower and `AsyncResult.state` (the client waits for a signed answer only).
     task.backend.mark_as_retry(item.task_id, RuntimeError(reason))
     task.app.send_task(
         DEBIT_TASK,
@@ -142,20 +210,22 @@ def _resend(task: DebitTask, item: BatchItem, countdown: float, reason: str) -> 
         retries=item.retries + 1,
         countdown=countdown,
         expires=item.expires,
+        ignore_result=True,
     )
-    _log_finished(item, "retry", reason=reason, countdown=round(countdown, 3))
+    _log_finished(debit, "retry", reason=reason, countdown=round(countdown, 3))
     return RETRIED, reason
 
 
-def _log_finished(item: BatchItem, outcome: Any, **fields: Any) -> None:
-    kwargs = item.kwargs
+def _log_finished(debit: Debit, outcome: Any, **fields: Any) -> None:
+    request = debit.request
     log.info(
         "task.finished",
-        task_id=item.task_id,
+        task_id=debit.item.task_id,
         task=DEBIT_TASK,
-        idempotency_key=kwargs.get("idempotency_key"),
-        clerk_user_id=kwargs.get("clerk_user_id"),
-        operation=kwargs.get("operation"),
+        service=debit.message.service,
+        idempotency_key=request.idempotency_key,
+        clerk_user_id=request.clerk_user_id,
+        operation=request.operation,
         outcome=outcome,
         **fields,
     )

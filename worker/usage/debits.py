@@ -23,12 +23,11 @@ the same key later answers `duplicate` with `original_status` `expired`.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import Select, literal_column, select, true
+from sqlalchemy import Row, Select, func, literal_column, select, true
 from sqlalchemy.orm import Session
 
 from models.app import CreditBalance, OperationType, User
@@ -45,13 +44,14 @@ from worker.usage.requests import (
     answer,
     applied_answer,
     autoflush,
-    claim_key,
+    claim_params,
     column_param,
     error,
     finish,
     forget_key,
     is_amount,
     repeat_answer,
+    seconds_param,
     stored_request,
     usage_and_answer,
 )
@@ -69,21 +69,29 @@ class DebitRequest:
     cost: int | None = None
     details: dict[str, Any] | None = None
     not_after: float | None = None  # Unix time (s) after which the caller no longer waits
+    service: str | None = None  # the service that sent it
 
     @classmethod
-    def from_task_kwargs(cls, kwargs: dict[str, Any]) -> DebitRequest:
-        """The debit a `usage.debit` message asks for (KeyError or TypeError if it is not one)."""
+    def from_args(cls, args: dict[str, Any], service: str | None) -> DebitRequest:
+        """The debit a `usage.debit` request asks for (KeyError or TypeError if it is not one)."""
+        not_after = args.get("not_after")
+        if not_after is not None and (isinstance(not_after, bool) or not isinstance(not_after, int | float)):
+            raise TypeError("not_after must be a number of seconds")
         return cls(
-            kwargs["clerk_user_id"],
-            kwargs["operation"],
-            kwargs["idempotency_key"],
-            kwargs.get("cost"),
-            kwargs.get("details"),
-            kwargs.get("not_after"),
+            args["clerk_user_id"],
+            args["operation"],
+            args["idempotency_key"],
+            args.get("cost"),
+            args.get("details"),
+            not_after,
+            service,
         )
 
-    def past_deadline(self) -> bool:
-        return self.not_after is not None and time.time() > self.not_after
+    def stored_arguments(self) -> dict[str, Any]:
+        """What the key's row keeps of the request (`usage_requests.request`)."""
+        arguments = asdict(self)
+        del arguments["service"]
+        return arguments
 
 
 @dataclass(frozen=True)
@@ -93,19 +101,18 @@ class Account:
     credits_remaining: int
 
 
-def _claim_and_find_account() -> Select[str | None, str | None, bool | None, str | None, int | None, str | None]:
-    """The claim, the user's account and the user's current plan, in one statement:
+def _claim_and_find_account() -> Select[Any]:
+    """The claim, PostgreSQL's verdict on the deadline, the user's account and current plan, in
+    one statement:
 
         WITH claim AS (INSERT ... ON CONFLICT DO NOTHING RETURNING idempotency_key)
-        SELECT (SELECT idempotency_key FROM claim), account.*, (<current plan>)
+        SELECT (SELECT idempotency_key FROM claim), clock_timestamp() > to_timestamp(:not_after),
+               account.*, (<current plan>)
         FROM (SELECT 1) AS one LEFT JOIN (<User JOIN CreditBalance>) AS account ON true
 
-    One row always; `claimed` is NULL when the key was there already (the rest is then unused:
-    the stored answer is read in a statement of its own, which sees the committed row). The
-    account and plan are read in the statement's snapshot, taken before the claim may wait on a
-    concurrent insert of the same key; when that one rolls back and this debit owns the key, it
-    reads them as of just before the wait, as if it had arrived a moment earlier. The balance
-    itself is re-read by `change_credits`' UPDATE, which always sees the latest committed row."""
+    One row always; `claimed` is NULL when the key was there already (its stored answer is read
+    in a statement of its own, which sees the committed row). The balance itself is re-read by
+    `change_credits`' UPDATE, which always sees the latest committed row."""
     claim = CLAIM.cte("claim")
     clerk_user_id = column_param(_requests.c.clerk_user_id)
     account = (
@@ -120,8 +127,10 @@ def _claim_and_find_account() -> Select[str | None, str | None, bool | None, str
         .subquery("account")
     )
     one = select(literal_column("1").label("one")).subquery("one")
+    past_deadline = func.clock_timestamp() > func.to_timestamp(seconds_param("not_after"))
     return select(
         select(claim.c.idempotency_key).scalar_subquery().label("claimed"),
+        past_deadline.label("past_deadline"),
         account.c.user_id,
         account.c.is_active,
         account.c.credit_balance_id,
@@ -139,38 +148,87 @@ _REMAINING = select(_balances.c.creditsRemaining).where(_balances.c.id == column
 def debit(session: Session, request: DebitRequest, *, final: bool = True) -> dict[str, Any]:
     """Apply one debit. With `final=False` a missing user raises `NotYetKnown` (to retry)
     instead of answering `unknown_user`."""
-    operation = _operation(request.operation)
-    if operation is None:
+    (result,) = debit_many(session, [(request, final)])
+    if result is None:
+        raise NotYetKnown(request.clerk_user_id)
+    return result
+
+
+def debit_many(session: Session, requests: Sequence[tuple[DebitRequest, bool]]) -> list[dict[str, Any] | None]:
+    """Apply each `(request, final)` as one debit alone would, all on this session (one
+    transaction). Locks are taken in one order whatever the batch, so batches running at once
+    never deadlock: first every key, claimed in key order; then the balances, users in Clerk id
+    order, each user's debits in arrival order; a key met again answers last, from what is
+    stored. The answers come back in the order of `requests`; None for one whose user is not
+    known yet (with final=False): nothing of it was written, and the caller retries it alone."""
+    answers: list[dict[str, Any] | None] = [None] * len(requests)
+    earliest = min((request.not_after for request, _ in requests if request.not_after is not None), default=None)
+    first: dict[str, int] = {}  # key -> the index of its first valid request
+    again: list[int] = []
+    for n, (request, _) in enumerate(requests):
+        answers[n] = _invalid(request)
+        if answers[n] is not None:
+            continue
+        if request.idempotency_key in first:
+            again.append(n)
+        else:
+            first[request.idempotency_key] = n
+    autoflush(session)
+    found = {n: _claim(session, requests[n][0], earliest) for n in (first[key] for key in sorted(first))}
+    waiting: set[str] = set()
+    for n in sorted(found, key=lambda n: (requests[n][0].clerk_user_id, n)):
+        request, final = requests[n]
+        if found[n].claimed is None:
+            again.append(n)
+            continue
+        try:
+            answers[n] = _decide(session, request, final, found[n])
+        except NotYetKnown:
+            waiting.add(request.idempotency_key)
+    for n in sorted(again):
+        request = requests[n][0]
+        if request.idempotency_key not in waiting:
+            answers[n] = _repeat(session, request)
+    return answers
+
+
+def _invalid(request: DebitRequest) -> dict[str, Any] | None:
+    """The `error` answer of a request that can never apply as sent (nothing is stored)."""
+    if _operation(request.operation) is None:
         return error("unknown_operation", f"{request.operation!r} is not an OperationType")
     if request.cost is not None and not is_amount(request.cost, minimum=0):
         return error("invalid_cost", "cost must be a non-negative integer")
-    autoflush(session)
-    found = session.execute(
-        _CLAIM_AND_FIND_ACCOUNT,
-        {
-            "idempotency_key": request.idempotency_key,
-            "kind": "debit",
-            "clerk_user_id": request.clerk_user_id,
-            "operation": operation.value,
-            "refund_of": None,
-            "request": asdict(request),
-        },
-    ).one()
-    if found.claimed is None:
-        return _repeat(session, request, operation.value)
-    if request.past_deadline():
+    return None
+
+
+def _claim(session: Session, request: DebitRequest, earliest: float | None) -> Row[Any]:
+    params = claim_params(
+        request.idempotency_key,
+        "debit",
+        request.clerk_user_id,
+        request=request.stored_arguments(),
+        service=request.service,
+        not_after=request.not_after,
+        earliest_deadline=earliest,
+        operation=request.operation,
+    )
+    return session.execute(_CLAIM_AND_FIND_ACCOUNT, params).one()
+
+
+def _decide(session: Session, request: DebitRequest, final: bool, found: Row[Any]) -> dict[str, Any]:
+    """What a debit whose key this transaction claimed answers (and takes)."""
+    operation = OperationType(request.operation)
+    if found.past_deadline:
         # Checked once the key is ours, so a debit that did apply before answers `duplicate`.
         return finish(session, request.idempotency_key, answer("expired"))
-    account = (
-        None if found.user_id is None else Account(found.is_active, found.credit_balance_id, found.credits_remaining)
-    )
-    if account is None:
+    if found.user_id is None:
         if not final:
             # Nothing of this debit stays written (its claim is released), so a batch can go on
             # with the others and commit them while this one waits for its user on its own.
             forget_key(session, request.idempotency_key)
             raise NotYetKnown(request.clerk_user_id)
         return finish(session, request.idempotency_key, answer("unknown_user"))
+    account = Account(found.is_active, found.credit_balance_id, found.credits_remaining)
     if not account.is_active:
         refused = answer("insufficient_credits", account.credits_remaining, reason="inactive_user")
         return finish(session, request.idempotency_key, refused)
@@ -182,48 +240,34 @@ def debit(session: Session, request: DebitRequest, *, final: bool = True) -> dic
     return _take(session, request, account, operation, cost)
 
 
-def debit_many(session: Session, requests: Sequence[tuple[DebitRequest, bool]]) -> list[dict[str, Any] | None]:
-    """Apply each `(request, final)` as `debit` does, all on this session (one transaction), in
-    arrival order for each user and users sorted by Clerk id. The answers come back in the
-    order of `requests`; None for one whose user is not known yet (with final=False): nothing of
-    it was written, and the caller retries it on its own."""
-    answers: list[dict[str, Any] | None] = [None] * len(requests)
-    # sorted() is stable: a user's debits keep their arrival order.
-    for n in sorted(range(len(requests)), key=lambda n: requests[n][0].clerk_user_id):
-        request, final = requests[n]
-        try:
-            answers[n] = debit(session, request, final=final)
-        except NotYetKnown:
-            answers[n] = None
-    return answers
-
-
-def expire(session: Session, request: DebitRequest) -> dict[str, Any]:
-    """Store `expired` on the key of a debit that will never run (its message expired in the
-    queue), unless the key already has an answer: then that answer stands."""
+def settle(session: Session, request: DebitRequest) -> dict[str, Any] | None:
+    """The final answer of a debit whose caller stopped waiting: what is stored for its key, or,
+    once its deadline has passed by PostgreSQL's clock and nothing is stored, `expired`, stored
+    now (the claim waits for any transaction still holding the key, which cannot commit past
+    the deadline). None while the deadline has not passed yet (nothing written)."""
     autoflush(session)
-    stored = claim_key(
-        session,
-        request.idempotency_key,
-        "debit",
-        request.clerk_user_id,
-        operation=request.operation,
-        request=asdict(request),
-    )
-    if stored is not None:
-        return _repeat(session, request, request.operation)
+    found = _claim(session, request, None)
+    if found.claimed is None:
+        stored = stored_request(session, request.idempotency_key)
+        return stored.result if _same(stored, request) else repeat_answer(stored, False)
+    if request.not_after is None or not found.past_deadline:
+        forget_key(session, request.idempotency_key)
+        return None
     return finish(session, request.idempotency_key, answer("expired"))
 
 
-def _repeat(session: Session, request: DebitRequest, operation: str) -> dict[str, Any]:
-    stored = stored_request(session, request.idempotency_key)
-    same = (stored.kind, stored.clerk_user_id, stored.operation, stored.request.get("cost")) == (
+def _same(stored: UsageRequest, request: DebitRequest) -> bool:
+    return (stored.kind, stored.clerk_user_id, stored.operation, stored.request.get("cost")) == (
         "debit",
         request.clerk_user_id,
-        operation,
+        request.operation,
         request.cost,
     )
-    return repeat_answer(stored, same)
+
+
+def _repeat(session: Session, request: DebitRequest) -> dict[str, Any]:
+    stored = stored_request(session, request.idempotency_key)
+    return repeat_answer(stored, _same(stored, request))
 
 
 def _take(

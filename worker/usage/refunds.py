@@ -24,6 +24,7 @@ from worker.usage.requests import (
     applied_answer,
     autoflush,
     claim_key,
+    claim_params,
     error,
     finish,
     is_amount,
@@ -39,6 +40,19 @@ class RefundRequest:
     refund_of: str
     credits: int | None = None
     details: dict[str, Any] | None = None
+    service: str | None = None  # the service that sent it: only the debit's own may refund it
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any], service: str | None) -> RefundRequest:
+        """The refund a `usage.refund` request asks for (KeyError or TypeError if it is not one)."""
+        return cls(
+            args["clerk_user_id"],
+            args["idempotency_key"],
+            args["refund_of"],
+            args.get("credits"),
+            args.get("details"),
+            service,
+        )
 
 
 def refund(session: Session, request: RefundRequest, *, final: bool = True) -> dict[str, Any]:
@@ -47,13 +61,18 @@ def refund(session: Session, request: RefundRequest, *, final: bool = True) -> d
     if request.credits is not None and not is_amount(request.credits, minimum=1):
         return error("invalid_credits", "credits must be a positive integer")
     autoflush(session)
+    arguments = asdict(request)
+    del arguments["service"]
     stored = claim_key(
         session,
-        request.idempotency_key,
-        "refund",
-        request.clerk_user_id,
-        refund_of=request.refund_of,
-        request=asdict(request),
+        claim_params(
+            request.idempotency_key,
+            "refund",
+            request.clerk_user_id,
+            request=arguments,
+            service=request.service,
+            refund_of=request.refund_of,
+        ),
     )
     if stored is not None:
         same = (stored.kind, stored.clerk_user_id, stored.refund_of, stored.request.get("credits")) == (
@@ -64,8 +83,8 @@ def refund(session: Session, request: RefundRequest, *, final: bool = True) -> d
         )
         return repeat_answer(stored, same)
     debited = _lock_debit(session, request)
-    if debited is None:
-        if not final:
+    if not isinstance(debited, UsageRequest):
+        if debited is _NOT_YET and not final:
             raise NotYetKnown(request.refund_of)
         return finish(session, request.idempotency_key, answer("unknown_debit"))
     refundable = (debited.credits or 0) - refunded_so_far(session, request.refund_of)
@@ -101,15 +120,23 @@ def _give_back(session: Session, request: RefundRequest, debited: UsageRequest, 
     return applied_answer(usage_id, change.balance_after)
 
 
-def _lock_debit(session: Session, request: RefundRequest) -> UsageRequest | None:
-    """The debit being refunded, locked so that concurrent refunds of it run one at a time.
+_NOT_YET, _NOT_YOURS = "not yet", "not yours"
 
-    A key that belongs to another user, or to a refund, is answered as if it did not exist."""
+
+def _lock_debit(session: Session, request: RefundRequest) -> UsageRequest | str:
+    """The debit being refunded, locked so that concurrent refunds of it run one at a time;
+    `_NOT_YET` when no such key is stored (the debit may still be queued). A key that belongs
+    to another user or service, or to a refund, is `_NOT_YOURS`: answered as if it did not exist.
+    (A debit stored before services were named may be refunded by any service.)"""
     debited = session.scalar(
         select(UsageRequest).where(UsageRequest.idempotency_key == request.refund_of).with_for_update()
     )
-    if debited is None or debited.kind != "debit" or debited.clerk_user_id != request.clerk_user_id:
-        return None
+    if debited is None:
+        return _NOT_YET
+    if debited.kind != "debit" or debited.clerk_user_id != request.clerk_user_id:
+        return _NOT_YOURS
+    if debited.service is not None and debited.service != request.service:
+        return _NOT_YOURS
     return debited
 
 

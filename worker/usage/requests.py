@@ -21,12 +21,30 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from sqlalchemy import CTE, BindParameter, Column, bindparam, delete, exists, func, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import (
+    CTE,
+    BindParameter,
+    Column,
+    ColumnElement,
+    Double,
+    Integer,
+    Text,
+    bindparam,
+    case,
+    cast,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.orm import Session
 
 from models.app import OperationType, UsageHistory
 from models.base import constant, table_of, utcnow
+from models.settings import process_settings
 from models.usage import UsageRequest
 from worker.credits.ledger import Then, follow_up
 from worker.errors import LedgerKeyConflict
@@ -50,13 +68,48 @@ def column_param(column: Column[_T], name: str | None = None) -> BindParameter[_
 _requests = table_of(UsageRequest)
 _history = table_of(UsageHistory)
 
-# INSERT the key as pending; RETURNING it only if this transaction now owns it.
+
+def seconds_param(name: str) -> ColumnElement[float]:
+    """A bound Unix time (or NULL), typed for PostgreSQL: a bare NULL parameter has no type."""
+    return cast(bindparam(name, type_=Double), Double)
+
+
+def lock_timeout_until(deadline: ColumnElement[Any]) -> ColumnElement[str]:
+    """The lock timeout (ms, as text) for the rest of a transaction whose earliest deadline is
+    `deadline` (Unix seconds, or NULL): the time left by PostgreSQL's clock, at least 1 ms, at
+    most `:max_lock_ms` (DB_LOCK_TIMEOUT_MS; 0 = no cap). A lock wait then never outlasts it."""
+    max_ms = bindparam("max_lock_ms", type_=Integer)
+    left_ms = func.floor(func.extract("epoch", func.to_timestamp(deadline) - func.clock_timestamp()) * 1000)
+    capped = case((max_ms == 0, left_ms), else_=func.least(max_ms, left_ms))
+    return cast(case((deadline.is_(None), max_ms), else_=func.greatest(1, capped)), Text)
+
+
+# INSERT the key as pending; RETURNING it only if this transaction now owns it. Before the row
+# is inserted (and may wait for a concurrent insert of the same key), the transaction's lock
+# timeout is capped at the time left before the earliest deadline of its requests.
+_LOCK_TIMEOUT_SET = (
+    select(func.set_config("lock_timeout", lock_timeout_until(seconds_param("earliest_deadline")), True))
+    .scalar_subquery()
+    .is_not(None)
+)
 CLAIM = (
     insert(_requests)
-    .values(
-        {
-            **{
-                column: column_param(column)
+    .from_select(
+        [
+            "idempotency_key",
+            "kind",
+            "clerk_user_id",
+            "operation",
+            "refund_of",
+            "request",
+            "service",
+            "not_after",
+            "status",
+            "result",
+        ],
+        select(
+            *(
+                column_param(column)
                 for column in (
                     _requests.c.idempotency_key,
                     _requests.c.kind,
@@ -64,15 +117,44 @@ CLAIM = (
                     _requests.c.operation,
                     _requests.c.refund_of,
                     _requests.c.request,
+                    _requests.c.service,
                 )
-            },
-            _requests.c.status: PENDING,
-            _requests.c.result: {"status": PENDING},
-        }
+            ),
+            func.to_timestamp(seconds_param("not_after")),
+            constant(PENDING),
+            cast(constant('{"status": "pending"}'), JSONB),
+        ).where(_LOCK_TIMEOUT_SET),
     )
     .on_conflict_do_nothing(index_elements=[_requests.c.idempotency_key])
     .returning(_requests.c.idempotency_key)
 )
+
+
+def claim_params(
+    key: str,
+    kind: str,
+    clerk_user_id: str,
+    *,
+    request: dict[str, Any],
+    service: str | None,
+    not_after: float | None = None,
+    earliest_deadline: float | None = None,
+    operation: str | None = None,
+    refund_of: str | None = None,
+) -> dict[str, Any]:
+    """The parameters of CLAIM. `earliest_deadline`: of every request of the transaction."""
+    return {
+        "idempotency_key": key,
+        "kind": kind,
+        "clerk_user_id": clerk_user_id,
+        "operation": operation,
+        "refund_of": refund_of,
+        "request": request,
+        "service": service,
+        "not_after": not_after,
+        "earliest_deadline": earliest_deadline if earliest_deadline is not None else not_after,
+        "max_lock_ms": process_settings().db_lock_timeout_ms,
+    }
 
 
 _FINISH_VALUES = {
@@ -149,42 +231,29 @@ def error(code: str, detail: str) -> dict[str, Any]:
     return answer("error", error=code, detail=detail)
 
 
-def outcome(session: Session, idempotency_key: str) -> dict[str, Any]:
-    """The authoritative answer stored for a key, or status `unknown` if none was stored (never
-    sent, still queued or retrying, or an `error` result, which is not stored)."""
+def outcome(session: Session, idempotency_key: str, service: str | None) -> dict[str, Any]:
+    """The authoritative answer stored for a key of `service`, or status `unknown` if none was
+    stored (never sent, still queued or retrying, an `error` result, which is not stored, or a
+    key of another service). Keys stored before services were named belong to every service."""
     stored = session.scalar(
-        select(UsageRequest).where(UsageRequest.idempotency_key == idempotency_key, UsageRequest.status != PENDING)
+        select(UsageRequest).where(
+            UsageRequest.idempotency_key == idempotency_key,
+            UsageRequest.status != PENDING,
+            or_(UsageRequest.service.is_(None), UsageRequest.service == service),
+        )
     )
     if stored is None:
         return answer("unknown")
     return {**stored.result, "kind": stored.kind}
 
 
-def claim_key(
-    session: Session,
-    key: str,
-    kind: str,
-    clerk_user_id: str,
-    *,
-    request: dict[str, Any],
-    operation: str | None = None,
-    refund_of: str | None = None,
-) -> UsageRequest | None:
-    """Insert the key as pending; None if this transaction now owns it, else the stored row."""
-    claimed = session.execute(
-        CLAIM,
-        {
-            "idempotency_key": key,
-            "kind": kind,
-            "clerk_user_id": clerk_user_id,
-            "operation": operation,
-            "refund_of": refund_of,
-            "request": request,
-        },
-    ).scalar_one_or_none()
+def claim_key(session: Session, params: dict[str, Any]) -> UsageRequest | None:
+    """Insert the key as pending (`claim_params`); None if this transaction now owns it, else
+    the stored row."""
+    claimed = session.execute(CLAIM, params).scalar_one_or_none()
     if claimed is not None:
         return None
-    return stored_request(session, key)
+    return stored_request(session, params["idempotency_key"])
 
 
 def stored_request(session: Session, key: str) -> UsageRequest:

@@ -38,6 +38,19 @@ class StorageRecord:
     content_type: str | None = None
     provider: str = DEFAULT_PROVIDER
 
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> StorageRecord:
+        """The upload a `storage.record` request names (KeyError or TypeError if it is not one)."""
+        return cls(
+            args["clerk_user_id"],
+            args["url"],
+            args["pathname"],
+            args["name"],
+            args["size"],
+            args.get("content_type"),
+            args.get("provider") or DEFAULT_PROVIDER,
+        )
+
 
 def record_object(session: Session, record: StorageRecord, *, final: bool = True) -> dict[str, Any]:
     """`recorded` (a new row), `duplicate` (the live row already says this), `updated` (the live

@@ -1,129 +1,116 @@
-"""The Celery tasks other services call (queue `usage`): debits, refunds, storage tracking.
-
-Each run is one transaction (TransactionalTask). Transient database and broker errors retry
-with a short backoff: a debit is on the product's hot path. A debit, refund or storage record
-for a user the Clerk webhook has not created yet (or a refund of a debit still in the queue)
-retries with backoff, 1, 2, 4 ... 30 s, for about `wait_for_user` seconds (default
-USER_WAIT_SECONDS), and only then answers `unknown_user` / `unknown_debit`. Each try rolls
-back, so nothing is recorded for the key until that final answer.
-
-A debit has a deadline (`not_after`, with the message's `expires` set to the same moment by
-`CreditsClient.debit`): its caller has stopped waiting by then, so nothing may be taken after it.
-A run past it answers `expired`, the wait for a user never goes beyond it, and a message Celery
-discards as expired (it never runs) still has `expired` stored on its key, by the
-`task_revoked` handler below. Refunds and storage tasks have no deadline: each records
-something that already happened (a failed operation to pay back, an upload made or removed),
-and recording it late is still right, while dropping it would not be.
+"""The Celery tasks services send (queue `usage`), each a signed message (worker.usage.messages):
+debits (applied in batches: worker.usage.batches), refunds, outcomes, settling a debit whose
+caller stopped waiting, and storage tracking. A task's answer is stored signed, after its commit,
+by this code (Celery stores nothing: `ignore_result`); a message that does not verify gets none.
+The rules of each answer: docs/usage-api.md.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import Any, TypedDict
+from typing import Any
 
 from celery import Task
 from celery.signals import task_revoked, worker_ready
-from sqlalchemy.exc import SQLAlchemyError
 
-from celery_ext.batching import batching_installed
-from messaging.celery_config import USAGE_QUEUE
-from worker import database
+from celery_ext.batching import BatchItem, batching_installed
+from messaging.celery_config import (
+    DEBIT_TASK,
+    DELETE_STORAGE_TASK,
+    OUTCOME_TASK,
+    RECORD_STORAGE_TASK,
+    REFUND_TASK,
+    SETTLE_TASK,
+    USAGE_QUEUE,
+)
 from worker.celery_app import app
-from worker.errors import TRANSIENT_ERRORS
 from worker.task_base import TransactionalTask
-from worker.usage import debits, refunds, requests, storage
+from worker.usage import batches, debits, refunds, requests, storage
+from worker.usage.messages import Refused, UsageMessage, open_message, refuse
+from worker.usage.retries import TASK_OPTIONS, USER_WAIT_SECONDS, user_wait_countdown, user_wait_over
 
 log = logging.getLogger(__name__)
 
-DEBIT_TASK = "usage.debit"
 DEBIT_STRATEGY = "worker.usage.batches:debit_batching_strategy"
-
-USER_WAIT_SECONDS = 300
-MAX_USER_WAIT_SECONDS = 900
-MAX_RETRY_DELAY = 30
-
-
-class UsageTaskOptions(TypedDict):
-    autoretry_for: tuple[type[BaseException], ...]
-    max_retries: int
-    retry_backoff: int
-    retry_backoff_max: int
-    retry_jitter: bool
+# Tasks with a deadline: a message Celery discards as expired is settled (`usage.settle`).
+DEADLINE_TASKS = {DEBIT_TASK}
+# How long `usage.settle` waits between tries while the deadline has not passed by PostgreSQL's clock.
+SETTLE_RETRY_SECONDS = 1.0
 
 
-# Every task here is bound to a TransactionalTask (`base=TransactionalTask, bind=True`) with these.
-TASK_OPTIONS: UsageTaskOptions = {
-    "autoretry_for": TRANSIENT_ERRORS,
-    # Enough for the longest wait for a user (about 34 tries of up to 30 s for 900 s).
-    "max_retries": 40,
-    "retry_backoff": 1,
-    "retry_backoff_max": MAX_RETRY_DELAY,
-    "retry_jitter": True,
-}
+class UsageTask(TransactionalTask[..., dict[str, Any] | None]):
+    """A signed usage task: the message is opened before the transaction (refused: nothing
+    runs), the function gets the verified message, and its answer is stored signed after the
+    commit. A retry (a user not known yet) stores nothing and re-sends the same signed message."""
+
+    abstract = True
+    ignore_result = True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+        message = self.open(kwargs)
+        if message is None:
+            return None
+        answer = super().__call__(message)
+        if answer is not None:
+            store_answer(self, message, answer)
+        return answer
+
+    def open(self, kwargs: dict[str, Any]) -> UsageMessage | None:
+        task_id = self.request.id or ""
+        try:
+            return open_message(self.name, task_id, kwargs)
+        except Refused as exc:
+            refuse(self.name, task_id, kwargs, str(exc))
+            return None
 
 
-def retry_delay(tries: int) -> int:
-    return min(2**tries, MAX_RETRY_DELAY)
+def store_answer(task: Task, message: UsageMessage, answer: dict[str, Any]) -> None:
+    """Store the signed answer. A failure is logged, not raised: the work is committed, and a
+    caller that gets no answer asks again (`usage.settle`, `usage.outcome`)."""
+    batches.store_signed(task, [(message, answer)])
 
 
-def waited(tries: int) -> int:
-    """Seconds spent in countdowns before try number `tries` (0-based)."""
-    return sum(retry_delay(n) for n in range(tries))
+class SettleTask(UsageTask):
+    """`usage.settle` carries another task's signed message (`task`, `task_id` and its fields):
+    that message is what is opened, and the answer goes to that task id."""
+
+    abstract = True
+
+    def open(self, kwargs: dict[str, Any]) -> UsageMessage | None:
+        task, task_id = kwargs.get("task"), kwargs.get("task_id")
+        fields = {name: kwargs.get(name) for name in ("service", "request", "signature")}
+        if task not in DEADLINE_TASKS or not isinstance(task_id, str):
+            refuse(self.name, self.request.id or "", kwargs, "not a message of a task with a deadline")
+            return None
+        try:
+            return open_message(task, task_id, fields)
+        except Refused as exc:
+            refuse(self.name, self.request.id or "", kwargs, str(exc))
+            return None
 
 
-def user_wait_over(tries: int, wait_for_user: float) -> bool:
-    """Whether try number `tries` (0-based) is the last one a missing user may be waited for."""
-    return waited(tries) >= min(max(wait_for_user, 0), MAX_USER_WAIT_SECONDS)
-
-
-def user_wait_countdown(tries: int, not_after: float | None) -> float:
-    """How long try number `tries` waits before the next, never past the deadline `not_after`
-    (the try at the deadline answers `expired`, or its message expires)."""
-    countdown: float = retry_delay(tries)
-    if not_after is not None:
-        countdown = min(countdown, max(not_after - time.time(), 0))
-    return countdown
-
-
-def run_or_wait(
-    task: TransactionalTask[..., dict[str, Any]],
-    wait_for_user: float,
-    attempt: Callable[[bool], dict[str, Any]],
-    not_after: float | None = None,
-) -> dict[str, Any]:
-    """Run `attempt(final)`; while the wait is not over (final=False), a `NotYetKnown` from it
-    becomes a retry of the task after the next backoff delay, never later than `not_after`."""
+def run_or_wait(task: UsageTask, message: UsageMessage, attempt: Any, not_after: float | None = None) -> Any:
+    """Run `attempt(final)`; while the wait for a user is not over, `NotYetKnown` becomes a retry."""
     tries = task.request.retries or 0
+    wait_for_user = message.args.get("wait_for_user", USER_WAIT_SECONDS)
     try:
         return attempt(user_wait_over(tries, wait_for_user))
     except requests.NotYetKnown:
         raise task.retry(countdown=user_wait_countdown(tries, not_after)) from None
 
 
-# A worker consumes debits in batches (worker.usage.batches, its `Strategy`); the function below
-# is what one debit does alone (`debit.apply()`, eager calls) and the rules both paths share.
-# No per-debit monitoring events (task-received/started/succeeded for Flower): publishing them
-# was a third of the worker's main process per debit, and the main process handles every debit
-# message itself. Each debit's outcome is its `task.finished` log line and its stored answer.
-@app.task(
-    name=DEBIT_TASK, base=TransactionalTask, bind=True, Strategy=DEBIT_STRATEGY, send_events=False, **TASK_OPTIONS
-)
-def debit(
-    task: TransactionalTask[..., dict[str, Any]],
-    clerk_user_id: str,
-    operation: str,
-    idempotency_key: str,
-    cost: int | None = None,
-    details: dict[str, Any] | None = None,
-    wait_for_user: float = USER_WAIT_SECONDS,
-    not_after: float | None = None,
-) -> dict[str, Any]:
-    request = debits.DebitRequest(clerk_user_id, operation, idempotency_key, cost, details, not_after)
-    return run_or_wait(
-        task, wait_for_user, lambda final: debits.debit(task.session, request, final=final), not_after=not_after
-    )
+def invalid_request(message: UsageMessage) -> dict[str, Any]:
+    return requests.error("invalid_request", f"the arguments of {message.task} are missing or of the wrong type")
+
+
+# Debits are consumed in batches (their Strategy); run as a task (`apply()`, eager calls) a debit
+# is a batch of one. No per-debit monitoring events: each has its `task.finished` log line.
+@app.task(name=DEBIT_TASK, bind=True, Strategy=DEBIT_STRATEGY, send_events=False, ignore_result=True, **TASK_OPTIONS)
+def debit(task: Task, **message: Any) -> None:
+    request = task.request
+    item = BatchItem(request.id or "", dict(message), request.retries or 0, None)
+    batches.apply_batch([item])
 
 
 @worker_ready.connect
@@ -141,67 +128,75 @@ def check_debit_batching(sender: Any = None, **_: Any) -> None:
 
 
 @task_revoked.connect
-def store_expired_debit(sender: Task | None = None, request: Any = None, expired: bool = False, **_: Any) -> None:
-    """A debit message Celery discarded because its `expires` passed never runs: store
-    `expired` on its key anyway (in a transaction of its own, in the worker's main process), so
-    `usage.outcome` and a later send of the same key answer what happened."""
-    if not expired or getattr(sender, "name", None) != DEBIT_TASK or request is None:
+def settle_expired_message(sender: Task | None = None, request: Any = None, expired: bool = False, **_: Any) -> None:
+    """A debit Celery discarded because its `expires` passed never runs: hand its signed message
+    to `usage.settle` (one message sent; the database work runs in a pool process), which answers
+    its task id from what PostgreSQL holds for the key."""
+    if not expired or sender is None or sender.name not in DEADLINE_TASKS or request is None:
         return
+    fields = {name: (request.kwargs or {}).get(name) for name in ("service", "request", "signature")}
     try:
-        expired_debit = debits.DebitRequest.from_task_kwargs(request.kwargs or {})
+        app.send_task(SETTLE_TASK, kwargs={"task": sender.name, "task_id": request.id, **fields}, ignore_result=True)
+    except Exception as exc:  # the caller settles it itself when no answer comes
+        log.error("could not send usage.settle for %s: %s", request.id, type(exc).__name__)
+
+
+@app.task(name=SETTLE_TASK, base=SettleTask, bind=True, **TASK_OPTIONS)
+def settle(task: UsageTask, message: UsageMessage) -> dict[str, Any] | None:
+    """The final answer of a debit (its own signed message, `task` and `task_id`, embedded):
+    what PostgreSQL holds for its key, or `expired` once its deadline has passed by
+    PostgreSQL's clock. Stored under the debit's own task id; tried again until then."""
+    try:
+        request = debits.DebitRequest.from_args(message.args, message.service)
     except (KeyError, TypeError):
-        log.warning("usage.debit expired without the arguments of a debit: nothing to store")
-        return
+        return invalid_request(message)
+    answer = debits.settle(task.session, request)
+    if answer is None and request.not_after is not None:
+        # PostgreSQL's clock has not reached the deadline yet (clocks differ, or a caller asked
+        # early): try again once it should have.
+        left = min(max(request.not_after - time.time(), 0.0), 60.0)
+        raise task.retry(countdown=left + SETTLE_RETRY_SECONDS, max_retries=None)
+    return answer or requests.answer("unknown")
+
+
+@app.task(name=REFUND_TASK, base=UsageTask, bind=True, **TASK_OPTIONS)
+def refund(task: UsageTask, message: UsageMessage) -> dict[str, Any]:
     try:
-        with database.session_factory().begin() as session:
-            debits.expire(session, expired_debit)
-    except SQLAlchemyError as exc:
-        # Nothing was taken either way; only the stored answer is missing (outcome: unknown).
-        log.error("could not store the expiry of a debit: %s", type(exc).__name__)
+        request = refunds.RefundRequest.from_args(message.args, message.service)
+    except (KeyError, TypeError):
+        return invalid_request(message)
+    result: dict[str, Any] = run_or_wait(
+        task, message, lambda final: refunds.refund(task.session, request, final=final)
+    )
+    return result
 
 
-@app.task(name="usage.refund", base=TransactionalTask, bind=True, **TASK_OPTIONS)
-def refund(
-    task: TransactionalTask[..., dict[str, Any]],
-    clerk_user_id: str,
-    idempotency_key: str,
-    refund_of: str,
-    credits: int | None = None,
-    details: dict[str, Any] | None = None,
-    wait_for_user: float = USER_WAIT_SECONDS,
-) -> dict[str, Any]:
-    request = refunds.RefundRequest(clerk_user_id, idempotency_key, refund_of, credits, details)
-    return run_or_wait(task, wait_for_user, lambda final: refunds.refund(task.session, request, final=final))
+@app.task(name=OUTCOME_TASK, base=UsageTask, bind=True, **TASK_OPTIONS)
+def outcome(task: UsageTask, message: UsageMessage) -> dict[str, Any]:
+    key = message.args.get("idempotency_key")
+    if not isinstance(key, str):
+        return invalid_request(message)
+    return requests.outcome(task.session, key, message.service)
 
 
-@app.task(name="usage.outcome", base=TransactionalTask, bind=True, **TASK_OPTIONS)
-def outcome(task: TransactionalTask[..., dict[str, Any]], idempotency_key: str) -> dict[str, Any]:
-    return requests.outcome(task.session, idempotency_key)
+@app.task(name=RECORD_STORAGE_TASK, base=UsageTask, bind=True, **TASK_OPTIONS)
+def record_storage(task: UsageTask, message: UsageMessage) -> dict[str, Any]:
+    try:
+        record = storage.StorageRecord.from_args(message.args)
+    except (KeyError, TypeError):
+        return invalid_request(message)
+    result: dict[str, Any] = run_or_wait(
+        task, message, lambda final: storage.record_object(task.session, record, final=final)
+    )
+    return result
 
 
-@app.task(name="storage.record", base=TransactionalTask, bind=True, **TASK_OPTIONS)
-def record_storage(
-    task: TransactionalTask[..., dict[str, Any]],
-    clerk_user_id: str,
-    url: str,
-    pathname: str,
-    name: str,
-    size: int,
-    content_type: str | None = None,
-    provider: str = storage.DEFAULT_PROVIDER,
-    wait_for_user: float = USER_WAIT_SECONDS,
-) -> dict[str, Any]:
-    record = storage.StorageRecord(clerk_user_id, url, pathname, name, size, content_type, provider)
-    return run_or_wait(task, wait_for_user, lambda final: storage.record_object(task.session, record, final=final))
-
-
-@app.task(name="storage.delete", base=TransactionalTask, bind=True, **TASK_OPTIONS)
-def delete_storage(
-    task: TransactionalTask[..., dict[str, Any]],
-    storage_object_id: str | None = None,
-    pathname: str | None = None,
-    provider: str = storage.DEFAULT_PROVIDER,
-) -> dict[str, Any]:
+@app.task(name=DELETE_STORAGE_TASK, base=UsageTask, bind=True, **TASK_OPTIONS)
+def delete_storage(task: UsageTask, message: UsageMessage) -> dict[str, Any]:
+    args = message.args
     return storage.delete_object(
-        task.session, storage_object_id=storage_object_id, pathname=pathname, provider=provider
+        task.session,
+        storage_object_id=args.get("storage_object_id"),
+        pathname=args.get("pathname"),
+        provider=args.get("provider") or storage.DEFAULT_PROVIDER,
     )

@@ -1,0 +1,63 @@
+"""Usage requests name their service and keep their deadline, and nothing commits after it.
+
+- `usage_requests.service`: the service that sent the request (a refund is accepted only from the
+  service that made the debit; `usage.outcome` answers a service about its own keys).
+- `usage_requests.not_after`: the request's deadline. A deferred constraint trigger checks, as the
+  transaction commits, PostgreSQL's own clock against the deadline of every request the
+  transaction answered (every answer is an UPDATE of the row its claim inserted): past it, the
+  COMMIT fails (SQLSTATE PWD01) unless the answer is `expired`.
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-12-07
+
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql
+
+from migrations.helpers import service_schema
+
+revision = "0007"
+down_revision = "0006"
+branch_labels = None
+depends_on = None
+
+DEADLINE_SQLSTATE = "PWD01"
+
+
+def upgrade() -> None:
+    schema = service_schema()
+    op.add_column("usage_requests", sa.Column("service", sa.Text), schema=schema)
+    op.add_column("usage_requests", sa.Column("not_after", postgresql.TIMESTAMP(timezone=True)), schema=schema)
+    op.execute(
+        f"""
+        CREATE FUNCTION "{schema}".usage_request_before_deadline() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            -- Deferred: runs as the transaction commits, on the answer this UPDATE wrote.
+            IF clock_timestamp() > NEW.not_after AND NEW.status <> 'expired' THEN
+                RAISE EXCEPTION 'pedro_webhooks_deadline: usage request % answered % after its deadline %',
+                    NEW.idempotency_key, NEW.status, NEW.not_after
+                    USING ERRCODE = '{DEADLINE_SQLSTATE}';
+            END IF;
+            RETURN NULL;
+        END $$;
+        CREATE CONSTRAINT TRIGGER usage_request_before_deadline
+            AFTER UPDATE ON "{schema}".usage_requests
+            DEFERRABLE INITIALLY DEFERRED
+            FOR EACH ROW WHEN (NEW.not_after IS NOT NULL)
+            EXECUTE FUNCTION "{schema}".usage_request_before_deadline();
+        """
+    )
+
+
+def downgrade() -> None:
+    schema = service_schema()
+    op.execute(f'DROP TRIGGER usage_request_before_deadline ON "{schema}".usage_requests')
+    op.execute(f'DROP FUNCTION "{schema}".usage_request_before_deadline()')
+    op.drop_column("usage_requests", "not_after", schema=schema)
+    op.drop_column("usage_requests", "service", schema=schema)
