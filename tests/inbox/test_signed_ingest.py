@@ -33,21 +33,27 @@ def paying_user(session_factory):
     add_user(session_factory)
 
 
+TASK_ID = "7d2c3f5e-0000-4000-8000-00000000f00d"
+GENUINE = IngestSigner([INGEST_TEST_KEY]).message(TASK_ID, DELIVERY)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
         DELIVERY,  # the message as it was before it was signed
-        {"signed_delivery": IngestSigner(["a key the receiver does not hold"]).sign(DELIVERY)},
-        {"signed_delivery": IngestSigner([INGEST_TEST_KEY]).sign(DELIVERY)[:-2] + "xx"},
-        {"signed_delivery": json.dumps(DELIVERY)},
-        {"signed_delivery": IngestSigner([INGEST_TEST_KEY]).sign(DELIVERY), "payload": FORGED},
+        IngestSigner(["a key the receiver does not hold"]).message(TASK_ID, DELIVERY),
+        {**GENUINE, "signature": GENUINE["signature"][:-2] + "xx"},
+        {"service": "receiver", "request": json.dumps(DELIVERY)},
+        {**GENUINE, "payload": FORGED},
+        {**GENUINE, "request": GENUINE["request"].replace("PAYMENT_CONFIRMED", "PAYMENT_RECEIVED")},
+        IngestSigner([INGEST_TEST_KEY]).message("another task id", DELIVERY),  # replayed under TASK_ID
     ],
-    ids=["unsigned", "other-key", "tampered-signature", "no-signature", "extra-fields"],
+    ids=["unsigned", "other-key", "tampered-signature", "no-signature", "extra-fields", "tampered-request", "replayed"],
 )
 def test_a_forged_ingest_message_stores_nothing_and_grants_nothing(
     celery_worker, producer, session_factory, paying_user, kwargs
 ):
-    answer = producer.send_task("webhooks.ingest", kwargs=kwargs).get(timeout=30)
+    answer = producer.send_task("webhooks.ingest", kwargs=kwargs, task_id=TASK_ID).get(timeout=30)
     assert answer == {"status": "refused"}
     assert _asaas_rows(session_factory) == []
     assert balance(session_factory) == SIGNUP
@@ -73,8 +79,8 @@ def test_a_message_the_receiver_signed_is_stored_and_processed(celery_worker, se
 def test_keys_rotate_newest_first():
     old, new = IngestSigner(["old-key"]), IngestSigner(["new-key", "old-key"])
     # During a rotation both are accepted; the first key signs.
-    assert new.open(old.sign(DELIVERY)) == DELIVERY
-    assert IngestSigner(["new-key"]).open(new.sign(DELIVERY)) == DELIVERY
+    assert new.open(TASK_ID, old.message(TASK_ID, DELIVERY)) == DELIVERY
+    assert IngestSigner(["new-key"]).open(TASK_ID, new.message(TASK_ID, DELIVERY)) == DELIVERY
 
 
 def test_a_worker_without_the_key_does_not_start(settings):

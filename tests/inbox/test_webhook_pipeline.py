@@ -4,6 +4,7 @@ letter; the sweep recovers rows whose message was lost."""
 from __future__ import annotations
 
 import time
+import uuid
 
 import psycopg
 from sqlalchemy import select, text, update
@@ -86,9 +87,12 @@ def _effects(factory) -> tuple[int, int]:
 def test_webhooks_ingest_stores_then_processes(celery_worker, producer, session_factory):
     body = payload("clerk/user.created")
     delivery = {"source": "clerk", "external_id": "msg_ingest", "event_type": "user.created", "payload": body}
-    args = {"signed_delivery": IngestSigner([INGEST_TEST_KEY]).sign(delivery)}  # as the receiver sends it
-    assert producer.send_task("webhooks.ingest", kwargs=args).get(timeout=30)["status"] == "accepted"
-    assert producer.send_task("webhooks.ingest", kwargs=args).get(timeout=30) == {"status": "duplicate"}
+    first, again = (str(uuid.uuid4()) for _ in range(2))
+    signer = IngestSigner([INGEST_TEST_KEY])  # as the receiver signs it
+    sent = producer.send_task("webhooks.ingest", kwargs=signer.message(first, delivery), task_id=first)
+    assert sent.get(timeout=30)["status"] == "accepted"
+    sent = producer.send_task("webhooks.ingest", kwargs=signer.message(again, delivery), task_id=again)
+    assert sent.get(timeout=30) == {"status": "duplicate"}
     with session_factory() as session:
         inbox_id = session.scalar(select(WebhookInbox.id).where(WebhookInbox.external_id == "msg_ingest"))
     assert _wait_for_status(session_factory, inbox_id).status == "processed"

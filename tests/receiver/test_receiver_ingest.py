@@ -113,8 +113,8 @@ def test_a_body_shorter_than_its_content_length_is_a_400(app, session_factory, q
 
 
 def _signed_delivery(task: QueuedTask) -> dict:
-    assert task.task == "webhooks.ingest" and set(task.kwargs) == {"signed_delivery"}, task
-    return IngestSigner([INGEST_TEST_KEY]).open(task.kwargs["signed_delivery"])
+    assert task.task == "webhooks.ingest" and set(task.kwargs) == {"service", "request", "signature"}, task
+    return IngestSigner([INGEST_TEST_KEY]).open(task.id, task.kwargs)
 
 
 class TestPostgresqlDown:

@@ -81,6 +81,7 @@ class QueuedTask:
     task: str
     args: list[Any]
     kwargs: dict[str, Any]
+    id: str = ""
 
 
 def queued_tasks(client: redis.Redis, queue: str = QUEUE) -> list[QueuedTask]:
@@ -93,7 +94,7 @@ def queued_tasks(client: redis.Redis, queue: str = QUEUE) -> list[QueuedTask]:
     for raw in reversed(client.lrange(queue, 0, -1)):
         envelope = json.loads(raw)
         args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
-        tasks.append(QueuedTask(envelope["headers"]["task"], args, kwargs))
+        tasks.append(QueuedTask(envelope["headers"]["task"], args, kwargs, envelope["headers"]["id"]))
     return tasks
 
 

@@ -35,12 +35,14 @@ def make_user(factory: Factory, clerk_id: str = "user_a", credits: int = 100, ac
 def debit(
     factory: Factory, key: str, clerk_user_id: str = "user_a", operation: str = "AI_TEXT_CHAT", **fields: Any
 ) -> dict[str, Any]:
-    """One debit in its own transaction, as the `usage.debit` task runs it."""
+    """One debit in its own transaction, as the `usage.debit` task runs it (sent by `tests`)."""
+    fields.setdefault("service", "tests")
     with factory.begin() as session:
         return debits.debit(session, debits.DebitRequest(clerk_user_id, operation, key, **fields))
 
 
 def refund(factory: Factory, key: str, refund_of: str, clerk_user_id: str = "user_a", **fields: Any) -> dict[str, Any]:
+    fields.setdefault("service", "tests")
     with factory.begin() as session:
         return refunds.refund(session, refunds.RefundRequest(clerk_user_id, key, refund_of, **fields))
 

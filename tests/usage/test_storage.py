@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from pedro_credits import CreditsClient
 from sqlalchemy import select
 
 from models.app import StorageObject
-from tests.support.celery_worker import wait_for_state
-from tests.support.usage import count_rows, make_user
+from tests.support.usage import count_rows, credits_client, make_user, wait_for_retry
 from worker.usage import storage
 from worker.usage.requests import NotYetKnown
 
@@ -77,11 +75,11 @@ def test_an_unknown_user_is_answered_when_the_wait_is_over(session_factory):
 
 
 def test_a_user_created_during_the_wait_has_the_upload_recorded_after_it(celery_worker, producer, session_factory):
-    result = CreditsClient(producer.conf.broker_url).record_storage("user_late", **BLOB)
-    wait_for_state(result, "RETRY")  # the worker ran it, found no user, and is waiting
+    pending = credits_client(producer.conf.broker_url).send_record_storage("user_late", **BLOB, wait=60)
+    wait_for_retry(producer, pending)  # the worker ran it, found no user, and is waiting
     assert count_rows(session_factory, StorageObject) == 0
     make_user(session_factory, "user_late")
-    answer = result.get(timeout=60)
+    answer = pending.answer()
     assert answer["status"] == "recorded"
     with session_factory() as session:
         row = session.get(StorageObject, answer["storage_object_id"])
@@ -89,12 +87,12 @@ def test_a_user_created_during_the_wait_has_the_upload_recorded_after_it(celery_
 
 
 def test_storage_tasks_through_a_worker(celery_worker, producer, session_factory):
-    client = CreditsClient(producer.conf.broker_url)
-    results = [client.record_storage("user_a", **BLOB) for _ in range(4)]  # also concurrently
-    statuses = sorted(result.get(timeout=30)["status"] for result in results)
+    client = credits_client(producer.conf.broker_url)
+    results = [client.send_record_storage("user_a", **BLOB) for _ in range(4)]  # also concurrently
+    statuses = sorted(result.answer()["status"] for result in results)
     assert statuses == ["duplicate", "duplicate", "duplicate", "recorded"]
-    deletions = [client.delete_storage(pathname="u/a.png") for _ in range(2)]
-    answers = [result.get(timeout=30) for result in deletions]
+    deletions = [client.send_delete_storage(pathname="u/a.png") for _ in range(2)]
+    answers = [result.answer() for result in deletions]
     assert sorted(a["status"] for a in answers) == ["already_deleted", "deleted"]
     assert answers[0]["deleted_at"] == answers[1]["deleted_at"]
     assert count_rows(session_factory, StorageObject) == 1

@@ -25,10 +25,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from celery_ext.redis_transport import queue_lists
 from messaging.celery_config import USAGE_QUEUE, create_producer
 from models.app import UsageHistory
-from tests.support.celery_worker import WorkerProcess, wait_for_state
+from tests.support.celery_worker import WorkerProcess
 from tests.support.inbox import assert_ledger_matches_balances, deliver, payload
 from tests.support.servers import claim_redis_databases
-from tests.support.usage import balance, count_rows, ledger_deltas, make_user, stored_status
+from tests.support.usage import (
+    balance,
+    count_rows,
+    credits_client,
+    ledger_deltas,
+    make_user,
+    stored_status,
+    wait_for_retry,
+)
 
 pytestmark = pytest.mark.celery_worker
 
@@ -59,7 +67,9 @@ def batch_worker(settings, servers, tmp_path_factory) -> Iterator[WorkerProcess]
 
 @pytest.fixture
 def client(batch_worker, session_factory) -> Iterator[CreditsClient]:
-    yield CreditsClient(batch_worker.producer.conf.broker_url)
+    client = credits_client(batch_worker.producer.conf.broker_url)
+    yield client
+    client.close()
     assert_ledger_matches_balances(session_factory)
 
 
@@ -104,11 +114,11 @@ def pool_busy(factory: sessionmaker[Session], client: CreditsClient) -> Iterator
     once the worker holds every debit sent (so they all leave in the next batch)."""
     make_user(factory, "user_blocker", credits=10)
     with balance_locked(factory, "user_blocker"):
-        blocker = client.debit("user_blocker", "AI_TEXT_CHAT", "blocker", cost=1)
+        blocker = client.send_debit("user_blocker", "AI_TEXT_CHAT", "blocker", cost=1)
         wait_until_a_debit_waits_for_a_lock(factory)
         yield
         wait_until_the_worker_holds_every_message(client.app.conf.broker_url)
-    assert blocker.get(timeout=30)["status"] == "applied"
+    assert blocker.answer()["status"] == "applied"
 
 
 def transactions_of(factory: sessionmaker[Session], prefix: str) -> int:
@@ -131,8 +141,8 @@ def test_the_batching_strategy_is_installed_on_usage_debit(batch_worker):
 def test_duplicates_inside_one_batch_answer_duplicate(client, session_factory):
     make_user(session_factory)
     with pool_busy(session_factory, client):
-        sent = [client.debit("user_a", "AI_TEXT_CHAT", f"dup-{n // 2}", cost=2) for n in range(10)]
-    answers = [result.get(timeout=30) for result in sent]
+        sent = [client.send_debit("user_a", "AI_TEXT_CHAT", f"dup-{n // 2}", cost=2) for n in range(10)]
+    answers = [result.answer() for result in sent]
 
     assert [answer["status"] for answer in answers] == ["applied", "duplicate"] * 5
     for first, second in zip(answers[::2], answers[1::2], strict=True):
@@ -146,42 +156,42 @@ def test_a_batch_refuses_exactly_the_later_debits_a_balance_cannot_pay(client, s
     make_user(session_factory, credits=10)
     make_user(session_factory, "user_b", credits=100)
     with pool_busy(session_factory, client):
-        sent = [client.debit("user_a", "AI_TEXT_CHAT", f"over-{n}", cost=1) for n in range(15)]
-        other = [client.debit("user_b", "AI_TEXT_CHAT", f"over-b-{n}", cost=1) for n in range(5)]
-    answers = [result.get(timeout=30) for result in sent]
+        sent = [client.send_debit("user_a", "AI_TEXT_CHAT", f"over-{n}", cost=1) for n in range(15)]
+        other = [client.send_debit("user_b", "AI_TEXT_CHAT", f"over-b-{n}", cost=1) for n in range(5)]
+    answers = [result.answer() for result in sent]
 
     assert [answer["status"] for answer in answers] == ["applied"] * 10 + ["insufficient_credits"] * 5
     assert [answer["remaining"] for answer in answers] == [*range(9, -1, -1), *[0] * 5]
-    assert [result.get(timeout=30)["remaining"] for result in other] == [99, 98, 97, 96, 95]
+    assert [result.answer()["remaining"] for result in other] == [99, 98, 97, 96, 95]
     assert transactions_of(session_factory, "over-") == 1
     assert balance(session_factory) == 0 and balance(session_factory, "user_b") == 95
     assert count_rows(session_factory, UsageHistory) == 10 + 5 + 1  # and the blocker's
 
 
-def test_an_unknown_user_waits_on_its_own_and_the_batch_goes_on(client, session_factory):
+def test_an_unknown_user_waits_on_its_own_and_the_batch_goes_on(client, session_factory, batch_worker):
     make_user(session_factory)
     with pool_busy(session_factory, client):
-        early = client.debit(CLERK_ID, "AI_TEXT_CHAT", "wait-early", cost=1, wait_for_user=60)
-        known = [client.debit("user_a", "AI_TEXT_CHAT", f"wait-known-{n}", cost=1) for n in range(3)]
-    assert [result.get(timeout=30)["status"] for result in known] == ["applied"] * 3
-    wait_for_state(early, "RETRY")
+        early = client.send_debit(CLERK_ID, "AI_TEXT_CHAT", "wait-early", cost=1, wait=60, wait_for_user=60)
+        known = [client.send_debit("user_a", "AI_TEXT_CHAT", f"wait-known-{n}", cost=1) for n in range(3)]
+    assert [result.answer()["status"] for result in known] == ["applied"] * 3
+    wait_for_retry(batch_worker.producer, early)
     assert stored_status(session_factory, "wait-early") is None  # nothing of it was written
 
     deliver(session_factory, "clerk", payload("clerk/user.created"))
-    assert early.get(timeout=60)["status"] == "applied"
+    assert early.answer()["status"] == "applied"
     assert balance(session_factory, CLERK_ID) == 99 and balance(session_factory) == 97
 
 
 def test_a_batch_killed_before_its_commit_is_redelivered_and_applied_once(client, session_factory, batch_worker):
     make_user(session_factory)
     with balance_locked(session_factory, "user_a"):
-        sent = [client.debit("user_a", "AI_TEXT_CHAT", f"killed-{n}", cost=1) for n in range(5)]
+        sent = [client.send_debit("user_a", "AI_TEXT_CHAT", f"killed-{n}", cost=1) for n in range(5)]
         wait_until_a_debit_waits_for_a_lock(session_factory)
         (child,) = batch_worker.pool_children()
         os.kill(child, signal.SIGKILL)  # the batch dies before its COMMIT: its messages are unacked
         time.sleep(0.5)  # the pool starts a new process, which takes the requeued messages
     # Answered long before Redis's visibility timeout (an hour) would have redelivered them.
-    answers = [result.get(timeout=30) for result in sent]
+    answers = [result.answer() for result in sent]
 
     assert sorted(answer["remaining"] for answer in answers) == [95, 96, 97, 98, 99]
     assert {answer["status"] for answer in answers} == {"applied"}

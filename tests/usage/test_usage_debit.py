@@ -132,5 +132,7 @@ def test_outcome_reports_the_stored_answer_or_unknown(session_factory):
     make_user(session_factory)
     applied = debit(session_factory, "k1", cost=2)
     with session_factory() as session:
-        assert requests.outcome(session, "k1") == {**applied, "kind": "debit"}
-        assert requests.outcome(session, "never-sent")["status"] == "unknown"
+        assert requests.outcome(session, "k1", "tests") == {**applied, "kind": "debit"}
+        assert requests.outcome(session, "never-sent", "tests")["status"] == "unknown"
+        # A service learns nothing of another's keys.
+        assert requests.outcome(session, "k1", "other")["status"] == "unknown"

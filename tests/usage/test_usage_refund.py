@@ -84,7 +84,7 @@ def test_two_refunds_of_one_debit_at_once_never_give_back_more_than_it_took(sess
     second starts while the first is mid-transaction. Together they give back at most 10."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         with patient_factory() as first, first.begin():
-            applied = refunds.refund(first, refunds.RefundRequest("user_a", "r1", "d1", credits=7))
+            applied = refunds.refund(first, refunds.RefundRequest("user_a", "r1", "d1", credits=7, service="tests"))
             assert applied["status"] == "applied"
             second = pool.submit(refund, patient_factory, "r2", "d1", credits=7)
             _wait_until_blocked_or_done(settings, second)

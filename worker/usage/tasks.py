@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from celery import Task
-from celery.signals import task_revoked, worker_ready
+from celery.signals import celeryd_after_setup, task_revoked, worker_ready
 
 from celery_ext.batching import BatchItem, batching_installed
 from messaging.celery_config import (
@@ -24,6 +24,7 @@ from messaging.celery_config import (
     SETTLE_TASK,
     USAGE_QUEUE,
 )
+from models.settings import process_settings
 from worker.celery_app import app
 from worker.task_base import TransactionalTask
 from worker.usage import batches, debits, refunds, requests, storage
@@ -46,6 +47,9 @@ class UsageTask(TransactionalTask[..., dict[str, Any] | None]):
 
     abstract = True
     ignore_result = True
+    # The message's kwargs (service, request, signature) are not the function's parameters: Celery
+    # must not check them against it (its retry re-sends them as they came).
+    typing = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
         message = self.open(kwargs)
@@ -96,7 +100,9 @@ def run_or_wait(task: UsageTask, message: UsageMessage, attempt: Any, not_after:
     wait_for_user = message.args.get("wait_for_user", USER_WAIT_SECONDS)
     try:
         return attempt(user_wait_over(tries, wait_for_user))
-    except requests.NotYetKnown:
+    except requests.NotYetKnown as exc:
+        # RETRY for Flower and `AsyncResult.state` (Celery stores none for a task ignoring results).
+        task.backend.mark_as_retry(task.request.id, exc)
         raise task.retry(countdown=user_wait_countdown(tries, not_after)) from None
 
 
@@ -111,6 +117,17 @@ def debit(task: Task, **message: Any) -> None:
     request = task.request
     item = BatchItem(request.id or "", dict(message), request.retries or 0, None)
     batches.apply_batch([item])
+
+
+@celeryd_after_setup.connect
+def require_usage_service_keys(instance: Any = None, **_: Any) -> None:
+    """A worker consuming `usage` without USAGE_SERVICE_KEYS would refuse every message: it does
+    not start. (SystemExit: Celery logs and ignores a signal handler's Exception.)"""
+    consumed = set(instance.app.amqp.queues.consume_from or ()) if instance is not None else set()
+    if USAGE_QUEUE in consumed and not process_settings().usage_keys:
+        raise SystemExit(
+            "configuration error: USAGE_SERVICE_KEYS is not set (name:key of each service that sends usage tasks)"
+        )
 
 
 @worker_ready.connect

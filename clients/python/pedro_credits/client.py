@@ -133,13 +133,10 @@ class CreditsClient:
         return self._send("usage.outcome", {"idempotency_key": idempotency_key}, wait=wait).answer()
 
     def record_storage(self, clerk_user_id: str, url: str, pathname: str, name: str, size: int, **options: Any) -> dict:
-        args = {"clerk_user_id": clerk_user_id, "url": url, "pathname": pathname, "name": name, "size": size}
-        wait = options.pop("wait", 30.0)
-        return self._send("storage.record", {**args, **options}, wait=wait).answer()
+        return self.send_record_storage(clerk_user_id, url, pathname, name, size, **options).answer()
 
-    def delete_storage(self, *, wait: float = 30.0, **selector: Any) -> dict[str, Any]:
-        """`storage_object_id=...` or `pathname=...` (with `provider`)."""
-        return self._send("storage.delete", selector, wait=wait).answer()
+    def delete_storage(self, **selector: Any) -> dict[str, Any]:
+        return self.send_delete_storage(**selector).answer()
 
     # --- Sending without waiting ------------------------------------------------------------
 
@@ -187,6 +184,33 @@ class CreditsClient:
             "details": details,
         }
         return self._send("usage.refund", args, wait=wait)
+
+    def send_record_storage(
+        self,
+        clerk_user_id: str,
+        url: str,
+        pathname: str,
+        name: str,
+        size: int,
+        content_type: str | None = None,
+        provider: str = "vercel_blob",
+        wait: float = 30.0,
+    ) -> Pending:
+        """Record an upload (a `StorageObject` row), idempotent on (provider, pathname)."""
+        args = {"clerk_user_id": clerk_user_id, "url": url, "pathname": pathname, "name": name, "size": size}
+        args.update(content_type=content_type, provider=provider)
+        return self._send("storage.record", args, wait=wait)
+
+    def send_delete_storage(
+        self,
+        storage_object_id: str | None = None,
+        pathname: str | None = None,
+        provider: str = "vercel_blob",
+        wait: float = 30.0,
+    ) -> Pending:
+        """Soft-delete a `StorageObject`, by its id or by pathname."""
+        args = {"storage_object_id": storage_object_id, "pathname": pathname, "provider": provider}
+        return self._send("storage.delete", args, wait=wait)
 
     # --- The wire ---------------------------------------------------------------------------
 

@@ -1,0 +1,48 @@
+"""Answers go to the result backend together (celery_ext.results.store_successes), as
+`mark_as_done` would store each: what a caller's `get()` reads, and never over a stored SUCCESS
+the caller says to keep."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis
+
+from celery_ext.results import store_successes
+
+
+def test_each_answer_is_stored_as_its_tasks_success(producer, redis_client):
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    answers = [{"status": "applied", "remaining": 10 - n} for n in range(3)]
+
+    store_successes(producer.backend, list(zip(ids, answers, strict=True)))
+
+    for task_id, expected in zip(ids, answers, strict=True):
+        result = producer.AsyncResult(task_id)
+        assert result.state == "SUCCESS"
+        assert result.get(timeout=5) == expected
+        assert result.date_done is not None
+        assert producer.backend.client.ttl(producer.backend.get_key_for_task(task_id)) > 0  # result_expires
+
+
+def test_a_stored_success_stands_unless_the_caller_says_otherwise(producer, redis_client):
+    first, fresh, forged = (str(uuid.uuid4()) for _ in range(3))
+    producer.backend.mark_as_done(first, {"status": "applied", "remaining": 9})
+    producer.backend.mark_as_done(forged, {"status": "applied", "forged": True})
+
+    def keep(_task_id: str, result: dict) -> bool:
+        return not result.get("forged")
+
+    answers = [(first, {"status": "duplicate"}), (fresh, {"status": "applied"}), (forged, {"status": "expired"})]
+    store_successes(producer.backend, answers, keep=keep)
+
+    assert producer.AsyncResult(first).get(timeout=5) == {"status": "applied", "remaining": 9}
+    assert producer.AsyncResult(fresh).get(timeout=5) == {"status": "applied"}
+    assert producer.AsyncResult(forged).get(timeout=5) == {"status": "expired"}
+
+
+def test_an_unreachable_backend_raises(producer):
+    broken = producer.backend.__class__(app=producer, url="redis://127.0.0.1:1/0")
+    with pytest.raises(redis.ConnectionError):
+        store_successes(broken, [(str(uuid.uuid4()), {"status": "applied"})])
