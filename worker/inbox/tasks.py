@@ -52,9 +52,7 @@ class InboxTask(TransactionalTask[_P, _R]):
 
     abstract = True
 
-    def on_retry(
-        self, exc: Exception, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: Any
-    ) -> None:
+    def on_retry(self, exc: Exception, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: Any) -> None:
         if isinstance(exc, RowBusy):
             return  # the run holding the row records its own end
         due_at = datetime.now(UTC) + timedelta(seconds=_countdown(einfo))

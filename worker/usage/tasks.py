@@ -28,8 +28,8 @@ from celery.signals import task_revoked, worker_ready
 from sqlalchemy.exc import SQLAlchemyError
 
 from celery_ext.batching import batching_installed
-from worker import database
 from messaging.celery_config import USAGE_QUEUE
+from worker import database
 from worker.celery_app import app
 from worker.errors import TRANSIENT_ERRORS
 from worker.task_base import TransactionalTask
