@@ -126,3 +126,22 @@ def test_the_usage_statuses_are_written_only_in_the_usage_api():
     for page in DOCS.glob("*.md"):
         if page.name != "usage-api.md":
             assert not [status for status in statuses if status in page.read_text()], page.name
+
+
+def _anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_the_links_between_pages_resolve():
+    pages = [PROJECT_ROOT / "README.md", PROJECT_ROOT / "BENCHMARKS.md", *DOCS.glob("*.md")]
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", page.read_text()):
+            path, anchor = target
+            if path.startswith(("http://", "https://")):
+                continue
+            linked = (page.parent / path).resolve() if path else page
+            assert linked.is_file(), f"{page.name} links to {path}, which does not exist"
+            if anchor:
+                headings = re.findall(r"^#+ (.+)$", linked.read_text(), re.M)
+                assert anchor in {_anchor(heading) for heading in headings}, f"{page.name}: no #{anchor} in {path}"
