@@ -1,14 +1,10 @@
 """The `webhooks.ingest` message: a verified delivery the receiver could not store (PostgreSQL was
 down), handed to the workers through Redis, signed.
 
-Whatever reaches the broker is not trusted to mint credits: every service that sends usage tasks
-holds REDIS_URL. So the receiver signs the delivery with a key only it and the workers hold
-(INGEST_SIGNING_KEY) and a worker stores nothing whose signature does not verify. The signature
-is itsdangerous' (HMAC-SHA256 over the serialised delivery), with no timestamp: such a message
-may wait in Redis for as long as PostgreSQL is down.
-
-Rotation: the setting is comma-separated, newest first; the first key signs and every key is
-accepted.
+The receiver signs it with INGEST_SIGNING_KEY, which only it and the workers hold, and a worker
+stores nothing whose signature does not verify: every service that sends usage tasks holds
+REDIS_URL. itsdangerous' signature (HMAC-SHA256), no timestamp. The key is comma-separated,
+newest first: the first signs, every key verifies. Why: docs/design.md ("Trust boundaries").
 """
 
 from __future__ import annotations

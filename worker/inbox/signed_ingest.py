@@ -1,4 +1,4 @@
-"""The worker's side of the signed `webhooks.ingest` message (worker/ingest_message.py): open it
+"""The worker's side of the signed `webhooks.ingest` message (messaging/ingest_message.py): open it
 with this process's keys (a worker without one does not start: worker/celery_app.py).
 
 A message that does not verify is dropped (logged, nothing stored): retrying it could never

@@ -1,19 +1,10 @@
 """The Celery tasks other services call (queue `usage`): debits, refunds, storage tracking.
 
-Each run is one transaction (TransactionalTask). Transient database and broker errors retry
-with a short backoff: a debit is on the product's hot path. A debit, refund or storage record
-for a user the Clerk webhook has not created yet (or a refund of a debit still in the queue)
-retries with backoff, 1, 2, 4 ... 30 s, for about `wait_for_user` seconds (default
-USER_WAIT_SECONDS), and only then answers `unknown_user` / `unknown_debit`. Each try rolls
-back, so nothing is recorded for the key until that final answer.
-
-A debit has a deadline (`not_after`, with the message's `expires` set to the same moment by
-`CreditsClient.debit`): its caller has stopped waiting by then, so nothing may be taken after it.
-A run past it answers `expired`, the wait for a user never goes beyond it, and a message Celery
-discards as expired (it never runs) still has `expired` stored on its key, by the
-`task_revoked` handler below. Refunds and storage tasks have no deadline: each records
-something that already happened (a failed operation to pay back, an upload made or removed),
-and recording it late is still right, while dropping it would not be.
+Each run is one transaction (TransactionalTask); transient errors retry with a short backoff. A
+request for a user the Clerk webhook has not created yet (or a refund of a debit still in the
+queue) retries for about `wait_for_user` seconds before it answers; a debit never runs past its
+deadline, and the `task_revoked` handler below stores `expired` for a debit message Celery
+discarded unrun. The contract: docs/usage-api.md.
 """
 
 from __future__ import annotations

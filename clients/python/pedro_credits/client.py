@@ -95,7 +95,7 @@ class CreditsClient:
         return self._send("usage.refund", {**kwargs, **options})
 
     def outcome(self, idempotency_key: str) -> AsyncResult[dict[str, Any]]:
-        """The answer PostgreSQL holds for a debit or refund key (`unknown` if none)."""
+        """The answer PostgreSQL holds for a debit or refund key (docs/usage-api.md)."""
         return self._send("usage.outcome", {"idempotency_key": idempotency_key})
 
     def record_storage(
