@@ -2,24 +2,7 @@
 
     .venv/bin/python bench/bench_memory.py [--events 10000] [--lock-file /tmp/pedro-bench.lock]
 
-With --lock-file it holds that lock (flock) for a turn of batches (up to LOCK_TURN_SECONDS, then
-the batch running) and releases it between turns: a 10,000-event run takes several minutes (every
-delivery is processed, CPU-bound); memory readings do not suffer from the pauses, and other
-benchmarks get the machine in turn.
-
-Creates its own database (migrated, with the demo plan of `dev seed`) and claims its own Redis
-database numbers; starts the Procfile's `web` (gunicorn, WEB_CONCURRENCY=1 by default, so every
-request goes through the one worker that is read) and `worker` (celery, WORKER_CONCURRENCY=1 by
-default, so every task runs in the one pool process that is read); removes everything again.
-
-Each batch of 1,000 deliveries goes through the receiver over HTTP, signed as the providers
-sign them, and on to the worker: 500 Clerk `user.created` (new users), then, once those are
-processed, 200 `user.updated` and 300 Asaas `PAYMENT_CONFIRMED` (the demo plan's 500 credits)
-for those users, plus --debits-per-batch `usage.debit` sent by name (pedro_credits.CreditsClient)
-and waited for. After each batch it reads RSS and USS (/proc/<pid>/smaps_rollup) of the receiver
-worker, the pool process and the celery main process, and prints the series, the growth after
-warm-up (from the 2,000-event reading to the last) and whether it levels off (the last four
-readings grow less than LEVEL_MIB per 1,000 events). Target: growth < 10 MB after warm-up.
+How it measures: BENCHMARKS.md ("What each script does"). Target: growth < 10 MB after warm-up.
 """
 
 from __future__ import annotations
@@ -196,8 +179,12 @@ def report(readings: list[Reading], args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000, help="deliveries (a multiple of 1,000)")
-    parser.add_argument("--debits-per-batch", type=int, default=250)
-    parser.add_argument("--worker-concurrency", type=int, default=1)
+    parser.add_argument(
+        "--debits-per-batch", type=int, default=250, help="usage.debit sent with each 1,000 deliveries, waited for"
+    )
+    parser.add_argument(
+        "--worker-concurrency", type=int, default=1, help="pool processes (1: every task runs in the one that is read)"
+    )
     parser.add_argument("--lock-file", type=Path, help="hold this flock for turns of batches (shared machines)")
     args = parser.parse_args()
     exit_on_sigterm()

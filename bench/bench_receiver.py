@@ -1,32 +1,9 @@
 """Receiver throughput and latency under wrk, against the lean receiver and a bare Flask route
 measured in the same run; then one receiver worker's memory over 10,000 deliveries.
 
-    flock /tmp/pedro-bench.lock .venv/bin/python bench/bench_receiver.py [--rounds 3] [--seconds 5]
+    flock /tmp/pedro-bench.lock .venv/bin/python bench/bench_receiver.py [all|throughput|memory] [--rounds 3]
 
-Three apps, each under gunicorn with the receiver's own settings (receiver.gunicorn_conf:
-WEB_CONCURRENCY 4 sync workers): the bare Flask route (bench/bare_flask_app.py, nothing but
-HTTP), the lean receiver (bench/lean_receiver.py, the honest minimum) and the receiver. Each is
-loaded by `wrk` (bench/signed_deliveries.lua) with pre-signed Clerk deliveries, every one sent
-once (never a duplicate):
-
-- peak: as fast as 16 connections can go;
-- half: the same 16 connections, each waiting a fixed delay after each answer (the Lua
-  `delay()`; wrk cannot rate-limit), calibrated by a short run to reach half the app's peak
-  rate. This is a closed loop: a stall also slows the sender, so its p99 is a lower bound of
-  what an open-loop client at that rate would see.
-
-After each app's runs the bench counts the inbox rows and the queued messages: every 200 has
-its row and its message, so the figures are real work. For each peak run it also prints the CPU
-time per request of the app's gunicorn processes, of PostgreSQL and of Redis, and how busy the
-machine was (read from the kernel before and after the run): where a request's cost goes. It
-prints the median of the rounds, the ratio receiver / lean, and wrk's own CPU (whether the load
-generator was the limit).
-
-The memory part starts the receiver with ONE worker, sends 10,000 deliveries (a Python client:
-at one worker's rate it is not the limit) and samples that worker's RSS every 1,000.
-
-The bench creates and drops its own database and claims its own Redis database numbers
-(tests/support); every process it starts is stopped before it returns.
+How it measures: BENCHMARKS.md ("What each script does").
 """
 
 from __future__ import annotations
@@ -348,8 +325,14 @@ def memory(env: dict[str, str], store: Store, deliveries: int, every: int) -> No
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("part", nargs="?", choices=("all", "throughput", "memory"), default="all")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "part",
+        nargs="?",
+        choices=("all", "throughput", "memory"),
+        default="all",
+        help="both parts, the wrk runs only, or one worker's memory only",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5, help="length of each peak and half-peak run")
     parser.add_argument("--deliveries", type=int, default=10_000, help="for the memory part")

@@ -2,24 +2,7 @@
 
     .venv/bin/python bench/bench_scale_out.py [--events 500] [--rounds 3] [--lock-file /tmp/pedro-bench.lock]
 
-Creates its own database (migrated; --users users with plenty of credits) and claims its own
-Redis database numbers; starts celery workers with the Procfile's `worker` command; removes
-everything again. Every figure is fire and drain (send all, then wait for all), the median of
---rounds rounds, with the machine's CPU use over the measurement (/proc/stat, all cores):
-
-1. one worker instance with --concurrency 1, 2 and 4 (processes of one prefork pool), each on the
-   Procfile's queues (the debits on the Procfile's `usage` process when it has one):
-   - no-op      `celery.accumulate` (Celery's own per-task cost: the ceiling);
-   - webhooks   `webhooks.process` for --events Clerk user.created inbox rows stored beforehand;
-   - debits     `usage.debit` sent by name (pedro_credits.CreditsClient), spread over the users;
-   each with its ratio to the same figure at concurrency 1.
-2. two worker instances, one `--queues=webhooks`, one `--queues=usage` (the Procfile's `usage`
-   process when it has one), --split-concurrency processes each: each one's rate alone, then
-   both loaded at the same time, and the ratio.
-
-With --lock-file it holds that lock (flock) for each worker set-up (start, warm-up, every load
-and round: well under 3 minutes) and releases it between them, so the run shares the machine in
-turn with other benchmarks.
+How it measures: BENCHMARKS.md ("What each script does").
 """
 
 from __future__ import annotations
@@ -277,8 +260,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=500, help="tasks per figure")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--users", type=int, default=1000)
-    parser.add_argument("--split-concurrency", type=int, default=1)
+    parser.add_argument("--users", type=int, default=1000, help="users the debits are spread over")
+    parser.add_argument(
+        "--split-concurrency", type=int, default=1, help="pool processes of each of the two worker instances"
+    )
     parser.add_argument("--lock-file", type=Path, help="hold this flock for each worker set-up (shared machines)")
     args = parser.parse_args()
     exit_on_sigterm()

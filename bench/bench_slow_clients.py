@@ -1,18 +1,9 @@
 """What slow ("slowloris") clients do to the receiver under its production gunicorn settings
 (Procfile `web`: sync workers, WEB_CONCURRENCY 4, timeout 30 s, BODY_READ_TIMEOUT_SECONDS 10).
 
-For each scenario, ATTACKERS connections misbehave for DURATION seconds while a probe sends one
-genuine Asaas delivery at a time (5 s client timeout each) and records what it got:
-
-- none:                  no attacker (the baseline);
-- slow headers:          each attacker sends its request line and one header byte every second,
-                         never finishing its headers (before any app code runs);
-- slow body, with token: each attacker sends complete, authenticated headers, then one body byte
-                         every 2 s (every read gets a byte before the 10 s read timeout);
-- slow body, no token:   the same without the asaas-access-token header (refused before the
-                         body is read).
-
     .venv/bin/python bench/bench_slow_clients.py [--attackers 8] [--duration 20]
+
+The scenarios: BENCHMARKS.md ("What each script does"); the figures: docs/production.md.
 """
 
 from __future__ import annotations
@@ -127,9 +118,9 @@ def scenario(port: int, kind: str, attackers: int, duration: float) -> dict[str,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--attackers", type=int, default=8)
-    parser.add_argument("--duration", type=float, default=20)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--attackers", type=int, default=8, help="connections that misbehave in each scenario")
+    parser.add_argument("--duration", type=float, default=20, help="seconds each scenario lasts")
     args = parser.parse_args()
     results = {}
     with ExitStack() as stack:

@@ -2,20 +2,8 @@
 
     python bench/bench_usage_debit.py [--rounds 3] [--debits 2000] [--users 1000] [--concurrency 2]
 
-Creates its own database (migrated) and claims its own Redis database numbers, starts one
-`celery worker` (prefork, `--concurrency`) on the `usage` queue, measures, and removes
-everything again. Each round measures, in this order:
-1. throughput, fire and drain, the worker alone (it stops consuming while `--debits` messages
-   are sent, then consumes again; timed to the last answer stored):
-   - a no-op Celery task (`celery.accumulate`) on the same worker: Celery's per-task ceiling;
-   - `usage.debit` (batched by the worker) spread over `--users` users, and on one hot user;
-   every answer is counted and no balance may end below zero;
-2. round trip (send one, wait for its answer) with 1, 8 and 32 in flight (client threads, each
-   with its own producer): p50 and p99 for `usage.debit` and for the no-op task;
-3. the same debit transaction (worker.usage.debits.debit) in a plain loop in this process, no
-   Celery, and the same SQL by hand with psycopg alone: the database's ceiling.
-Then it prints the median of each figure over the rounds and the ratios the issue asks for.
-Not part of the test suite (pytest collects tests/ only).
+How it measures: BENCHMARKS.md ("What each script does"). Not part of the test suite (pytest
+collects tests/ only).
 """
 
 from __future__ import annotations
@@ -306,9 +294,9 @@ def report(rounds: list[dict[str, float]], args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--debits", type=int, default=2000)
-    parser.add_argument("--users", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--debits", type=int, default=2000, help="messages per throughput figure")
+    parser.add_argument("--users", type=int, default=1000, help="users the spread debits go to")
+    parser.add_argument("--concurrency", type=int, default=2, help="pool processes of the worker")
     args = parser.parse_args()
     # SIGTERM (e.g. `timeout`) unwinds like Ctrl-C: the worker stopped, the database dropped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -1,31 +1,9 @@
-"""Webhook pipeline throughput through a real Celery worker, against a same-run baseline.
-
-Creates its own database and claims its own Redis database numbers, starts one `celery worker`
-(prefork, `--concurrency` processes (default 2), the `webhooks` queue, the project's Celery
-settings: acks late, prefetch 1, task events) and one gunicorn receiver (the receiver's own gunicorn
-settings), then, for each round, measures three rates on that same worker:
-
-  no-op      N no-op tasks (`celery.accumulate`, no result), fire and drain: the per-task ceiling;
-  process    N Clerk `user.created` through `webhooks.process` (user, balance, signup ledger entry,
-             replay lookup), fire and drain: the rows are stored and their messages queued while
-             the worker is not consuming, then the worker consumes and the clock runs until the
-             queue is empty and every message acked (acks late: after the task's commit);
-  e2e        N distinct signed `user.created` deliveries POSTed to the receiver by wrk
-             (bench/bench_webhooks.lua: pre-signed, never duplicated), timed from the first POST
-             until every one of the N `User` rows exists.
-
-Fire and drain for both the no-op and `process`: the worker stops consuming (`cancel_consumer`),
-the queue is filled, the worker starts consuming (`add_consumer`) and the clock runs until the
-queue and Redis's unacked set are both empty. Prints each round, then the medians of the rates
-and of each round's ratios process / no-op and e2e / no-op (goals: >= 0.6 and >= 0.4).
-`--profile FILE` drains one more batch of `webhooks.process` under py-spy (raw stacks). `--cpu`
-also prints, for each drain, the CPU time per event of the worker's main process, its pool
-processes, PostgreSQL's processes and Redis (read from the kernel before and after the drain),
-and how busy the machine was: where an event's cost goes, and which process is the busiest.
+"""Webhook pipeline throughput through a real Celery worker, against a same-run baseline: a no-op
+task, `webhooks.process` (fire and drain) and end to end through the receiver (wrk).
 
     flock /tmp/pedro-bench.lock .venv/bin/python bench/bench_webhooks.py [--events 1000] [--rounds 3]
 
-The machine's other load skews every figure: the ratios, measured in the same run, less so.
+How it measures: BENCHMARKS.md ("What each script does").
 """
 
 from __future__ import annotations
@@ -321,7 +299,7 @@ def receiver(runtime_dir: str) -> Iterator[int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1000, help="events per measurement")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=2, help="pool processes of the worker")

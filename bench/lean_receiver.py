@@ -1,17 +1,12 @@
 """The lean receiver: the honest minimum a Clerk delivery costs, the ceiling bench_receiver.py
-measures the receiver against (DESIGN.md, Ceilings).
+measures the receiver against (BENCHMARKS.md, baselines).
 
-A plain WSGI callable served by gunicorn with the receiver's own settings (receiver.gunicorn_conf:
-the same worker count and sync class). Per request it does only the work the receiver must do:
-a Svix verify on the raw bytes, reading the event type from the body, one
-`INSERT ... ON CONFLICT (source, external_id) DO NOTHING RETURNING id` into the same inbox table
-with a synchronous commit (plain psycopg, one connection per worker, in autocommit: the INSERT
-is its own transaction and returns once committed, one round trip where BEGIN, INSERT, COMMIT
-take three; the receiver commits the same way), one Redis LPUSH of a small message. No ORM,
-no Celery, no metrics, no logging, no framework.
-
-Reads DATABASE_URL, REDIS_URL, CLERK_WEBHOOK_SIGNING_SECRET and SERVICE_SCHEMA (default
-`ingest`) from the environment, as the receiver does.
+A plain WSGI callable served by gunicorn with the receiver's own settings. Per request: a Svix
+verify on the raw bytes, the event type read from the body, one `INSERT ... ON CONFLICT
+(source, external_id) DO NOTHING RETURNING id` into the same inbox table in autocommit (plain
+psycopg, one connection per worker), one Redis LPUSH of a small message. No ORM, no Celery, no
+metrics, no logging, no framework. Reads DATABASE_URL, REDIS_URL, CLERK_WEBHOOK_SIGNING_SECRET
+and SERVICE_SCHEMA (default `ingest`) from the environment, as the receiver does.
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""Alembic migrations: the only way the schema changes. See README "Adding a migration"."""
+"""Alembic migrations: the only way the schema changes. See docs/development.md ("Adding a migration")."""

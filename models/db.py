@@ -2,17 +2,10 @@
 Celery's prefork workers, after fork): a connection pool must never cross a fork.
 
 Every transaction runs with the server settings of `_server_settings` (UTC, the lock timeout,
-the client check). Connected directly, they are sent once per connection (the `options` startup
-parameter). Behind a pooler in transaction mode (DB_TRANSACTION_POOLER=true, e.g. PgBouncer
-`pool_mode = transaction`) a connection is only lent for one transaction, and PgBouncer refuses
-(or, with `ignore_startup_parameters`, drops) `options`: the settings are then set at the start of
-every transaction with `set_config(..., true)` (SET LOCAL, so they never leak to another client
-of the same server connection), and psycopg never prepares a statement (a prepared statement
-lives on one server connection; PgBouncer before 1.21 does not carry it to another).
-An AUTOCOMMIT engine (the receiver's single INSERT, the worker's run-start UPDATE) runs each
-statement as its own transaction: behind such a pooler the settings do not reach it, which is
-harmless there because those statements write only `timestamptz` values and take no lock that
-could wait.
+the client check): once per connection through the `options` startup parameter, or, behind a
+pooler in transaction mode (DB_TRANSACTION_POOLER=true), at the start of every transaction with
+SET LOCAL semantics, and psycopg then never prepares a statement. Why, and what an AUTOCOMMIT
+engine misses there: docs/design.md ("Database connections").
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The append-only credit ledger: one row per change of a `CreditBalance`.
 
 Per user, `"CreditBalance"."creditsRemaining" == sum(delta)` always holds: the service writes
-its changes through `worker.ledger.change_credits`, and a trigger on `"CreditBalance"` records
+its changes through `worker.credits.ledger.change_credits`, and a trigger on `"CreditBalance"` records
 every other change (the Next.js app writing through Prisma) as an `external` entry. The
 database refuses UPDATE and DELETE on this table.
 """

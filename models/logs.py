@@ -2,14 +2,9 @@
 
 One configuration for the receiver (gunicorn's `logconfig_dict` uses `formatter()`), the worker
 and beat (`configure_logging` from Celery's `setup_logging` signal) and the CLI. Lines written
-through the standard library (`logging.getLogger(__name__).info(...)`, Celery's and gunicorn's
-own) go through the same processors, so each carries the context bound for the work in
-progress: `bind_event(...)` in a task (inbox id, source, provider event id, type, task id,
-outcome) or a request. Nothing secret is printed: values under secret-looking keys are
-replaced, and a password in a URL is masked.
-
-LOG_FORMAT=json|console chooses the renderer (default: console when stderr is a terminal, json
-otherwise); LOG_LEVEL the level (default INFO).
+through the standard library go through the same processors, so each carries the context bound
+for the work in progress (`bind_event(...)`). Values under secret-looking keys are replaced and a
+password in a URL is masked. LOG_FORMAT and LOG_LEVEL: docs/configuration.md.
 """
 
 from __future__ import annotations

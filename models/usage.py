@@ -30,7 +30,7 @@ class UsageRequest(Base):
     kind: Mapped[str] = mapped_column(Text)
     clerk_user_id: Mapped[str] = mapped_column(Text)
     operation: Mapped[str | None] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(Text)  # the result's status: 'applied', 'insufficient_credits'...
+    status: Mapped[str] = mapped_column(Text)  # the result's status (every one: docs/usage-api.md)
     credits: Mapped[int | None]  # the credits debited or refunded (set when applied)
     refund_of: Mapped[str | None] = mapped_column(Text)  # a refund: the debit's key
     request: Mapped[dict[str, Any]]  # the arguments as sent

@@ -2,18 +2,9 @@
 `gunicorn --config python:receiver.gunicorn_conf "receiver.app:create_app()"`.
 
 Gunicorn imports this module when it starts, so reading the environment here is reading it at
-start-up. PORT and WEB_CONCURRENCY follow the Heroku/Procfile convention; WEB_BIND_HOST is the
-address the webhook port listens on (0.0.0.0; `pedro-webhooks run` sets 127.0.0.1).
-
-Metrics are not served on the webhook port: the master serves every worker's counts (the
-multiprocess collector) on RECEIVER_METRICS_ADDRESS:RECEIVER_METRICS_PORT, 127.0.0.1:9101 by
-default, for the operators' Prometheus only.
-
-Sync workers block on a client for as long as it takes to send its request: a slow client holds
-a worker up to BODY_READ_TIMEOUT_SECONDS while sending its body, and up to `timeout` (then
-gunicorn kills the worker) while sending its headers. In production the receiver runs behind a
-proxy that buffers whole requests before passing them on (bench/bench_slow_clients.py measures
-why; README "Production").
+start-up (the variables: docs/configuration.md). The master serves every worker's metrics on
+an address of their own, never on the webhook port. Sync workers: a slow client holds one for as
+long as it trickles bytes, hence the buffering proxy in production (docs/production.md).
 """
 
 from __future__ import annotations

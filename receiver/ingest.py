@@ -119,7 +119,7 @@ def body_deadline(client_socket: socket.socket | None, seconds: float) -> Iterat
     than `seconds` for a byte fails instead of holding the worker. (Without a socket, e.g. in
     tests, reads cannot stall.) A client trickling a byte now and then is not stopped by this:
     gunicorn reads a body to the size asked for, so only its worker `timeout` ends such a
-    request; hence the buffering proxy production needs (README, Production)."""
+    request; hence the buffering proxy production needs (docs/production.md)."""
     if client_socket is None:
         yield
         return

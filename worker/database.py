@@ -1,14 +1,8 @@
 """The worker process's engine and session factory, made after fork.
 
-Celery's prefork pool forks children from a parent that may already hold pooled connections;
-a connection shared across a fork corrupts both sides. Each process therefore builds its own
-engine on first use, keyed on its pid, and `worker_process_init` drops anything inherited.
-
-The pool does not pre-ping (a round trip before every checkout, i.e. two per inbox event): a
-pooled connection that died (PostgreSQL restarted, a network cut) fails the task's first
-statement with a transient error, SQLAlchemy then invalidates the whole pool, and the task's
-retry (`autoretry_for`) runs on fresh connections. One retry per outage per process, instead
-of a round trip per checkout for ever.
+Each process builds its own engine on first use, keyed on its pid, and `worker_process_init`
+drops anything inherited: a connection shared across a fork corrupts both sides. The pool does
+not pre-ping; why: docs/design.md ("Database connections").
 """
 
 from __future__ import annotations

@@ -1,24 +1,10 @@
 """The Celery task base: every run is one database transaction.
 
 The task function (bound: `bind=True`) reads its session as `task.session` and never commits:
-the base class commits when the function returns and rolls back when it raises. (The session is
-not passed as an argument: Celery re-sends a task's own arguments when it retries.) Tasks it
-wants sent next are handed to `send_after_commit`, by name, and go out only once the transaction
-committed, so a worker never enqueues work for rows that were rolled back. Sending by name means
-the code that asks for a follow-up never imports the task module that defines it.
-
-A transient error at COMMIT (the connection dropped, a serialization failure) is retried like one
-raised by the function itself (`autoretry_for`, with the task's backoff): Celery's autoretry wraps
-only the function, and the commit happens after it returned. Whether the lost commit landed or
-not, the retry is safe: every task is idempotent.
-
-Typing (celery-types): `TransactionalTask` is generic in the task's parameters and result like
-Celery's own `Task`. A task is declared with the options spelled out, so the decorator's overloads
-apply, and its function takes the bound task as `TransactionalTask[..., <its result>]`:
-
-    @app.task(name="usage.outcome", base=TransactionalTask, bind=True)
-    def outcome(task: TransactionalTask[..., dict[str, Any]], idempotency_key: str) -> dict[str, Any]:
-        return requests.outcome(task.session, idempotency_key)
+the base class commits when the function returns and rolls back when it raises. Tasks it wants
+sent next go to `send_after_commit`, by name, and leave only once the transaction committed. A
+transient error at COMMIT is retried like one raised by the function. Why: docs/design.md
+("Tasks are transactions").
 """
 
 from __future__ import annotations
@@ -69,6 +55,16 @@ _R = TypeVar("_R", covariant=True)
 # Generic in the task's parameters and result (`Generic`, not `Task[_P, _R]`: Celery's Task can
 # be subscripted at run time only in its latest releases, and `celery>=5.4` is allowed).
 class TransactionalTask(Task, Generic[_P, _R]):
+    """A task whose run is one transaction on `task.session`, committed when the function returns.
+
+    Typing (celery-types): declare a task with the options spelled out, so the decorator's
+    overloads apply, and take the bound task as `TransactionalTask[..., <its result>]`:
+
+        @app.task(name="usage.outcome", base=TransactionalTask, bind=True)
+        def outcome(task: TransactionalTask[..., dict[str, Any]], idempotency_key: str) -> dict[str, Any]:
+            return requests.outcome(task.session, idempotency_key)
+    """
+
     abstract = True
 
     @property

@@ -1,19 +1,11 @@
-"""Money and trust boundaries: whose balance a payment credited, installment sales, and the
-(provider, pathname) index of storage objects.
-
-- `payment_credits.credit_balance_id`: the balance a grant went to; reversals take from it,
-  never from whoever the refund's reference or a re-pointed customer link names later.
-  Backfilled from each payment's `grant:<provider>:<payment>` ledger entry.
-- `payment_credits.installment_id`: the Asaas installment sale a payment belongs to; the
-  installments of one sale never grant more than the plan's credits in total.
-- `storage_pathnames`: (provider, pathname) -> the latest `StorageObject` of that pathname (live
-  unless its `deletedAt` is set). Prisma's table cannot get this index; lookups by pathname go
-  through it. Backfilled with each pathname's live row, else its latest deleted one.
+"""Money and trust boundaries: `payment_credits.credit_balance_id` (the balance a grant went to,
+which reversals take from), `payment_credits.installment_id` (the Asaas installment sale a
+payment belongs to) and `storage_pathnames` ((provider, pathname) -> the latest `StorageObject`).
+The first and the last are backfilled. Why: docs/design.md ("Credits: the rules", "Storage objects").
 
 Revision ID: 0006
 Revises: 0005
 Create Date: 2026-11-29
-
 """
 
 from __future__ import annotations
@@ -41,6 +33,7 @@ def upgrade() -> None:
         schema=schema,
         postgresql_where=sa.text("installment_id IS NOT NULL"),
     )
+    # The balance each earlier grant went to, from its `grant:<provider>:<payment>` ledger entry.
     op.execute(
         sa.text(
             f'UPDATE "{schema}".payment_credits AS p SET credit_balance_id = l.credit_balance_id '
@@ -56,6 +49,7 @@ def upgrade() -> None:
         sa.Column("updated_at", postgresql.TIMESTAMP(timezone=True), server_default=sa.text("now()"), nullable=False),
         schema=schema,
     )
+    # Each pathname's live row, else its latest deleted one.
     op.execute(
         sa.text(
             f'INSERT INTO "{schema}".storage_pathnames (provider, pathname, storage_object_id) '

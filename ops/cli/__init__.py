@@ -1,6 +1,6 @@
 """`pedro-webhooks`: the command a person on call uses (and `run`, for a local service).
 
-One module per command group; the work itself lives in `worker.ops` (and the domain packages),
+One module per command group; the work itself lives in `ops.queries` (and the worker's domain packages),
 so tests and other code can call it without the CLI.
 """
 

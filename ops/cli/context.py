@@ -3,12 +3,9 @@ it starts, and one-line errors.
 
 A command that only reads the database asks for `database_settings()` (DATABASE_URL alone); a
 command that enqueues asks for `settings()` (REDIS_URL too). Either checks the server(s) first:
-an unreachable or refusing one stops the command with one line that names the variable, the
-host and port and the cause, and exit code 2; `--debug` shows the traceback instead.
-
-While `pedro-webhooks run` is going it writes the URLs of the servers it started (and the local
-webhook secrets) into `.local/`; commands run from the project folder read them for variables
-that are not set, so a second terminal needs no exports. Variables that are set always win.
+an unreachable or refusing one stops the command with one line and exit code 2 (`--debug` shows
+the traceback instead). Variables missing from the environment are read from a local run's
+`.local/` files (`ops.local.local_env`).
 """
 
 from __future__ import annotations

@@ -4,13 +4,7 @@ Served by a process of its own (`pedro-webhooks metrics`, the Procfile's `metric
 127.0.0.1 by default: never by the public webhook port. Nothing is counted in memory, so any
 number of exporters (or a restarted one) report the same values. When a server cannot be read
 during a scrape its `*_up` gauge is 0 and its gauges are left out: the scrape itself succeeds.
-
-- pedro_webhooks_inbox_rows{source,status}: rows per status (every status, zeros included)
-- pedro_webhooks_inbox_oldest_age_seconds{source,status}: age of the oldest row of each status
-  that waits for something (pending, unmatched, needs_attention, failed)
-- pedro_webhooks_queue_length{queue}: messages waiting in each Celery queue
-- pedro_webhooks_usage_requests{kind,status}: debit and refund outcomes (ingest.usage_requests)
-- pedro_webhooks_database_up, pedro_webhooks_redis_up: 1 when the scrape could read them
+The gauges and sample alert rules: docs/operating.md ("Alerts").
 """
 
 from __future__ import annotations

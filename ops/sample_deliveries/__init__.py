@@ -1,14 +1,11 @@
 """Realistic deliveries for `pedro-webhooks send`, signed as the providers sign them.
 
 The JSON files beside this module are the providers' documented example deliveries (the same
-as tests/fixtures/payloads). A delivery is built from one of them with fresh event ids, the
-chosen user and plan, and the current time, then signed: Clerk's with the `svix` library
-(`Webhook.sign`, one signature per configured secret, as Svix sends during a rotation), Asaas's
-with the `asaas-access-token` header. `post` sends it like the provider would.
-
-How a plan key names a Plan (what `dev seed` creates for the default key `demo`):
-- Asaas: `externalReference` `<user>|<plan key>`, matched to `Plan.asaasId` or `Plan.id`;
-- Clerk: the item's plan id `cplan_<plan key>` (`Plan.clerkId`) and slug `<plan key>` (`Plan.clerkName`).
+as tests/fixtures/payloads). A delivery is built from one with fresh event ids, the chosen user
+and plan, and the current time, then signed: Clerk's with `svix` (`Webhook.sign`, one signature
+per configured secret), Asaas's with the `asaas-access-token` header. A plan key K names Asaas
+`externalReference` `<user>|K` (`Plan.asaasId` or `Plan.id`) and Clerk plan `cplan_K`, slug K
+(`Plan.clerkId`, `Plan.clerkName`). `post` sends it like the provider would.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The receiver's one-LPUSH `webhooks.process` message is the message Celery's `send_task` sends
-(receiver/task_message.py). A real worker running it is tests/receiver/test_receiver_pipeline.py."""
+(celery_ext/redis_transport.py). A real worker running it is tests/receiver/test_receiver_pipeline.py."""
 
 from __future__ import annotations
 

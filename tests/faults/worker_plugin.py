@@ -1,15 +1,9 @@
 """Fault hooks loaded into a real Celery worker with Celery's `--include` option
 (`celery -A worker.celery_app worker ... --include=tests.faults.worker_plugin`): no product change.
 
-- Poison: while a `webhooks.process` run is in progress, the first SQL statement whose
-  parameters name one of the markers listed in the Redis set POISON_MARKERS (e.g. a Clerk user
-  id) SIGKILLs the pool process running it, every time, as an out-of-memory kill in the middle
-  of the handler would. It fires inside the handler's work, after anything the run records when
-  it starts (a kill at `task_prerun`, before the task's own code, would test nothing the task
-  could ever see). POISON_KILLS counts the kills.
-- Probe: every `webhooks.process` run that starts is appended to the Redis list STARTS, and every
-  one that ends (success, retry or failure; a killed run never ends) to RUNS as JSON
-  `{"inbox_id", "state", "result"}`, so a test can wait for a run instead of sleeping.
+- Poison: a run whose SQL names a marker of the Redis set POISON_MARKERS (e.g. a Clerk user id)
+  SIGKILLs its pool process mid-handler, every time; POISON_KILLS counts the kills.
+- Probe: the runs that start (STARTS) and end (RUNS) are appended to Redis lists.
 
 The hooks read REDIS_URL (the broker the worker uses) when they first run, never at import.
 """
@@ -48,6 +42,9 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+# Probe: every `webhooks.process` run that starts is appended to STARTS, and every one that ends
+# (success, retry or failure; a killed run never ends) to RUNS as JSON
+# `{"inbox_id", "state", "result"}`, so a test can wait for a run instead of sleeping.
 @task_prerun.connect
 def _run_starts(task: Any = None, kwargs: dict[str, Any] | None = None, **_: Any) -> None:
     _run.clear()
@@ -67,6 +64,11 @@ def _run_ends(
     _run.clear()
 
 
+# Poison: while a `webhooks.process` run is in progress, the first SQL statement whose parameters
+# name a marker of POISON_MARKERS SIGKILLs the pool process, every time, as an out-of-memory kill
+# in the middle of the handler would. It fires inside the handler's work, after anything the run
+# records when it starts: a kill at `task_prerun`, before the task's own code, would test nothing
+# the task could ever see.
 @event.listens_for(Engine, "before_cursor_execute")
 def _poison(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
     markers = _run.get("markers")

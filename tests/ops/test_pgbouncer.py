@@ -1,15 +1,9 @@
 """The service behind PgBouncer in transaction mode (DB_TRANSACTION_POOLER=true), through a real
 pgbouncer started for this module (skipped when the `pgbouncer` program is not installed).
 
-What transaction pooling breaks, and what models.db does about it:
-- PgBouncer refuses the `options` startup parameter that carries UTC and the lock timeout (or,
-  with `ignore_startup_parameters`, drops them): the settings are set per transaction instead,
-  with SET LOCAL semantics, so they never leak to another client of the same server connection;
-- a statement psycopg prepared on one server connection does not exist on the next one: psycopg
-  never prepares.
-The database here has a server-side default timezone that is not UTC (as a server configured
-for its region would), so a transaction that missed the settings would be seen.
-Migrations run directly against PostgreSQL, never through the pooler (README, Production).
+What transaction pooling breaks (the `options` startup parameter, prepared statements) and what
+models.db does about it: docs/design.md ("Database connections"). Migrations run directly
+against PostgreSQL, never through the pooler (docs/operating.md, "Migrations").
 """
 
 from __future__ import annotations
@@ -52,7 +46,9 @@ REGIONAL_TIMEZONE = "America/Sao_Paulo"  # UTC-3: a clock read in it is hours of
 
 @pytest.fixture(scope="module")
 def direct_url(admin_url: str) -> Iterator[str]:
-    """A database of this module's own, migrated directly, with a regional default timezone."""
+    """A database of this module's own, migrated directly (never through the pooler), with a
+    regional default timezone, as a server configured for its region would have: a transaction
+    that missed the per-transaction settings would be seen."""
     url = create_database(admin_url, prefix="pw_pgbouncer")
     with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
         conn.execute(f"ALTER DATABASE \"{make_url(url).database}\" SET timezone TO '{REGIONAL_TIMEZONE}'")

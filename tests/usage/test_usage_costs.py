@@ -15,7 +15,7 @@ from tests.support.servers import PROJECT_ROOT
 from tests.support.usage import balance, debit, make_user, put_on_plan, set_feature_costs
 from worker.usage import costs
 
-README = (PROJECT_ROOT / "README.md").read_text()
+USAGE_API = (PROJECT_ROOT / "docs" / "usage-api.md").read_text()
 
 
 @pytest.fixture(autouse=True)
@@ -138,8 +138,8 @@ def test_the_cache_serves_within_its_ttl_and_rereads_after(session_factory):
         assert read() == {"AI_TEXT_CHAT": 1}
         now[0] = costs.CACHE_SECONDS
         assert read() == {"AI_TEXT_CHAT": 3}
-    # The README's promise (well within the minute): a change shows within 30 s.
-    promised = re.search(r"Costs are\s+cached for at most (\d+) s per worker process", README)
-    assert promised is not None, "the README no longer states the cost cache's lifetime"
+    # The usage API's promise (well within the minute): a change shows within 30 s.
+    promised = re.search(r"Costs are\s+cached for at most (\d+) s per worker process", USAGE_API)
+    assert promised is not None, "docs/usage-api.md no longer states the cost cache's lifetime"
     assert costs.CACHE_SECONDS == int(promised.group(1)) == 30
     assert costs.cache.seconds == costs.CACHE_SECONDS  # the cache every debit uses

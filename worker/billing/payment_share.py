@@ -1,16 +1,10 @@
 """How many of a plan's credits an Asaas payment buys: the money rule for short payments and
 installments.
 
-- The plan's price is `Plan.priceMonthlyCents`, else `Plan.priceYearlyCents` (a plan sold yearly
-  only); a plan with neither has no price to check, and every payment buys its full credits.
-- A payment of at least the price, less PAYMENT_SHORTFALL_TOLERANCE_CENTS, buys the plan's
-  credits (never more: Plan.credits is what one payment grants).
-- A payment short by more than the tolerance buys its share, floor(credits x value / price), and
-  its inbox row ends `needs_attention` saying why: money came in, but not the plan's price.
-- One installment of an installment sale (`payment.installment` set) buys its share the same way,
-  as a matter of course (no attention needed); the installments of one sale never buy more than
-  the plan's credits in total (`worker.credits.grants_and_reversals`). A refund of an
-  installment reverses what that installment granted, as for any payment.
+A payment of the plan's price (less PAYMENT_SHORTFALL_TOLERANCE_CENTS) buys the plan's credits,
+never more; a shorter one buys its share and needs attention; one installment of a sale buys
+its share, and a sale never buys more than the plan's credits. The rules in full:
+docs/design.md ("Credits: the rules").
 """
 
 from __future__ import annotations

@@ -1,17 +1,9 @@
 """Credits bought by a payment: granted once, reversed at most down to zero, in any event order.
 
-Each provider payment has one `payment_credits` row, locked for the length of the transaction
-while a grant or reversal is decided, so concurrent events of one payment take turns. The row
-holds money, not intentions: the refunded total (the largest seen) against the payment's value.
-What should be reversed is always `floor(credits_granted x refunded / value)`, and each event
-writes only the difference from what was reversed already, so every event is idempotent and a
-refund that came before the grant is applied the moment the grant lands.
-
-A reversal takes the credits from the balance the grant went to (recorded on the payment's row),
-never from whoever a refund's reference or a re-pointed customer link names now.
-
-Ledger keys are deterministic: `grant:<provider>:<payment>` and
-`reversal:<provider>:<payment>:<credits reversed in total after this entry>`.
+Each payment's `payment_credits` row is locked while a grant or reversal is decided, holds the
+refunded total against the payment's value, and names the balance the grant went to; each event
+writes only the difference from what was reversed already. Why, and the ledger keys:
+docs/design.md ("Credits: the rules").
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
 """The one place a `CreditBalance` changes: the balance and its ledger entry, in one transaction.
 
-Every grant, reversal, debit and refund calls `change_credits`. It marks the transaction as the
-service's own (so the database trigger on "CreditBalance", which records the Next.js app's direct
-changes as `external` entries, does not count it twice), moves the balance with one conditional
-UPDATE, and appends the ledger entry with the balance it left: one statement, one round trip.
-Writes that belong to the change (a debit's `UsageHistory` row and stored answer) can ride in the
-same statement as a `FollowUp`: they select FROM the moved row, so they happen only if it moved.
-A new balance's starting credits are the one other write of a balance here: the row inserted
-with them and their `signup` entry, in one statement of its own (`open_credit_balance`) or in
-the statement that writes its user (`opening_credit_balance`, Clerk `user.created`).
+Every grant, reversal, debit and refund calls `change_credits`: one statement moves the balance
+with a conditional UPDATE, appends the ledger entry, and runs the writes that belong to the
+change (`FollowUp`) only if the balance moved. A new balance's starting credits are the one other
+write (`open_credit_balance`, `opening_credit_balance`). How: docs/design.md ("Credits: the rules").
 """
 
 from __future__ import annotations

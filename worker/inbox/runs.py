@@ -1,21 +1,10 @@
 """The bookkeeping of runs of `webhooks.process`: started, ended, died, waiting for a retry.
 
-A run starts by taking the row's lock (`inbox_row_lock`, held by its transaction), then records
-the start in a short transaction of its own, committed before any work: `attempts` + 1,
-`last_attempt_at`, and `running_since`. That transaction is one statement on a connection in
-autocommit (one round trip: no BEGIN, no COMMIT), and it also returns the row the run applies, so
-the run reads nothing else before its work. Its commit stays synchronous (no `synchronous_commit
-= off`): a poison message that makes the OOM killer take a PostgreSQL backend (the server then
-restarts and forgets what it had not flushed) must still leave its crash counted.
-
-A run that ends either way clears `running_since`: its own transaction commits the final status,
-or the task's failure hooks record the error. Found still set when the next run starts,
-`running_since` means the previous run died mid-task (SIGKILL, out of memory, a hard time limit):
-a crash. A row whose runs died `MAX_CRASHES` times is dead-lettered instead of being run again,
-so a poison message ends in `failed`, not in a loop.
-
-`enqueued_at` is when the row's latest message was sent or, for a retry, when it is due; the
-sweeper (`worker.inbox.sweep`) re-enqueues a pending row only once that is old.
+A run's start is counted (`attempts`, `last_attempt_at`, `running_since`) in a transaction of its
+own, committed before any work; a run that ends either way clears `running_since`. Found still
+set, it means the previous run died: a crash. A row whose runs died `MAX_CRASHES` times is
+dead-lettered. `enqueued_at` is when the row's latest message was sent, or its retry is due.
+Why each choice: docs/design.md ("How a delivery reaches its final state").
 """
 
 from __future__ import annotations

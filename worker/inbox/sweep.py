@@ -1,14 +1,9 @@
 """The sweeper: re-enqueue the pending rows whose message is gone, and only those.
 
-A row's `enqueued_at` says when its latest message was sent (or, for a retry or a slow re-drive,
-when it is due). A pending row is swept when:
-- that was more than SWEEP_PENDING_AFTER_SECONDS ago (a message normally runs within seconds);
-- no run holds the row's lock (a run in progress is not lost; a run that died released it);
-- it was enqueued before the oldest `webhooks.process` message still waiting in the broker, when
-  there is one: a row enqueued after that may simply be waiting in a backlog.
-Sweeping a row sets its `enqueued_at` again, so the next sweeps leave it alone for another
-pending age: with the workers down, the broker holds about one message per pending row.
-Re-enqueueing is harmless anyway: processing is idempotent.
+A pending row is swept when its `enqueued_at` is older than SWEEP_PENDING_AFTER_SECONDS, no run
+holds its lock, and it was enqueued before the oldest `webhooks.process` message still waiting
+in the broker (if any). Sweeping sets `enqueued_at` again. Why: docs/design.md ("How a delivery
+reaches its final state").
 """
 
 from __future__ import annotations

@@ -1,24 +1,11 @@
 """Usage debits: one transaction on the caller's session, idempotent on its key, never an overdraft.
 
-A debit: claim the key (`worker.usage.requests`), find the user's balance, resolve the cost, take
-it with one conditional UPDATE (`change_credits` with floor 0: never an overdraft), write the
-`UsageHistory` row, and store the answer on the key.
-
-The hot path is two statements: the claim together with the account and its current plan (one
-statement: a data-modifying CTE), and `change_credits` with the `UsageHistory` row and the stored
-answer as its follow-up writes (one statement, which writes them only if the balance moved).
-
-`debit_many` applies several debits in one transaction (the worker's batches): one after another
-in arrival order for each user, users in a fixed order (their Clerk id), so two batches running at
-once lock the balances they share in the same order and never deadlock. Each is the same `debit`
-as alone: duplicates inside one batch see the first one's stored answer (`duplicate`), and a
-batch holding more debits of one balance than it allows refuses exactly the later ones.
-
-An inactive (deleted) user cannot spend: `insufficient_credits` with `"reason": "inactive_user"`.
-
-A debit may carry a deadline (`not_after`, Unix time in seconds: when its caller stops waiting).
-Past it nothing is taken: the answer is `expired`, stored on the key like any final answer, so
-the same key later answers `duplicate` with `original_status` `expired`.
+A debit claims its key (`worker.usage.requests`), finds the user's balance, resolves the cost,
+takes it with one conditional UPDATE (`change_credits` with floor 0), writes the `UsageHistory`
+row and stores the answer on the key: two statements on the hot path. `debit_many` applies a
+batch's debits in one transaction, locking in an order that never deadlocks; `settle` gives a
+debit whose caller stopped waiting its final answer. Deadlines are PostgreSQL's clock's.
+The answers: docs/usage-api.md; the design: docs/design.md ("Debits").
 """
 
 from __future__ import annotations

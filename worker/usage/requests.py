@@ -2,19 +2,10 @@
 
 Every debit and refund claims its key first (INSERT ... ON CONFLICT DO NOTHING: a concurrent
 request with the same key waits on that row, then reads the first one's committed outcome) and
-stores its final answer on the key in the same transaction as its effect.
-
-Answers are JSON: `{"status", "remaining", "usage_id"}` plus `"error"` for error results.
-- `applied`, `insufficient_credits`, `unknown_user`, `unknown_debit`, `over_refund` are final
-  and stored on the key; the same key again answers `duplicate` (with the stored `remaining`
-  and `usage_id`, and the first answer's status as `original_status`); the same key with other
-  arguments answers `conflict`.
-- `error` results (unknown operation, invalid or unknown cost) are caller or configuration
-  mistakes: nothing is stored, so the same key can be sent again once they are fixed.
-
-The statements are Core statements on the mapped tables, built once at import with bound
-parameters: the compiled form is cached, nothing is rebuilt per request, and the engine's
-schema_translate_map still names the configured service schema.
+stores its final answer on the key in the same transaction as its effect. The same key sent
+again gets the stored answer back; with other arguments it is refused; errors store nothing.
+Every answer and status: docs/usage-api.md. The statements are built once at import
+(docs/design.md, "Debits").
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
 """Upload tracking (`StorageObject`) and its soft delete, both idempotent.
 
 An object is identified by (provider, pathname) among the rows not deleted: recording it again
-keeps one row (and takes the newer url/name/size/contentType, as an overwrite of the same
-pathname would). `StorageObject` has no unique key and must not get one (Prisma would see
-drift), so concurrent records of one pathname are serialised by a transaction-scoped advisory
-lock on it instead.
-Nor can it get an index on (provider, pathname): the service keeps one in its own schema
-(`storage_pathnames`: each pathname's latest row), written in the same transaction as the row,
-and every lookup by pathname goes through it instead of scanning `StorageObject`.
-Deleting sets `deletedAt` once; deleting again keeps the first `deletedAt`.
+keeps one row (and takes the newer url/name/size/contentType). Concurrent records of one
+pathname are serialised by an advisory lock on it, and lookups go through the service's own
+`storage_pathnames` index (why: docs/design.md, "Storage objects"). Deleting sets `deletedAt`
+once; deleting again keeps the first `deletedAt`.
 """
 
 from __future__ import annotations

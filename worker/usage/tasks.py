@@ -102,7 +102,7 @@ def run_or_wait(task: UsageTask, message: UsageMessage, attempt: Any, not_after:
         return attempt(user_wait_over(tries, wait_for_user))
     except requests.NotYetKnown as exc:
         # RETRY for Flower and `AsyncResult.state` (Celery stores none for a task ignoring results).
-        task.backend.mark_as_retry(task.request.id, exc)
+        task.backend.mark_as_retry(task.request.id or "", exc)
         raise task.retry(countdown=user_wait_countdown(tries, not_after)) from None
 
 
