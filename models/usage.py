@@ -37,6 +37,7 @@ class UsageRequest(Base):
     result: Mapped[dict[str, Any]]  # the answer given for this key
     usage_id: Mapped[str | None] = mapped_column(Text)  # the UsageHistory row it wrote
     service: Mapped[str | None] = mapped_column(Text)  # the service that sent it (migration 0007)
+    task_id: Mapped[str | None] = mapped_column(Text)  # the message that made it
     # Its deadline: a transaction that answers it (other than `expired`) after this fails to commit.
     not_after: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))
     created_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=text("now()"))

@@ -1,7 +1,8 @@
 """Usage requests name their service and keep their deadline, and nothing commits after it.
 
 - `usage_requests.service`: the service that sent the request (a refund is accepted only from the
-  service that made the debit; `usage.outcome` answers a service about its own keys).
+  service that made the debit; `usage.outcome` answers a service about its own keys), and
+  `task_id`: the message that made it (that message run again gets its first answer back).
 - `usage_requests.not_after`: the request's deadline. A deferred constraint trigger checks, as the
   transaction commits, PostgreSQL's own clock against the deadline of every request the
   transaction answered (every answer is an UPDATE of the row its claim inserted): past it, the
@@ -32,6 +33,7 @@ DEADLINE_SQLSTATE = "PWD01"
 def upgrade() -> None:
     schema = service_schema()
     op.add_column("usage_requests", sa.Column("service", sa.Text), schema=schema)
+    op.add_column("usage_requests", sa.Column("task_id", sa.Text), schema=schema)
     op.add_column("usage_requests", sa.Column("not_after", postgresql.TIMESTAMP(timezone=True)), schema=schema)
     op.execute(
         f"""
@@ -60,4 +62,5 @@ def downgrade() -> None:
     op.execute(f'DROP TRIGGER usage_request_before_deadline ON "{schema}".usage_requests')
     op.execute(f'DROP FUNCTION "{schema}".usage_request_before_deadline()')
     op.drop_column("usage_requests", "not_after", schema=schema)
+    op.drop_column("usage_requests", "task_id", schema=schema)
     op.drop_column("usage_requests", "service", schema=schema)

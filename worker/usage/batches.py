@@ -111,7 +111,7 @@ def _open(item: BatchItem) -> Debit | UsageMessage | None:
         refuse(DEBIT_TASK, item.task_id, item.kwargs, str(exc))
         return None
     try:
-        return Debit(item, message, debits.DebitRequest.from_args(message.args, message.service))
+        return Debit(item, message, debits.DebitRequest.from_args(message.args, message.service, item.task_id))
     except (KeyError, TypeError):
         return message
 

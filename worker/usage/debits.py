@@ -57,9 +57,10 @@ class DebitRequest:
     details: dict[str, Any] | None = None
     not_after: float | None = None  # Unix time (s) after which the caller no longer waits
     service: str | None = None  # the service that sent it
+    task_id: str | None = None  # the message that carries it
 
     @classmethod
-    def from_args(cls, args: dict[str, Any], service: str | None) -> DebitRequest:
+    def from_args(cls, args: dict[str, Any], service: str | None, task_id: str | None = None) -> DebitRequest:
         """The debit a `usage.debit` request asks for (KeyError or TypeError if it is not one)."""
         not_after = args.get("not_after")
         if not_after is not None and (isinstance(not_after, bool) or not isinstance(not_after, int | float)):
@@ -72,12 +73,13 @@ class DebitRequest:
             args.get("details"),
             not_after,
             service,
+            task_id,
         )
 
     def stored_arguments(self) -> dict[str, Any]:
         """What the key's row keeps of the request (`usage_requests.request`)."""
         arguments = asdict(self)
-        del arguments["service"]
+        del arguments["service"], arguments["task_id"]
         return arguments
 
 
@@ -195,6 +197,7 @@ def _claim(session: Session, request: DebitRequest, earliest: float | None) -> R
         request.clerk_user_id,
         request=request.stored_arguments(),
         service=request.service,
+        task_id=request.task_id,
         not_after=request.not_after,
         earliest_deadline=earliest,
         operation=request.operation,
@@ -236,7 +239,7 @@ def settle(session: Session, request: DebitRequest) -> dict[str, Any] | None:
     found = _claim(session, request, None)
     if found.claimed is None:
         stored = stored_request(session, request.idempotency_key)
-        return stored.result if _same(stored, request) else repeat_answer(stored, False)
+        return repeat_answer(stored, _same(stored, request), request.task_id)
     if request.not_after is None or not found.past_deadline:
         forget_key(session, request.idempotency_key)
         return None
@@ -254,7 +257,7 @@ def _same(stored: UsageRequest, request: DebitRequest) -> bool:
 
 def _repeat(session: Session, request: DebitRequest) -> dict[str, Any]:
     stored = stored_request(session, request.idempotency_key)
-    return repeat_answer(stored, _same(stored, request))
+    return repeat_answer(stored, _same(stored, request), request.task_id)
 
 
 def _take(

@@ -41,9 +41,10 @@ class RefundRequest:
     credits: int | None = None
     details: dict[str, Any] | None = None
     service: str | None = None  # the service that sent it: only the debit's own may refund it
+    task_id: str | None = None  # the message that carries it
 
     @classmethod
-    def from_args(cls, args: dict[str, Any], service: str | None) -> RefundRequest:
+    def from_args(cls, args: dict[str, Any], service: str | None, task_id: str | None = None) -> RefundRequest:
         """The refund a `usage.refund` request asks for (KeyError or TypeError if it is not one)."""
         return cls(
             args["clerk_user_id"],
@@ -52,6 +53,7 @@ class RefundRequest:
             args.get("credits"),
             args.get("details"),
             service,
+            task_id,
         )
 
 
@@ -62,7 +64,7 @@ def refund(session: Session, request: RefundRequest, *, final: bool = True) -> d
         return error("invalid_credits", "credits must be a positive integer")
     autoflush(session)
     arguments = asdict(request)
-    del arguments["service"]
+    del arguments["service"], arguments["task_id"]
     stored = claim_key(
         session,
         claim_params(
@@ -71,6 +73,7 @@ def refund(session: Session, request: RefundRequest, *, final: bool = True) -> d
             request.clerk_user_id,
             request=arguments,
             service=request.service,
+            task_id=request.task_id,
             refund_of=request.refund_of,
         ),
     )
@@ -81,7 +84,7 @@ def refund(session: Session, request: RefundRequest, *, final: bool = True) -> d
             request.refund_of,
             request.credits,
         )
-        return repeat_answer(stored, same)
+        return repeat_answer(stored, same, request.task_id)
     debited = _lock_debit(session, request)
     if not isinstance(debited, UsageRequest):
         if debited is _NOT_YET and not final:

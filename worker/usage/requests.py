@@ -94,6 +94,7 @@ CLAIM = (
             "refund_of",
             "request",
             "service",
+            "task_id",
             "not_after",
             "status",
             "result",
@@ -109,6 +110,7 @@ CLAIM = (
                     _requests.c.refund_of,
                     _requests.c.request,
                     _requests.c.service,
+                    _requests.c.task_id,
                 )
             ),
             func.to_timestamp(seconds_param("not_after")),
@@ -128,6 +130,7 @@ def claim_params(
     *,
     request: dict[str, Any],
     service: str | None,
+    task_id: str | None = None,
     not_after: float | None = None,
     earliest_deadline: float | None = None,
     operation: str | None = None,
@@ -142,6 +145,7 @@ def claim_params(
         "refund_of": refund_of,
         "request": request,
         "service": service,
+        "task_id": task_id,
         "not_after": not_after,
         "earliest_deadline": earliest_deadline if earliest_deadline is not None else not_after,
         "max_lock_ms": process_settings().db_lock_timeout_ms,
@@ -260,7 +264,11 @@ def stored_request(session: Session, key: str) -> UsageRequest:
     return stored
 
 
-def repeat_answer(stored: UsageRequest, same_request: bool) -> dict[str, Any]:
+def repeat_answer(stored: UsageRequest, same_request: bool, task_id: str | None = None) -> dict[str, Any]:
+    """The answer to a key sent again: `duplicate` of the stored one; the stored answer itself
+    to the very message that made it, run again (redelivered); `conflict` with other arguments."""
+    if task_id is not None and stored.task_id == task_id and same_request:
+        return dict(stored.result)
     if not same_request:
         return answer("conflict", error="idempotency key reused with other arguments")
     return {**stored.result, "status": "duplicate", "original_status": stored.result["status"]}

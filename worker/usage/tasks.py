@@ -164,7 +164,7 @@ def settle(task: UsageTask, message: UsageMessage) -> dict[str, Any] | None:
     what PostgreSQL holds for its key, or `expired` once its deadline has passed by
     PostgreSQL's clock. Stored under the debit's own task id; tried again until then."""
     try:
-        request = debits.DebitRequest.from_args(message.args, message.service)
+        request = debits.DebitRequest.from_args(message.args, message.service, message.task_id)
     except (KeyError, TypeError):
         return invalid_request(message)
     answer = debits.settle(task.session, request)
@@ -179,7 +179,7 @@ def settle(task: UsageTask, message: UsageMessage) -> dict[str, Any] | None:
 @app.task(name=REFUND_TASK, base=UsageTask, bind=True, **TASK_OPTIONS)
 def refund(task: UsageTask, message: UsageMessage) -> dict[str, Any]:
     try:
-        request = refunds.RefundRequest.from_args(message.args, message.service)
+        request = refunds.RefundRequest.from_args(message.args, message.service, message.task_id)
     except (KeyError, TypeError):
         return invalid_request(message)
     result: dict[str, Any] = run_or_wait(
