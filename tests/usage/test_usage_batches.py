@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 import pytest
 import redis
@@ -41,12 +43,17 @@ from tests.support.usage import (
 pytestmark = pytest.mark.celery_worker
 
 CLERK_ID = "user_29w83sxmDNGwOuEthce5gg56FcC"  # the id in the documented user.created payload
+# Each lingers 3 s after its commit, then dies: past the 2 s its caller waits, so the requeued
+# message has expired by then (the case billiard's late report of a lost process makes).
+KILL_AFTER_COMMIT = ("kill-alone:3", "kill-batch-2:3")
+KILLED = Path(tempfile.mkdtemp(prefix="pw-killed-after-commit-"))  # one marker file per kill
 
 
 @pytest.fixture(scope="module")
 def batch_worker(settings, servers, tmp_path_factory) -> Iterator[WorkerProcess]:
     """One worker, one pool process, on a broker of its own (no other test worker takes these
-    messages), with a lock timeout long enough for a test to hold a balance row."""
+    messages), with a lock timeout long enough for a test to hold a balance row, and a pool
+    process that dies right after committing a debit of a key in KILL_AFTER_COMMIT_KEYS."""
     with ExitStack() as stack:
         (number,) = stack.enter_context(claim_redis_databases(servers[1], count=1))
         broker = f"{servers[1]}/{number}"
@@ -56,7 +63,13 @@ def batch_worker(settings, servers, tmp_path_factory) -> Iterator[WorkerProcess]
             producer,
             queues="usage",
             concurrency=1,
-            env={"REDIS_URL": broker, "DB_LOCK_TIMEOUT_MS": "60000"},
+            env={
+                "REDIS_URL": broker,
+                "DB_LOCK_TIMEOUT_MS": "60000",
+                "KILL_AFTER_COMMIT_KEYS": ",".join(KILL_AFTER_COMMIT),
+                "KILL_MARKER_DIR": str(KILLED),
+            },
+            extra_args=("--include=tests.usage.kill_after_commit_plugin",),
             loglevel="INFO",
             output=tmp_path_factory.mktemp("batch-worker") / "worker.log",
         )
@@ -197,3 +210,63 @@ def test_a_batch_killed_before_its_commit_is_redelivered_and_applied_once(client
     assert {answer["status"] for answer in answers} == {"applied"}
     assert balance(session_factory) == 95 and count_rows(session_factory, UsageHistory) == 5
     assert ledger_deltas(session_factory, "usage") == [-1] * 5
+
+
+def took_effect(answer: dict) -> bool:
+    return answer["status"] == "applied"
+
+
+def test_a_debit_whose_process_dies_right_after_its_commit_is_answered_applied(client, session_factory):
+    """The pool process dies between the COMMIT and the answer (tests/usage/kill_after_commit_plugin.py),
+    after its caller's deadline: its message comes back expired and is settled, and the caller,
+    who asked too, hears `applied` from what PostgreSQL holds, not "not applied"."""
+    make_user(session_factory)
+    answer = client.debit("user_a", "AI_TEXT_CHAT", "kill-alone", cost=1, wait=2)
+    assert (KILLED / "kill-alone").exists(), "the pool process was not killed after the commit"
+    assert answer["status"] == "applied" and answer["remaining"] == 99, answer
+    assert balance(session_factory) == 99 and count_rows(session_factory, UsageHistory) == 1
+    assert client.outcome("kill-alone") == {**answer, "kind": "debit"}
+
+
+def test_a_batch_whose_process_dies_right_after_its_commit_is_answered_applied(client, session_factory):
+    make_user(session_factory)
+    with pool_busy(session_factory, client):
+        sent = [client.send_debit("user_a", "AI_TEXT_CHAT", f"kill-batch-{n}", cost=1, wait=2) for n in range(5)]
+    answers = [pending.answer() for pending in sent]
+    assert (KILLED / "kill-batch-2").exists(), "the pool process was not killed after the commit"
+    assert [answer["status"] for answer in answers] == ["applied"] * 5, answers
+    assert sorted(answer["remaining"] for answer in answers) == [95, 96, 97, 98, 99]
+    assert transactions_of(session_factory, "kill-batch-") == 1
+    assert balance(session_factory) == 95 and count_rows(session_factory, UsageHistory) == 5 + 1  # and the blocker's
+
+
+def test_a_batch_never_commits_a_debit_after_its_deadline(client, session_factory):
+    """Batch [user_a, deadline 1.5 s; user_b, whose balance row this test holds for 4 s]: user_a's
+    debit is taken first, then the batch waits for user_b's row. The wait ends at user_a's
+    deadline (the lock timeout is capped at the time left): user_a's debit answers `expired`
+    with nothing taken, and user_b's is applied again alone, once its row is free."""
+    make_user(session_factory)
+    make_user(session_factory, "user_b")
+    with balance_locked(session_factory, "user_b"):
+        with pool_busy(session_factory, client):
+            late = client.send_debit("user_a", "AI_TEXT_CHAT", "deadline-a", cost=1, wait=1.5)
+            patient = client.send_debit("user_b", "AI_TEXT_CHAT", "deadline-b", cost=1, wait=30)
+        # The blocker is through: the batch [user_a, user_b] runs while user_b's row stays locked.
+        time.sleep(4)
+    assert late.answer() == {"status": "expired", "remaining": None, "usage_id": None}
+    assert patient.answer()["status"] == "applied"
+    assert balance(session_factory) == 100 and balance(session_factory, "user_b") == 99
+    assert stored_status(session_factory, "deadline-a") == "expired"
+    with session_factory() as session:
+        users = session.scalars(text('SELECT "userId" FROM "UsageHistory" u JOIN "User" ON "User".id = u."userId"'))
+        assert len(list(users)) == 2  # user_b's and the blocker's, none of user_a
+
+
+def test_a_debit_waiting_for_its_balance_past_its_deadline_takes_nothing(client, session_factory):
+    make_user(session_factory)
+    with balance_locked(session_factory, "user_a"):
+        pending = client.send_debit("user_a", "AI_TEXT_CHAT", "held-past", cost=1, wait=1.5)
+        answer = pending.answer()
+    assert answer == {"status": "expired", "remaining": None, "usage_id": None}
+    assert balance(session_factory) == 100 and count_rows(session_factory, UsageHistory) == 0
+    assert stored_status(session_factory, "held-past") == "expired"
