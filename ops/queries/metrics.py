@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import redis
@@ -25,6 +26,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 
+from messaging.celery_config import REFUSED_USAGE_MESSAGES
 from models.inbox import InboxStatus, Source
 from models.usage import UsageRequest
 from ops.queries.inbox_rows import counts_by_status
@@ -65,6 +67,7 @@ class OpsCollector(Collector):
         up = GaugeMetricFamily(f"{PREFIX}_redis_up", "1 when this scrape could read the Redis broker.")
         try:
             lengths = queue_lengths(self._redis, self._queues)
+            refused = self._redis.hgetall(REFUSED_USAGE_MESSAGES)
         except RedisError as exc:
             log.warning("metrics.redis_unreachable error=%s", type(exc).__name__)
             up.add_metric([], 0)
@@ -76,6 +79,7 @@ class OpsCollector(Collector):
         for name, length in lengths.items():
             gauge.add_metric([name], length)
         yield gauge
+        yield _refused_gauge(refused)
 
 
 def _inbox_gauges(session: Session) -> list[GaugeMetricFamily]:
@@ -127,3 +131,14 @@ class _QuietHandler(WSGIRequestHandler):
 def make_exporter(registry: CollectorRegistry, address: str, port: int) -> WSGIServer:
     """An HTTP server answering /metrics (any path) from `registry`; call serve_forever()."""
     return make_server(address, port, make_wsgi_app(registry), ThreadingWSGIServer, handler_class=_QuietHandler)
+
+
+def _refused_gauge(counts: dict[Any, Any]) -> GaugeMetricFamily:
+    """Usage messages the workers refused (their signature did not verify), by the service they
+    named, since Redis last started empty: anything above 0 is someone writing to the broker."""
+    gauge = GaugeMetricFamily(
+        f"{PREFIX}_refused_usage_messages", "Usage messages refused: the signature did not verify.", labels=["service"]
+    )
+    for service, count in sorted(counts.items()):
+        gauge.add_metric([service.decode(errors="replace") if isinstance(service, bytes) else service], int(count))
+    return gauge

@@ -17,6 +17,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text, update
 
+from messaging.celery_config import REFUSED_USAGE_MESSAGES
 from models.inbox import WebhookInbox
 from models.usage import UsageRequest
 from ops.local.servers import free_port
@@ -92,6 +93,7 @@ def test_gauges_show_the_inbox_the_queues_and_debit_outcomes(exporter, session_f
     for _ in range(3):
         redis_client.lpush("webhooks", b"{}")
     redis_client.lpush("usage\x06\x163", b"{}")  # a message sent with a priority: its own list
+    redis_client.hincrby(REFUSED_USAGE_MESSAGES, "billing", 2)  # as the workers count refusals
 
     samples = _scrape(exporter)
     assert _value(samples, "database_up") == 1 and _value(samples, "redis_up") == 1
@@ -111,6 +113,7 @@ def test_gauges_show_the_inbox_the_queues_and_debit_outcomes(exporter, session_f
     assert _value(samples, "queue_length", queue="usage") == 1
     assert _value(samples, "usage_requests", kind="debit", status="applied") == 2
     assert _value(samples, "usage_requests", kind="debit", status="insufficient_credits") == 1
+    assert _value(samples, "refused_usage_messages", service="billing") == 2
 
     redis_client.delete("webhooks")  # read at scrape time: nothing is cached
     assert _value(_scrape(exporter), "queue_length", queue="webhooks") == 0
