@@ -270,3 +270,68 @@ def test_a_debit_waiting_for_its_balance_past_its_deadline_takes_nothing(client,
     assert answer == {"status": "expired", "remaining": None, "usage_id": None}
     assert balance(session_factory) == 100 and count_rows(session_factory, UsageHistory) == 0
     assert stored_status(session_factory, "held-past") == "expired"
+
+
+@pytest.fixture
+def two_usage_workers(settings, servers, tmp_path) -> Iterator[list[tuple[CreditsClient, Path]]]:
+    """Two `usage` worker processes (one pool process each), each on a broker of its own, so a
+    test decides which messages each one batches; one database."""
+    with ExitStack() as stack:
+        numbers = stack.enter_context(claim_redis_databases(servers[1], count=2))
+        pairs = []
+        for n, number in enumerate(numbers):
+            broker, log = f"{servers[1]}/{number}", tmp_path / f"usage-{n}.log"
+            producer = create_producer(settings.model_copy(update={"redis_url": SecretStr(broker)}))
+            stack.callback(producer.close)
+            worker = WorkerProcess(
+                producer,
+                queues="usage",
+                concurrency=1,
+                env={"REDIS_URL": broker, "DB_LOCK_TIMEOUT_MS": "60000"},
+                loglevel="INFO",
+                output=log,
+            )
+            worker.start()
+            stack.callback(worker.stop)
+            client = credits_client(broker)
+            stack.callback(client.close)
+            pairs.append((client, log))
+        yield pairs
+
+
+def _deadlocks(factory: sessionmaker[Session]) -> int:
+    with factory() as session:
+        session.execute(text("SELECT pg_stat_clear_snapshot()"))
+        return session.scalar(text("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"))
+
+
+def test_two_usage_processes_on_resent_keys_never_deadlock(two_usage_workers, session_factory):
+    """The keys of two users sent to one process, and re-sent in the opposite order to another:
+    both batches start at once. Keys are claimed in key order and balances taken in user order in
+    every batch, so neither waits on the other in a cycle: no deadlock, one effect per key."""
+    (first, first_log), (second, second_log) = two_usage_workers
+    make_user(session_factory, "user_blocker", credits=10)
+    for user in ("user_a", "user_b"):
+        make_user(session_factory, user, credits=1000)
+    before = _deadlocks(session_factory)
+    keys = [("user_a" if n % 3 else "user_b", f"resent-{n:02}") for n in range(30)]
+    with balance_locked(session_factory, "user_blocker"):  # both pool processes busy meanwhile
+        blockers = [
+            client.send_debit("user_blocker", "AI_TEXT_CHAT", f"blocker-{n}", cost=1)
+            for n, client in enumerate((first, second))
+        ]
+        sent = [first.send_debit(user, "AI_TEXT_CHAT", key, cost=1, wait=60) for user, key in keys]
+        sent += [second.send_debit(user, "AI_TEXT_CHAT", key, cost=1, wait=60) for user, key in reversed(keys)]
+        for client in (first, second):
+            wait_until_the_worker_holds_every_message(client.app.conf.broker_url)
+    answers = [pending.answer() for pending in [*blockers, *sent]]
+
+    assert {answer["status"] for answer in answers} <= {"applied", "duplicate"}
+    assert sum(answer["status"] == "applied" for answer in answers[2:]) == 30  # one effect per key
+    assert (balance(session_factory, "user_a"), balance(session_factory, "user_b")) == (980, 990)
+    time.sleep(1.5)  # the statistics are flushed at most once a second
+    assert _deadlocks(session_factory) == before
+    for log in (first_log, second_log):
+        written = log.read_text()
+        assert "DeadlockDetected" not in written and "deadlock detected" not in written
+        assert "debits.batch_rolled_back" not in written

@@ -8,11 +8,13 @@ import time
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 from models.app import UsageHistory
 from models.usage import UsageRequest
 from tests.support.inbox import assert_ledger_matches_balances, deliver, payload
 from tests.support.usage import balance, count_rows, credits_client, debit, make_user, stored_status, wait_for_retry
+from worker.usage import debits
 
 CLERK_ID = "user_29w83sxmDNGwOuEthce5gg56FcC"  # the id in the documented user.created payload
 EXPIRED = {"status": "expired", "remaining": None, "usage_id": None}
@@ -27,6 +29,18 @@ class TestInProcess:
         again = debit(session_factory, "late-1", cost=5, not_after=time.time() + 60)
         assert (again["status"], again["original_status"]) == ("duplicate", "expired")
         assert balance(session_factory) == 100
+
+    def test_nothing_commits_after_its_deadline_by_postgresqls_clock(self, session_factory):
+        """A transaction that applied a debit in time but reaches its COMMIT past the debit's
+        deadline (it waited on something else) fails to commit: nothing is taken."""
+        make_user(session_factory)
+        request = debits.DebitRequest("user_a", "AI_TEXT_CHAT", "slow", cost=5, not_after=time.time() + 0.3)
+        with pytest.raises(DBAPIError) as refused, session_factory.begin() as session:
+            assert debits.debit(session, request)["status"] == "applied"
+            time.sleep(0.5)
+        assert refused.value.orig.sqlstate == "PWD01" and "pedro_webhooks_deadline" in str(refused.value.orig)
+        assert balance(session_factory) == 100 and count_rows(session_factory, UsageHistory) == 0
+        assert stored_status(session_factory, "slow") is None
 
     def test_a_debit_within_its_deadline_applies(self, session_factory):
         make_user(session_factory)
