@@ -9,13 +9,14 @@ is refused rather than silently ignored.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.ledger import CreditLedgerEntry, LedgerKind
 from worker.billing.accounts import find_account
-from worker.credits.ledger import change_credits
+from worker.credits.ledger import LedgerChange, change_credits
 
 KEY_PREFIX = "support:"
 
@@ -59,21 +60,32 @@ def change_support_credits(
     if account is None or account.credit_balance_id is None:
         raise SupportCreditError(f"no user {clerk_user_id} with a credit balance")
     reference = f"{operator}: {reason.strip()}"
-    change = change_credits(
-        session,
-        account.credit_balance_id,
-        delta=amount,
-        kind=LedgerKind.ADJUSTMENT,
-        idempotency_key=ledger_key(key),
-        reference=reference,
-        # Taking credits never overdraws unless asked: a negative balance blocks the user's usage.
-        floor=None if amount > 0 or allow_negative else 0,
-    )
+    change = _apply(session, account.credit_balance_id, amount, key, reference, allow_negative=allow_negative)
     if change is None:
         raise SupportCreditError(
             f"taking {-amount} credits would take {clerk_user_id} below zero (use --allow-negative to do it anyway)"
         )
     return SupportChange(change.entry_id, clerk_user_id, amount, change.balance_after, reference, applied_now=True)
+
+
+def _apply(
+    session: Session, credit_balance_id: str, amount: int, key: str, reference: str, *, allow_negative: bool
+) -> LedgerChange | None:
+    """Giving always applies. Taking never overdraws unless asked (a negative balance blocks the
+    user's usage): with --allow-negative the change is marked so the database's overdraft guard
+    lets it below zero; without, it stops at a floor of 0 (None: refused, nothing written)."""
+    change = partial(
+        change_credits,
+        session,
+        credit_balance_id,
+        delta=amount,
+        kind=LedgerKind.ADJUSTMENT,
+        idempotency_key=ledger_key(key),
+        reference=reference,
+    )
+    if amount > 0:
+        return change()
+    return change(may_go_negative=True) if allow_negative else change(floor=0)
 
 
 def _already_applied(entry: CreditLedgerEntry, clerk_user_id: str, amount: int, key: str) -> SupportChange:
