@@ -7,6 +7,7 @@ import click
 from ops.cli.context import CliContext, pass_context
 from ops.cli.output import json_option, print_json, print_table, shorten
 from ops.queries.user_view import UserView, user_view
+from ops.sample_deliveries import SENT_BY_SEND as _SEND
 
 
 @click.group()
@@ -22,7 +23,8 @@ def user() -> None:
 @pass_context
 def show(cli: CliContext, clerk_user_id: str, page: int, per_page: int, as_json: bool) -> None:
     """The User, its balance and what explains it (the ledger, with the payment or debit behind
-    each entry), the current plan, recent usage, storage, and inbox rows still waiting for it."""
+    each entry, and which entries deliveries of `pedro-webhooks send` account for), the current
+    plan, recent usage, storage, and inbox rows still waiting for it."""
     with cli.sessions()() as session:
         view = user_view(session, clerk_user_id, page=page, per_page=per_page)
     if view is None:
@@ -43,10 +45,37 @@ def show(cli: CliContext, clerk_user_id: str, page: int, per_page: int, as_json:
     click.echo(f"plan:     {plan}{state}")
     pages = max(1, -(-view.ledger_entries // per_page))
     click.echo(f"\nledger (page {page} of {pages}, {view.ledger_entries} entries, newest first):")
+    sent = view.entries_sent_by_send
     print_table(
-        ["entry", "when", "kind", "delta", "balance after", "reference"],
-        [[e.id, e.created_at, e.kind, f"{e.delta:+d}", e.balance_after, shorten(e.reference, 80)] for e in view.ledger],
+        ["entry", "when", "kind", "delta", "balance after", "sent by", "reference"],
+        [
+            [
+                e.id,
+                e.created_at,
+                e.kind,
+                f"{e.delta:+d}",
+                e.balance_after,
+                _SEND if e.id in sent else "",
+                shorten(e.reference, 80),
+            ]
+            for e in view.ledger
+        ],
     )
+    if view.sent_by_send:
+        click.echo(f"\ndeliveries sent by `{_SEND}` (test deliveries, not the provider's):")
+        print_table(
+            ["inbox id", "source", "type", "event id", "ledger entries"],
+            [
+                [
+                    d.inbox_id,
+                    d.source,
+                    d.event_type,
+                    d.external_id,
+                    ", ".join(str(e.id) for e in d.ledger_entries) or "-",
+                ]
+                for d in view.sent_by_send
+            ],
+        )
     click.echo("\nrecent usage:")
     print_table(
         ["when", "operation", "credits", "details"],
@@ -93,9 +122,11 @@ def _as_json(view: UserView) -> dict[str, object]:
                 "balance_after": e.balance_after,
                 "idempotency_key": e.idempotency_key,
                 "reference": e.reference,
+                "sent_by_send": e.id in view.entries_sent_by_send,
             }
             for e in view.ledger
         ],
+        "sent_by_send": [delivery.as_json() for delivery in view.sent_by_send],
         "usage": [
             {"timestamp": h.timestamp, "operation": h.operation_type.value, "credits": h.credits_used}
             for h in view.usage
