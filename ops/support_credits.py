@@ -1,9 +1,10 @@
 """Credits an operator gives or takes (`pedro-webhooks credits grant|adjust`).
 
 They go through `worker.credits.ledger.change_credits`, the one place a balance changes, as
-`adjustment` entries whose reference carries who did it and why. The operator's `--key` makes
-the change idempotent: the same key applies once, and a key reused for another user or amount
-is refused rather than silently ignored.
+`adjustment` entries whose reference carries who did it and why. The operator's `--key`
+(without surrounding white space, as checked and stored) makes the change idempotent: the same
+key applies once, and a key reused for another user or amount is refused rather than silently
+ignored. An amount beyond the configured maximum is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ class SupportCreditError(Exception):
     """The change cannot be made as asked; the message says why. Nothing was written."""
 
 
+class AmountOutOfBounds(SupportCreditError):
+    """--amount beyond SUPPORT_CREDITS_MAX_AMOUNT (either sign): most likely a typo."""
+
+
 @dataclass(frozen=True)
 class SupportChange:
     entry_id: int
@@ -33,10 +38,29 @@ class SupportChange:
     balance_after: int
     reference: str
     applied_now: bool  # False: the key was used before, for this same change
+    key: str  # the operator's key, as checked and stored
 
 
 def ledger_key(operator_key: str) -> str:
     return KEY_PREFIX + operator_key
+
+
+def normalised_key(key: str) -> str:
+    """The operator's key as it is checked and stored: "t-1 " and "t-1" are one key."""
+    normalised = key.strip()
+    if not normalised:
+        raise SupportCreditError("--key must not be empty")
+    return normalised
+
+
+def check_amount(amount: int, max_amount: int) -> None:
+    if amount == 0:
+        raise SupportCreditError("--amount must not be 0")
+    if abs(amount) > max_amount:
+        raise AmountOutOfBounds(
+            f"--amount {amount} is beyond the most one change may move, {max_amount} credits either way "
+            "(SUPPORT_CREDITS_MAX_AMOUNT): nothing changed"
+        )
 
 
 def change_support_credits(
@@ -47,12 +71,13 @@ def change_support_credits(
     reason: str,
     key: str,
     operator: str,
+    max_amount: int,
     allow_negative: bool = False,
 ) -> SupportChange:
-    if amount == 0:
-        raise SupportCreditError("--amount must not be 0")
-    if not reason.strip() or not key.strip():
-        raise SupportCreditError("--reason and --key must not be empty")
+    check_amount(amount, max_amount)
+    key = normalised_key(key)
+    if not reason.strip():
+        raise SupportCreditError("--reason must not be empty")
     existing = session.scalar(select(CreditLedgerEntry).where(CreditLedgerEntry.idempotency_key == ledger_key(key)))
     if existing is not None:
         return _already_applied(existing, clerk_user_id, amount, key)
@@ -65,7 +90,9 @@ def change_support_credits(
         raise SupportCreditError(
             f"taking {-amount} credits would take {clerk_user_id} below zero (use --allow-negative to do it anyway)"
         )
-    return SupportChange(change.entry_id, clerk_user_id, amount, change.balance_after, reference, applied_now=True)
+    return SupportChange(
+        change.entry_id, clerk_user_id, amount, change.balance_after, reference, applied_now=True, key=key
+    )
 
 
 def _apply(
@@ -95,5 +122,5 @@ def _already_applied(entry: CreditLedgerEntry, clerk_user_id: str, amount: int, 
             "choose another key"
         )
     return SupportChange(
-        entry.id, clerk_user_id, entry.delta, entry.balance_after, entry.reference or "", applied_now=False
+        entry.id, clerk_user_id, entry.delta, entry.balance_after, entry.reference or "", applied_now=False, key=key
     )
