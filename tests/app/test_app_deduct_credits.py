@@ -21,6 +21,7 @@ from models.ledger import OVERDRAFT_GUARD, OVERDRAFT_SQLSTATE, CreditLedgerEntry
 from tests.support.databases import libpq_url
 from tests.support.inbox import assert_ledger_matches_balances
 from tests.support.prisma_app import PrismaApp
+from tests.support.servers import PROJECT_ROOT
 from tests.support.usage import make_user
 
 CLERK_ID = "user_app_race"
@@ -168,3 +169,15 @@ def _app_usage_calls(session_factory) -> list[int]:
     with session_factory() as session:
         details = session.scalars(select(UsageHistory.details).where(UsageHistory.details.has_key("call"))).all()
     return sorted(detail["call"] for detail in details)
+
+
+def test_the_docs_say_what_the_app_sees():
+    """docs/usage-api.md quotes the error as the test above finds it."""
+    docs = (PROJECT_ROOT / "docs" / "usage-api.md").read_text()
+    section = docs[docs.index("\n## The Next.js app's own writes\n") :]
+    assert (
+        f'{OVERDRAFT_GUARD}: refused to take "CreditBalance" <balance id> from <before> to <after> credits (below zero)'
+        in section
+    )
+    assert f"SQLSTATE `{OVERDRAFT_SQLSTATE}`" in section
+    assert "`DriverAdapterError`" in section and '"originalCode": "23514"' in section
