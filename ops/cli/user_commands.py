@@ -43,39 +43,8 @@ def show(cli: CliContext, clerk_user_id: str, page: int, per_page: int, as_json:
     plan = f"{view.plan.id} ({view.plan.name}, {view.plan.credits} credits)" if view.plan else "none"
     state = f", {view.plan_state.status} via {view.plan_state.provider}" if view.plan_state and view.plan else ""
     click.echo(f"plan:     {plan}{state}")
-    pages = max(1, -(-view.ledger_entries // per_page))
-    click.echo(f"\nledger (page {page} of {pages}, {view.ledger_entries} entries, newest first):")
-    sent = view.entries_sent_by_send
-    print_table(
-        ["entry", "when", "kind", "delta", "balance after", "sent by", "reference"],
-        [
-            [
-                e.id,
-                e.created_at,
-                e.kind,
-                f"{e.delta:+d}",
-                e.balance_after,
-                _SEND if e.id in sent else "",
-                shorten(e.reference, 80),
-            ]
-            for e in view.ledger
-        ],
-    )
-    if view.sent_by_send:
-        click.echo(f"\ndeliveries sent by `{_SEND}` (test deliveries, not the provider's):")
-        print_table(
-            ["inbox id", "source", "type", "event id", "ledger entries"],
-            [
-                [
-                    d.inbox_id,
-                    d.source,
-                    d.event_type,
-                    d.external_id,
-                    ", ".join(str(e.id) for e in d.ledger_entries) or "-",
-                ]
-                for d in view.sent_by_send
-            ],
-        )
+    _print_ledger(view, page, per_page)
+    _print_sent_by_send(view)
     click.echo("\nrecent usage:")
     print_table(
         ["when", "operation", "credits", "details"],
@@ -97,6 +66,41 @@ def show(cli: CliContext, clerk_user_id: str, page: int, per_page: int, as_json:
             ["id", "type", "status", "detail"],
             [[r.id, r.event_type, r.status, shorten(r.last_error or r.detail)] for r in view.waiting],
         )
+
+
+def _print_ledger(view: UserView, page: int, per_page: int) -> None:
+    pages = max(1, -(-view.ledger_entries // per_page))
+    click.echo(f"\nledger (page {page} of {pages}, {view.ledger_entries} entries, newest first):")
+    sent = view.entries_sent_by_send
+    print_table(
+        ["entry", "when", "kind", "delta", "balance after", "sent by", "reference"],
+        [
+            [
+                e.id,
+                e.created_at,
+                e.kind,
+                f"{e.delta:+d}",
+                e.balance_after,
+                _SEND if e.id in sent else "",
+                shorten(e.reference, 80),
+            ]
+            for e in view.ledger
+        ],
+    )
+
+
+def _print_sent_by_send(view: UserView) -> None:
+    """Test deliveries: an operator must never take their credits for a provider's."""
+    if not view.sent_by_send:
+        return
+    click.echo(f"\ndeliveries sent by `{_SEND}` (test deliveries, not the provider's):")
+    print_table(
+        ["inbox id", "source", "type", "event id", "ledger entries"],
+        [
+            [d.inbox_id, d.source, d.event_type, d.external_id, ", ".join(str(e.id) for e in d.ledger_entries) or "-"]
+            for d in view.sent_by_send
+        ],
+    )
 
 
 def _as_json(view: UserView) -> dict[str, object]:
