@@ -1,9 +1,10 @@
 """The append-only credit ledger: one row per change of a `CreditBalance`.
 
 Per user, `"CreditBalance"."creditsRemaining" == sum(delta)` always holds: the service writes
-its changes through `worker.credits.ledger.change_credits`, and a trigger on `"CreditBalance"` records
-every other change (the Next.js app writing through Prisma) as an `external` entry. The
-database refuses UPDATE and DELETE on this table.
+its changes through `worker.credits.ledger.change_credits`, and a trigger on `"CreditBalance"`
+records every other change (the Next.js app writing through Prisma) as an `external` entry. The
+database refuses UPDATE and DELETE on this table, and any UPDATE that takes a balance below zero
+(`OVERDRAFT_GUARD`) unless the service marked its transaction (`MAY_GO_NEGATIVE_SETTING`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ from sqlalchemy.dialects.postgresql import TIMESTAMP
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import SERVICE_SCHEMA, Base
+
+# The trigger of migration 0007: its name, the prefix of its error message (SQLSTATE 23514), and
+# the transaction-local setting that lets a change through (the service's reversals only).
+OVERDRAFT_GUARD = "pedro_webhooks_no_overdraft"
+OVERDRAFT_SQLSTATE = "23514"  # check_violation
+MAY_GO_NEGATIVE_SETTING = "pedro_webhooks.may_go_negative"
 
 
 class LedgerKind(enum.StrEnum):

@@ -69,6 +69,16 @@ class WebhookSecrets(BaseSettings):
         return _split_secret(self.asaas_webhook_token)
 
 
+class SupportCreditSettings(BaseSettings):
+    """What `credits grant|adjust` reads besides the database."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    # The most credits one support change may give or take: a typo (an extra digit, a pasted
+    # id) is refused, not written. At most int4's maximum, the balance column's type.
+    support_credits_max_amount: int = Field(default=100_000, gt=0, le=2_147_483_647)
+
+
 class Settings(DatabaseSettings, WebhookSecrets):
     """Everything a service process (receiver, worker, beat) reads."""
 
@@ -157,6 +167,13 @@ def load_settings() -> Settings:
 def load_webhook_secrets() -> WebhookSecrets:
     try:
         return WebhookSecrets()
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def load_support_credit_settings() -> SupportCreditSettings:
+    try:
+        return SupportCreditSettings()
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
 

@@ -36,7 +36,7 @@ class UsageRequest(Base):
     request: Mapped[dict[str, Any]]  # the arguments as sent
     result: Mapped[dict[str, Any]]  # the answer given for this key
     usage_id: Mapped[str | None] = mapped_column(Text)  # the UsageHistory row it wrote
-    service: Mapped[str | None] = mapped_column(Text)  # the service that sent it (migration 0007)
+    service: Mapped[str | None] = mapped_column(Text)  # the service that sent it (migration 0008)
     task_id: Mapped[str | None] = mapped_column(Text)  # the message that made it
     # Its deadline: a transaction that answers it (other than `expired`) after this fails to commit.
     not_after: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))

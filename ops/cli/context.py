@@ -19,7 +19,15 @@ import click
 
 from models.connectivity import ServerUnreachable, check_postgresql, check_redis
 from models.logs import LogConfigError
-from models.settings import ConfigError, DatabaseSettings, Settings, load_database_settings, load_settings
+from models.settings import (
+    ConfigError,
+    DatabaseSettings,
+    Settings,
+    SupportCreditSettings,
+    load_database_settings,
+    load_settings,
+    load_support_credit_settings,
+)
 from ops.local.local_env import LocalEnvironment
 
 if TYPE_CHECKING:
@@ -65,6 +73,10 @@ class CliContext:
             self.guard(lambda: check_redis(settings.redis_url.get_secret_value(), self.local.origin("REDIS_URL")))
             self._settings = settings
         return self._settings
+
+    def support_credit_settings(self) -> SupportCreditSettings:
+        """`credits grant|adjust`'s bound (SUPPORT_CREDITS_MAX_AMOUNT); no server needed."""
+        return self.guard(load_support_credit_settings)
 
     def engine(self) -> Engine:
         if self._engine is None:

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import getpass
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 
 from ops.cli.context import CliContext, pass_context
 
+if TYPE_CHECKING:
+    from ops.support_credits import SupportChange
+
 _options = [
     click.option("--user", "clerk_user_id", required=True, help="The Clerk user id."),
     click.option("--reason", required=True, help="Why (kept in the ledger entry's reference)."),
-    click.option("--key", required=True, help="Idempotency key, e.g. the support ticket: the same key applies once."),
+    click.option(
+        "--key",
+        required=True,
+        help="Idempotency key, e.g. the support ticket: the same key applies once (surrounding spaces ignored).",
+    ),
     click.option("--operator", default=getpass.getuser, show_default="your login", help="Who is doing it."),
 ]
 
@@ -30,7 +38,12 @@ def credits() -> None:
 
 @credits.command()
 @_with_options
-@click.option("--amount", required=True, type=click.IntRange(min=1), help="Credits to give (> 0).")
+@click.option(
+    "--amount",
+    required=True,
+    type=click.IntRange(min=1),
+    help="Credits to give (> 0, at most SUPPORT_CREDITS_MAX_AMOUNT).",
+)
 @pass_context
 def grant(cli: CliContext, clerk_user_id: str, reason: str, key: str, operator: str, amount: int) -> None:
     """Give AMOUNT credits to a user."""
@@ -39,7 +52,12 @@ def grant(cli: CliContext, clerk_user_id: str, reason: str, key: str, operator: 
 
 @credits.command()
 @_with_options
-@click.option("--amount", required=True, type=int, help="Credits to add (positive) or take (negative).")
+@click.option(
+    "--amount",
+    required=True,
+    type=int,
+    help="Credits to add (positive) or take (negative), at most SUPPORT_CREDITS_MAX_AMOUNT either way.",
+)
 @click.option("--allow-negative", is_flag=True, help="Let a negative amount take the balance below zero.")
 @pass_context
 def adjust(
@@ -50,8 +68,36 @@ def adjust(
     _change(cli, clerk_user_id, amount, reason, key, operator, allow_negative=allow_negative)
 
 
+class _OutOfBounds(click.ClickException):
+    exit_code = 2  # refused before anything happened, as click refuses a malformed option
+
+
 def _change(
     cli: CliContext, clerk_user_id: str, amount: int, reason: str, key: str, operator: str, *, allow_negative: bool
+) -> None:
+    from ops.support_credits import AmountOutOfBounds, SupportCreditError, check_amount, normalised_key
+
+    max_amount = cli.support_credit_settings().support_credits_max_amount
+    try:  # before the database is reached
+        check_amount(amount, max_amount)
+        key = normalised_key(key)
+    except AmountOutOfBounds as exc:
+        raise _OutOfBounds(str(exc)) from None
+    except SupportCreditError as exc:
+        raise click.ClickException(str(exc)) from None
+    _apply(cli, clerk_user_id, amount, reason, key, operator, max_amount=max_amount, allow_negative=allow_negative)
+
+
+def _apply(
+    cli: CliContext,
+    clerk_user_id: str,
+    amount: int,
+    reason: str,
+    key: str,
+    operator: str,
+    *,
+    max_amount: int,
+    allow_negative: bool,
 ) -> None:
     from ops.support_credits import SupportCreditError, change_support_credits
     from worker.errors import LedgerKeyConflict
@@ -67,6 +113,7 @@ def _change(
                     reason=reason,
                     key=key,
                     operator=operator,
+                    max_amount=max_amount,
                     allow_negative=allow_negative,
                 )
             break
@@ -76,6 +123,10 @@ def _change(
             continue
     else:
         raise click.ClickException(f"key {key!r} is being used by another change right now: try again")
+    _report(change, clerk_user_id)
+
+
+def _report(change: SupportChange, clerk_user_id: str) -> None:
     if change.applied_now:
         click.echo(
             f"{change.delta:+d} credits to {clerk_user_id}: balance {change.balance_after} "
@@ -83,7 +134,8 @@ def _change(
         )
     else:
         click.echo(
-            f"already applied with key {key!r}: ledger entry {change.entry_id} ({change.delta:+d}); nothing changed"
+            f"already applied with key {change.key!r}: ledger entry {change.entry_id} ({change.delta:+d}); "
+            "nothing changed"
         )
 
 

@@ -1,5 +1,6 @@
 """`pedro-webhooks reconcile [--user]`: balances against the ledger, grants against payments,
-reversals against grants. Lists each mismatch and exits 1; it never fixes anything."""
+reversals against grants, and the credits of `pedro-webhooks send`'s test deliveries. Lists
+each finding and exits 1; it never fixes anything."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from ops.cli.output import json_option, print_json, print_table
 @pass_context
 def reconcile(cli: CliContext, clerk_user_id: str | None, as_json: bool) -> None:
     """Check every balance against the sum of its ledger, every grant against its payment and
-    every reversal against its grant. Exit code 1 when anything disagrees. It never fixes: a
-    mismatch is a bug or a write behind the service's back, for a person to look at."""
+    every reversal against its grant, and flag the ledger entries of deliveries `pedro-webhooks
+    send` made. Exit code 1 when anything is found. It never fixes: a mismatch is a bug or a
+    write behind the service's back, a sent delivery's credits a test, for a person to look at."""
     from ops.queries.reconcile import reconcile as find_mismatches
 
     settings = cli.database_settings()

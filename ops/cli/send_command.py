@@ -1,5 +1,10 @@
 """`pedro-webhooks send clerk|asaas EVENT`: a realistic delivery, signed as the provider signs
-it, posted to the receiver (like `stripe trigger`)."""
+it, posted to the receiver (like `stripe trigger`).
+
+It signs only with the local secrets `run` made (.local/local-secrets.env) unless told
+`--i-know-this-is-real`: run in a production shell, it would otherwise grant real credits for a
+fake payment. Every delivery it sends is marked (`SENT_BY_FIELD`) for `reconcile` and `user show`.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from models.settings import load_webhook_secrets
 from ops import sample_deliveries as samples
 from ops.cli.context import CliContext, pass_context
 from ops.cli.status_command import DEFAULT_RECEIVER_URL
+from ops.local.local_env import SECRETS_ENV
 
 _T = TypeVar("_T")
 
@@ -35,7 +41,37 @@ _common = [
     click.option("--email", help="The user's email (default <user>@example.org)."),
     click.option("--url", help="Receiver endpoint (default: the local one `run` started)."),
     click.option("--show", is_flag=True, help="Print the delivery's body."),
+    click.option(
+        "--i-know-this-is-real",
+        "real_secrets",
+        is_flag=True,
+        help="Sign with secrets that are not the local ones `run` made (e.g. production's).",
+    ),
 ]
+
+# The variable each source signs with.
+_SECRET_OF = {"clerk": "CLERK_WEBHOOK_SIGNING_SECRET", "asaas": "ASAAS_WEBHOOK_TOKEN"}
+
+
+class RefusedToSign(click.ClickException):
+    """Nothing was sent: exit code 2, as for every refusal before the command does anything."""
+
+    exit_code = 2
+
+
+def _only_local_secrets(cli: CliContext, source: str, real_secrets: bool) -> None:
+    """Refuse to sign with a secret that is not the local one, unless --i-know-this-is-real.
+    (An unset one is left to the signing step, which says so.) Names the variable, never its value."""
+    variable = _SECRET_OF[source]
+    if not os.environ.get(variable) or cli.local.holds_local_secret(variable):
+        return
+    if not real_secrets:
+        raise RefusedToSign(
+            f"{variable} is not the local secret `run` keeps in {cli.local.folder / SECRETS_ENV} (it is set "
+            "in the environment, maybe production's, and the delivery would pass for a real one): "
+            "pass --i-know-this-is-real to sign with it anyway"
+        )
+    click.echo(f"signing with {variable} from the environment (--i-know-this-is-real)", err=True)
 
 
 def _with_common(function: Any) -> Any:
@@ -46,7 +82,8 @@ def _with_common(function: Any) -> Any:
 
 @click.group()
 def send() -> None:
-    """Send a test delivery to a receiver, signed with the configured secret or token.
+    """Send a test delivery to a receiver, signed with the local secret or token `run` made
+    (others only with --i-know-this-is-real), marked as sent by this command.
 
     \b
     pedro-webhooks send clerk user.created --user user_demo
@@ -62,9 +99,10 @@ def send() -> None:
 @pass_context
 def clerk(cli: CliContext, event_type: str, status: str, **options: Any) -> None:
     """Send a Clerk (Svix-signed) EVENT_TYPE."""
+    _only_local_secrets(cli, "clerk", options["real_secrets"])
     secrets = cli.guard(load_webhook_secrets)
     opts = _options(options, status=status)
-    body = _guarded(lambda: samples.clerk_delivery(event_type, opts))
+    body = samples.marked_as_sent(_guarded(lambda: samples.clerk_delivery(event_type, opts)))
     signed = _guarded(lambda: samples.sign_clerk(body, secrets.clerk_secrets))
     _post(cli, _receiver_url("clerk", options["url"]), signed, body, options["show"])
 
@@ -77,11 +115,12 @@ def clerk(cli: CliContext, event_type: str, status: str, **options: Any) -> None
 @pass_context
 def asaas(cli: CliContext, event_type: str, value: str, refunded: str | None, **options: Any) -> None:
     """Send an Asaas EVENT_TYPE, with the access token header."""
+    _only_local_secrets(cli, "asaas", options["real_secrets"])
     secrets = cli.guard(load_webhook_secrets)
     opts = _options(
         options, value=_money(value, "--value"), refunded=_money(refunded, "--refunded") if refunded else None
     )
-    body = _guarded(lambda: samples.asaas_delivery(event_type, opts))
+    body = samples.marked_as_sent(_guarded(lambda: samples.asaas_delivery(event_type, opts)))
     signed = _guarded(lambda: samples.sign_asaas(body, secrets.asaas_tokens))
     _post(cli, _receiver_url("asaas", options["url"]), signed, body, options["show"])
 

@@ -7,6 +7,7 @@ import click
 from ops.cli.context import CliContext, pass_context
 from ops.cli.output import json_option, print_json, print_table, shorten
 from ops.queries.user_view import UserView, user_view
+from ops.sample_deliveries import SENT_BY_SEND as _SEND
 
 
 @click.group()
@@ -22,7 +23,8 @@ def user() -> None:
 @pass_context
 def show(cli: CliContext, clerk_user_id: str, page: int, per_page: int, as_json: bool) -> None:
     """The User, its balance and what explains it (the ledger, with the payment or debit behind
-    each entry), the current plan, recent usage, storage, and inbox rows still waiting for it."""
+    each entry, and which entries deliveries of `pedro-webhooks send` account for), the current
+    plan, recent usage, storage, and inbox rows still waiting for it."""
     with cli.sessions()() as session:
         view = user_view(session, clerk_user_id, page=page, per_page=per_page)
     if view is None:
@@ -41,12 +43,8 @@ def show(cli: CliContext, clerk_user_id: str, page: int, per_page: int, as_json:
     plan = f"{view.plan.id} ({view.plan.name}, {view.plan.credits} credits)" if view.plan else "none"
     state = f", {view.plan_state.status} via {view.plan_state.provider}" if view.plan_state and view.plan else ""
     click.echo(f"plan:     {plan}{state}")
-    pages = max(1, -(-view.ledger_entries // per_page))
-    click.echo(f"\nledger (page {page} of {pages}, {view.ledger_entries} entries, newest first):")
-    print_table(
-        ["entry", "when", "kind", "delta", "balance after", "reference"],
-        [[e.id, e.created_at, e.kind, f"{e.delta:+d}", e.balance_after, shorten(e.reference, 80)] for e in view.ledger],
-    )
+    _print_ledger(view, page, per_page)
+    _print_sent_by_send(view)
     click.echo("\nrecent usage:")
     print_table(
         ["when", "operation", "credits", "details"],
@@ -68,6 +66,41 @@ def show(cli: CliContext, clerk_user_id: str, page: int, per_page: int, as_json:
             ["id", "type", "status", "detail"],
             [[r.id, r.event_type, r.status, shorten(r.last_error or r.detail)] for r in view.waiting],
         )
+
+
+def _print_ledger(view: UserView, page: int, per_page: int) -> None:
+    pages = max(1, -(-view.ledger_entries // per_page))
+    click.echo(f"\nledger (page {page} of {pages}, {view.ledger_entries} entries, newest first):")
+    sent = view.entries_sent_by_send
+    print_table(
+        ["entry", "when", "kind", "delta", "balance after", "sent by", "reference"],
+        [
+            [
+                e.id,
+                e.created_at,
+                e.kind,
+                f"{e.delta:+d}",
+                e.balance_after,
+                _SEND if e.id in sent else "",
+                shorten(e.reference, 80),
+            ]
+            for e in view.ledger
+        ],
+    )
+
+
+def _print_sent_by_send(view: UserView) -> None:
+    """Test deliveries: an operator must never take their credits for a provider's."""
+    if not view.sent_by_send:
+        return
+    click.echo(f"\ndeliveries sent by `{_SEND}` (test deliveries, not the provider's):")
+    print_table(
+        ["inbox id", "source", "type", "event id", "ledger entries"],
+        [
+            [d.inbox_id, d.source, d.event_type, d.external_id, ", ".join(str(e.id) for e in d.ledger_entries) or "-"]
+            for d in view.sent_by_send
+        ],
+    )
 
 
 def _as_json(view: UserView) -> dict[str, object]:
@@ -93,9 +126,11 @@ def _as_json(view: UserView) -> dict[str, object]:
                 "balance_after": e.balance_after,
                 "idempotency_key": e.idempotency_key,
                 "reference": e.reference,
+                "sent_by_send": e.id in view.entries_sent_by_send,
             }
             for e in view.ledger
         ],
+        "sent_by_send": [delivery.as_json() for delivery in view.sent_by_send],
         "usage": [
             {"timestamp": h.timestamp, "operation": h.operation_type.value, "credits": h.credits_used}
             for h in view.usage

@@ -52,6 +52,15 @@ class LocalEnvironment:
                     os.environ[variable] = value
                     self.loaded[variable] = path
 
+    def holds_local_secret(self, variable: str) -> bool:
+        """Is the variable's value the one `run` keeps in local-secrets.env? Read from that file
+        (the environment lacked it), or set in the environment to that same value."""
+        path = self.folder / SECRETS_ENV
+        if self.loaded.get(variable) == path:
+            return True
+        value = os.environ.get(variable)
+        return bool(value) and path.is_file() and read_env_file(path).get(variable) == value
+
     def origin(self, variable: str) -> str:
         """The variable's name, and the file it came from when it was not set."""
         path = self.loaded.get(variable)

@@ -5,7 +5,9 @@ Three checks, each one SQL statement over the whole database or one user:
 - `grant`: every payment marked granted has exactly one grant entry of exactly its credits, and
   every grant entry belongs to a payment marked granted;
 - `reversal`: per payment, the reversal entries add up to what the payment says was reversed,
-  never more than was granted, and no reversal entry names a payment that was never granted.
+  never more than was granted, and no reversal entry names a payment that was never granted;
+- `sent_by_send`: ledger entries a delivery of `pedro-webhooks send` accounts for (a test
+  delivery's credits, which would otherwise pass for a provider's).
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from ops.queries.sent_deliveries import sent_deliveries
+
 
 @dataclass(frozen=True)
 class Mismatch:
-    check: str  # balance | grant | reversal
+    check: str  # balance | grant | reversal | sent_by_send
     clerk_user_id: str | None
     subject: str  # the balance or payment it is about
     expected: int | None
@@ -93,6 +97,7 @@ def reconcile(session: Session, service_schema: str, clerk_user_id: str | None =
         *_balance_mismatches(session, service_schema, clerk_user_id),
         *_grant_mismatches(session, service_schema, clerk_user_id),
         *_reversal_mismatches(session, service_schema, clerk_user_id),
+        *_sent_by_send(session, clerk_user_id),
     ]
 
 
@@ -150,3 +155,22 @@ def _reversal_mismatches(session: Session, schema: str, clerk_user_id: str | Non
             detail = f"payment {payment} says {credits_reversed} reversed; the ledger's reversals add up to {in_ledger}"
         found.append(Mismatch("reversal", user, f"payment {payment}", credits_reversed, in_ledger, detail))
     return found
+
+
+def _sent_by_send(session: Session, clerk_user_id: str | None) -> list[Mismatch]:
+    return [
+        Mismatch(
+            "sent_by_send",
+            delivery.ledger_entries[0].clerk_user_id,
+            f"inbox row {delivery.inbox_id}",
+            expected=None,
+            found=delivery.credits,
+            detail=(
+                f"{delivery.source} {delivery.event_type} {delivery.external_id} was sent by `pedro-webhooks send`, "
+                f"not by the provider: ledger entries {', '.join(str(e.id) for e in delivery.ledger_entries)} "
+                f"({delivery.credits:+d} credits)"
+            ),
+        )
+        for delivery in sent_deliveries(session, clerk_user_id)
+        if delivery.ledger_entries
+    ]

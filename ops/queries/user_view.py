@@ -12,6 +12,7 @@ from models.billing import UserPlan
 from models.inbox import InboxStatus, WebhookInbox
 from models.ledger import CreditLedgerEntry
 from ops.queries.inbox_rows import rows_naming_user
+from ops.queries.sent_deliveries import SentDelivery, sent_deliveries
 
 # Rows that name the user and still wait for something (a person, a replay).
 _WAITING = (InboxStatus.PENDING, InboxStatus.UNMATCHED, InboxStatus.NEEDS_ATTENTION, InboxStatus.FAILED)
@@ -37,10 +38,16 @@ class UserView:
     storage: list[StorageObject]
     storage_summary: StorageSummary
     waiting: list[WebhookInbox] = field(default_factory=list)
+    # Deliveries `pedro-webhooks send` made that name the user, and the ledger entries they account for.
+    sent_by_send: list[SentDelivery] = field(default_factory=list)
 
     @property
     def balance_matches_ledger(self) -> bool:
         return self.balance is None or self.balance.credits_remaining == self.ledger_sum
+
+    @property
+    def entries_sent_by_send(self) -> set[int]:
+        return {entry.id for delivery in self.sent_by_send for entry in delivery.ledger_entries}
 
 
 def user_view(
@@ -99,6 +106,7 @@ def user_view(
                 .limit(recent)
             )
         ),
+        sent_by_send=sent_deliveries(session, clerk_user_id),
     )
 
 

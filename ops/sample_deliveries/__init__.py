@@ -55,6 +55,17 @@ _ASAAS_BASE_EXAMPLE = {
 }
 
 
+# Every delivery `send` makes carries this top-level field (the receiver stores the body as it
+# came; the handlers ignore fields they do not read): `reconcile` and `user show` flag what such
+# deliveries changed, so a test delivery is never taken for a provider's.
+SENT_BY_FIELD = "pedro_webhooks_sent_by"
+SENT_BY_SEND = "pedro-webhooks send"
+
+
+def marked_as_sent(body: dict[str, Any]) -> dict[str, Any]:
+    return {**body, SENT_BY_FIELD: SENT_BY_SEND}
+
+
 class DeliveryError(Exception):
     """The delivery could not be built, signed or sent; the message says why."""
 

@@ -54,7 +54,13 @@ def test_floor_refuses_an_overdraft_and_writes_nothing(session):
 def test_reversals_may_go_below_zero_without_a_floor(session):
     balance = _new_user(session, credits=5)
     change = change_credits(
-        session, balance.id, delta=-50, kind=LedgerKind.REVERSAL, idempotency_key="r1", reference="refund"
+        session,
+        balance.id,
+        delta=-50,
+        kind=LedgerKind.REVERSAL,
+        idempotency_key="r1",
+        reference="refund",
+        may_go_negative=True,  # past the overdraft guard (tests/credits/test_overdraft_guard.py)
     )
     assert change.balance_after == -45
 
@@ -134,7 +140,7 @@ def test_service_changes_are_not_counted_twice(session_factory):
 
 
 writes = st.lists(
-    st.tuples(st.sampled_from(["service", "service_floor", "app"]), st.integers(-60, 60)),
+    st.tuples(st.sampled_from(["service", "service_floor", "service_reversal", "app"]), st.integers(-60, 60)),
     min_size=1,
     max_size=15,
 )
@@ -143,23 +149,37 @@ writes = st.lists(
 @hypothesis_settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(writes=writes)
 def test_invariant_holds_under_any_mix_of_writers(session_factory, writes):
+    """And no writer but a marked reversal takes the balance below zero (the overdraft guard)."""
     with session_factory.begin() as session:
         session.execute(text('TRUNCATE "User", "CreditBalance", ingest.credit_ledger CASCADE'))
         balance_id = _new_user(session, credits=50).id
     for number, (writer, delta) in enumerate(writes):
-        with session_factory.begin() as session:
-            if writer == "app":
-                session.execute(
-                    text('UPDATE "CreditBalance" SET "creditsRemaining" = "creditsRemaining" + :d'), {"d": delta}
-                )
-            else:
-                change_credits(
-                    session,
-                    balance_id,
-                    delta=delta,
-                    kind=LedgerKind.ADJUSTMENT,
-                    idempotency_key=f"h{number}",
-                    reference="hypothesis",
-                    floor=0 if writer == "service_floor" else None,
-                )
+        before = _balance_and_ledger(session_factory)[0]
+        refused_by_guard = writer in ("app", "service") and delta < 0 and before + delta < 0
+        try:
+            _write(session_factory, balance_id, writer, delta, f"h{number}")
+        except DBAPIError as exc:
+            assert refused_by_guard and "pedro_webhooks_no_overdraft" in str(exc), (writer, delta, before)
+            assert _balance_and_ledger(session_factory)[0] == before
+        else:
+            assert not refused_by_guard, (writer, delta, before)
     assert_ledger_matches_balances(session_factory)
+
+
+def _write(session_factory, balance_id: str, writer: str, delta: int, key: str) -> None:
+    with session_factory.begin() as session:
+        if writer == "app":
+            session.execute(
+                text('UPDATE "CreditBalance" SET "creditsRemaining" = "creditsRemaining" + :d'), {"d": delta}
+            )
+            return
+        change_credits(
+            session,
+            balance_id,
+            delta=delta,
+            kind=LedgerKind.ADJUSTMENT,
+            idempotency_key=key,
+            reference="hypothesis",
+            floor=0 if writer == "service_floor" else None,
+            may_go_negative=writer == "service_reversal",
+        )

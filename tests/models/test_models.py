@@ -15,6 +15,7 @@ from models.app import CreditBalance, OperationType, StorageObject, UsageHistory
 from models.base import SERVICE_SCHEMA, constant, utcnow
 from models.db import make_engine
 from models.inbox import DeliveryRecorder, WebhookInbox
+from models.ledger import MAY_GO_NEGATIVE_SETTING, OVERDRAFT_GUARD
 from models.tables import metadata
 
 
@@ -115,6 +116,24 @@ def test_models_match_the_migrated_database(engine, settings):
         )
         diff = compare_metadata(context, metadata)
     assert diff == []
+
+
+def test_the_overdraft_guard_is_the_one_the_models_name(engine, settings):
+    """models.ledger names the trigger of migration 0007, its error prefix and the setting that
+    lets a reversal through: the database holds exactly those."""
+    with engine.connect() as conn:
+        trigger = conn.execute(
+            text(
+                "SELECT tg.tgname, p.proname, n.nspname, p.prosrc FROM pg_trigger tg "
+                "JOIN pg_proc p ON p.oid = tg.tgfoid JOIN pg_namespace n ON n.oid = p.pronamespace "
+                "WHERE tg.tgrelid = '\"CreditBalance\"'::regclass AND tg.tgname = :name"
+            ),
+            {"name": OVERDRAFT_GUARD},
+        ).one()
+    assert (trigger.tgname, trigger.nspname) == (OVERDRAFT_GUARD, settings.service_schema)
+    assert f"current_setting('{MAY_GO_NEGATIVE_SETTING}', true) = 'on'" in trigger.prosrc
+    assert f"RAISE EXCEPTION '{OVERDRAFT_GUARD}: " in trigger.prosrc
+    assert "ERRCODE = 'check_violation'" in trigger.prosrc
 
 
 def test_the_receivers_recorder_stores_a_delivery_once(settings, session):

@@ -60,13 +60,17 @@ def test_public_schema_matches_prisma_reference(migrated_and_reference, aspect):
     assert migrated[aspect] == reference[aspect]
 
 
-def test_the_only_addition_to_public_is_the_ledger_trigger(migrated_and_reference):
-    """The one thing the service attaches to a Prisma table: the trigger that records the app's
-    own balance changes in the ledger (its function lives in the service schema). Prisma does
-    not introspect triggers, so it sees no drift."""
+def test_the_only_additions_to_public_are_the_ledger_and_overdraft_triggers(migrated_and_reference):
+    """The two things the service attaches to a Prisma table: the trigger that records the app's
+    own balance changes in the ledger and the overdraft guard (their functions live in the
+    service schema: `functions` above stays empty). Prisma does not introspect triggers, so it
+    sees no drift."""
     reference, migrated = migrated_and_reference
     assert reference["triggers"] == []
-    assert migrated["triggers"] == [("pedro_webhooks_credit_ledger", "CreditBalance")]
+    assert migrated["triggers"] == [
+        ("pedro_webhooks_credit_ledger", "CreditBalance"),
+        ("pedro_webhooks_no_overdraft", "CreditBalance"),
+    ]
 
 
 def test_reference_comparison_sees_foreign_key_actions(migrated_and_reference):

@@ -23,11 +23,15 @@ def invoke(*args: str, local_dir: Path | None = None) -> Result:
 
 
 def run_command(
-    *args: str, env: dict[str, str] | None = None, cwd: Path = PROJECT_ROOT, timeout: float = 120
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path = PROJECT_ROOT,
+    timeout: float = 120,
+    local_dir: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """The installed console script in a process of its own."""
+    """The installed console script in a process of its own (`--local-dir` as for `invoke`)."""
     return subprocess.run(
-        [str(COMMAND), "--local-dir", "/nonexistent-local-dir", *args],
+        [str(COMMAND), "--local-dir", str(local_dir or "/nonexistent-local-dir"), *args],
         env=env if env is not None else dict(os.environ),
         cwd=cwd,
         capture_output=True,

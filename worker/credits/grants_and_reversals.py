@@ -131,7 +131,8 @@ def _settle_reversal(session: Session, state: PaymentCredit, payment: Payment) -
     if state.credit_balance_id is None:
         # Every grant records its balance (migration 0006 backfilled older ones from the ledger).
         raise MissingBalance(f"the balance granted for {payment.reference} is not recorded")
-    # No floor: a reversal may take the balance below zero (the user then cannot spend).
+    # No floor: a reversal may take the balance below zero (the user then cannot spend); its
+    # mark lets it past the database's overdraft guard, which refuses that to every other writer.
     change_credits(
         session,
         state.credit_balance_id,
@@ -139,6 +140,7 @@ def _settle_reversal(session: Session, state: PaymentCredit, payment: Payment) -
         kind=LedgerKind.REVERSAL,
         idempotency_key=f"reversal:{payment.provider}:{payment.payment_id}:{target}",
         reference=f"refund/chargeback of {payment.reference}",
+        may_go_negative=True,
     )
     state.credits_reversed = target
     return delta

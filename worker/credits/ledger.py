@@ -1,9 +1,11 @@
 """The one place a `CreditBalance` changes: the balance and its ledger entry, in one transaction.
 
-Every grant, reversal, debit and refund calls `change_credits`: one statement moves the balance
-with a conditional UPDATE, appends the ledger entry, and runs the writes that belong to the
-change (`FollowUp`) only if the balance moved. A new balance's starting credits are the one other
-write (`open_credit_balance`, `opening_credit_balance`). How: docs/design.md ("Credits: the rules").
+`change_credits` marks the transaction as the service's (the trigger that records the app's own
+changes as `external` entries skips it; a reversal's mark lets it past the overdraft guard of
+migration 0007), moves the balance with one conditional UPDATE and appends the entry with the
+balance it left: one statement. Writes that belong to the change (a debit's `UsageHistory` row,
+its answer) ride in it as a `FollowUp`, selecting FROM the moved row. A new balance's starting
+credits are the one other write here (`open_credit_balance`, `opening_credit_balance`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, overload
+from typing import Any, Literal, overload
 
 from sqlalchemy import CTE, ColumnElement, Integer, Select, Text, bindparam, func, inspect, select, true, update
 from sqlalchemy.dialects.postgresql import insert
@@ -21,7 +23,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from models.app import CreditBalance, User
 from models.base import constant, table_of, utcnow
 from models.ids import cuid
-from models.ledger import CreditLedgerEntry, LedgerKind
+from models.ledger import MAY_GO_NEGATIVE_SETTING, CreditLedgerEntry, LedgerKind
 from worker.errors import LedgerKeyConflict, MissingBalance
 
 LEDGER_WRITE_SETTING = "pedro_webhooks.ledger_write"  # read by the trigger (migration 0002)
@@ -36,12 +38,13 @@ class LedgerChange:
 
 
 def _change_statement(
-    *, with_floor: bool, follow_up: Callable[[CTE], Sequence[CTE]] | None = None
+    *, with_floor: bool, may_go_negative: bool = False, follow_up: Callable[[CTE], Sequence[CTE]] | None = None
 ) -> Select[int, int | None]:
     """The balance move and its ledger entry as one statement, built once (Core constructs on the
     mapped tables, so the engine's schema_translate_map applies and the compiled form is cached).
 
         WITH moved AS (UPDATE "CreditBalance" SET ... WHERE id = :id AND <mark> = 'on'
+                       [AND <may go negative mark> = 'on']
                        [AND "creditsRemaining" + :delta >= :floor] RETURNING ...),
              entry AS (INSERT INTO credit_ledger (...) SELECT ... FROM moved
                        ON CONFLICT (idempotency_key) DO NOTHING RETURNING id)
@@ -69,6 +72,8 @@ def _change_statement(
     )
     if with_floor:
         moved = moved.where(balance.c.creditsRemaining + delta >= bindparam("floor", type_=Integer))
+    if may_go_negative:
+        moved = moved.where(_mark(MAY_GO_NEGATIVE_SETTING))
     moved_rows = moved.cte("moved")
     entry = _entry_of(moved_rows, bindparam("credit_balance_id", type_=Text), delta)
     statement = select(moved_rows.c.creditsRemaining, entry.c.id).select_from(moved_rows.outerjoin(entry, true()))
@@ -79,11 +84,12 @@ def _change_statement(
 
 @dataclass(frozen=True)
 class FollowUp:
-    """Writes that belong to a balance change and go in its statement (`follow_up`): both forms
-    of the statement, with and without a floor, built once."""
+    """Writes that belong to a balance change and go in its statement (`follow_up`): every form
+    of the statement (no floor, a floor, no floor and past the overdraft guard), built once."""
 
     plain: Select[int, int | None]
     with_floor: Select[int, int | None]
+    may_go_negative: Select[int, int | None]
 
 
 def follow_up(build: Callable[[CTE], Sequence[CTE]]) -> FollowUp:
@@ -92,8 +98,14 @@ def follow_up(build: Callable[[CTE], Sequence[CTE]]) -> FollowUp:
     when the balance moved. Their bound parameters must not be named as a column of a table
     they UPDATE (SQLAlchemy would SET that column from it) nor as this statement's own
     (`credit_balance_id`, `delta`, `now`, `floor`, `ledger_*`)."""
+    return _forms(build)
+
+
+def _forms(build: Callable[[CTE], Sequence[CTE]] | None) -> FollowUp:
     return FollowUp(
-        _change_statement(with_floor=False, follow_up=build), _change_statement(with_floor=True, follow_up=build)
+        plain=_change_statement(with_floor=False, follow_up=build),
+        with_floor=_change_statement(with_floor=True, follow_up=build),
+        may_go_negative=_change_statement(with_floor=False, may_go_negative=True, follow_up=build),
     )
 
 
@@ -111,7 +123,13 @@ def _service_write_mark() -> ColumnElement[bool]:
     ends), so the trigger (an AFTER ROW trigger, fired when the statement ends) skips this
     change, at no extra round trip, and no savepoint rollback can separate the mark from the
     write."""
-    return select(func.set_config(LEDGER_WRITE_SETTING, "on", True)).scalar_subquery() == "on"
+    return _mark(LEDGER_WRITE_SETTING)
+
+
+def _mark(setting: str) -> ColumnElement[bool]:
+    """`(SELECT set_config(setting, 'on', true)) = 'on'`: sets a transaction-local mark before any
+    row of the statement changes (the BEFORE ROW overdraft guard reads it too)."""
+    return select(func.set_config(setting, "on", True)).scalar_subquery() == "on"
 
 
 def _entry_of(
@@ -157,7 +175,7 @@ def _entry_of(
     )
 
 
-_NO_FOLLOW_UP = FollowUp(_change_statement(with_floor=False), _change_statement(with_floor=True))
+_NO_FOLLOW_UP = _forms(None)
 _BALANCE_MAPPER = inspect(CreditBalance)
 
 
@@ -171,6 +189,7 @@ def change_credits(
     idempotency_key: str,
     reference: str,
     floor: None = None,
+    may_go_negative: bool = False,
     then: Then | None = None,
 ) -> LedgerChange: ...
 
@@ -185,6 +204,7 @@ def change_credits(
     idempotency_key: str,
     reference: str,
     floor: int,
+    may_go_negative: Literal[False] = False,
     then: Then | None = None,
 ) -> LedgerChange | None: ...
 
@@ -198,19 +218,24 @@ def change_credits(
     idempotency_key: str,
     reference: str,
     floor: int | None = None,
+    may_go_negative: bool = False,
     then: Then | None = None,
 ) -> LedgerChange | None:
     """Add `delta` (negative to take) to the balance and append its ledger entry.
 
     With `floor`, the change applies only if the balance stays at or above it (`floor=0`: never
     an overdraft) and None is returned otherwise; nothing is written then. Without it the change
-    always applies. The caller makes sure the balance exists (a missing one raises
-    `MissingBalance`) and that this change was not applied before (its own idempotency check);
-    the unique `idempotency_key` is the last guard: a concurrent duplicate raises
-    `LedgerKeyConflict` and the transaction rolls back.
+    applies, but the database's overdraft guard refuses one that takes the balance below zero
+    (`IntegrityError`, SQLSTATE 23514) unless `may_go_negative`: only a reversal of a grant and an
+    operator's `--allow-negative` may go there. The caller makes sure the balance exists (a
+    missing one raises `MissingBalance`) and that this change was not applied before (its own
+    idempotency check); the unique `idempotency_key` is the last guard: a concurrent duplicate
+    raises `LedgerKeyConflict` and the transaction rolls back.
 
     `then`: writes that belong to this change, in the same statement, done only if it applied.
     """
+    if may_go_negative and floor is not None:
+        raise ValueError("may_go_negative with a floor: a change with a floor never goes below it")
     if session.autoflush:
         session.flush()  # what an ORM statement's autoflush did: pending changes go first
     now = utcnow()
@@ -225,10 +250,10 @@ def change_credits(
     writes = _NO_FOLLOW_UP if then is None else then.writes
     if then is not None:
         params.update(then.params)
-    if floor is None:
-        statement = writes.plain
-    else:
+    if floor is not None:
         statement, params["floor"] = writes.with_floor, floor
+    else:
+        statement = writes.may_go_negative if may_go_negative else writes.plain
     row = session.execute(statement, params).one_or_none()
     if row is None:
         if floor is None:

@@ -37,7 +37,7 @@ log = structlog.get_logger(__name__)
 MAX_BATCH = 100
 MAX_HELD_PER_PROCESS = 2 * MAX_BATCH
 
-# PostgreSQL's answers when a deadline is reached: the commit-time check (migration 0007), and
+# PostgreSQL's answers when a deadline is reached: the commit-time check (migration 0008), and
 # the lock timeout, which is capped at the time left (worker.usage.requests.lock_timeout_until).
 _DEADLINE_PASSED, _LOCK_NOT_AVAILABLE = "PWD01", "55P03"
 

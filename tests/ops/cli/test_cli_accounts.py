@@ -175,3 +175,68 @@ def test_credits_adjust_takes_credits_but_not_below_zero_unless_asked(session_fa
     unknown = invoke("credits", "grant", "--user", "user_nobody", "--amount", "5", "--reason", "x", "--key", "A4")
     assert unknown.exit_code == 1 and "no user user_nobody with a credit balance" in unknown.output
     assert invoke("reconcile").exit_code == 0
+
+
+def _ledger_entries(session_factory) -> list[tuple[str | None, int]]:
+    with session_factory() as session:
+        rows = session.execute(text("SELECT idempotency_key, delta FROM ingest.credit_ledger ORDER BY id")).all()
+    return [tuple(row) for row in rows]
+
+
+def test_credits_keys_differing_only_in_surrounding_spaces_apply_once(session_factory, paid_user):
+    args = ["credits", "grant", "--user", paid_user, "--amount", "10", "--reason", "ticket 7"]
+    first = invoke(*args, "--key", "t-1 ")
+    assert first.exit_code == 0 and first.output.startswith("+10 credits"), first.output
+    for spelling in ("t-1", "  t-1", "\tt-1\n"):
+        again = invoke(*args, "--key", spelling)
+        assert again.exit_code == 0 and "already applied with key 't-1'" in again.output, again.output
+    assert balance(session_factory) == 450 + 10
+    assert _ledger_entries(session_factory)[-1] == ("support:t-1", 10)  # stored as it was checked
+
+
+def test_credits_refuse_an_empty_key(session_factory, paid_user):
+    before = _ledger_entries(session_factory)
+    blank = invoke("credits", "grant", "--user", paid_user, "--amount", "5", "--reason", "x", "--key", "   ")
+    assert blank.exit_code == 1 and blank.output.strip() == "Error: --key must not be empty"
+    assert _ledger_entries(session_factory) == before
+
+
+@pytest.mark.parametrize(
+    ("command", "amount"),
+    [("grant", "100001"), ("grant", "2000000000"), ("adjust", "-100001"), ("adjust", "100001")],
+)
+def test_credits_refuse_an_amount_beyond_the_maximum_and_change_nothing(session_factory, paid_user, command, amount):
+    before = _ledger_entries(session_factory)
+    refused = invoke("credits", command, "--user", paid_user, "--amount", amount, "--reason", "typo", "--key", "big")
+    assert refused.exit_code == 2
+    assert refused.output.strip() == (
+        f"Error: --amount {amount} is beyond the most one change may move, 100000 credits either way "
+        "(SUPPORT_CREDITS_MAX_AMOUNT): nothing changed"
+    )
+    assert _ledger_entries(session_factory) == before and balance(session_factory) == 450
+    at_most = invoke(
+        "credits",
+        "adjust",
+        "--user",
+        paid_user,
+        "--amount",
+        "-100000",
+        "--reason",
+        "x",
+        "--key",
+        "max",
+        "--allow-negative",
+    )
+    assert at_most.exit_code == 0 and balance(session_factory) == 450 - 100000
+
+
+def test_the_maximum_is_configurable(session_factory, paid_user, monkeypatch):
+    monkeypatch.setenv("SUPPORT_CREDITS_MAX_AMOUNT", "50")
+    args = ["credits", "grant", "--user", paid_user, "--reason", "x"]
+    assert invoke(*args, "--amount", "51", "--key", "m1").exit_code == 2
+    assert invoke(*args, "--amount", "50", "--key", "m2").exit_code == 0
+    assert balance(session_factory) == 500
+    monkeypatch.setenv("SUPPORT_CREDITS_MAX_AMOUNT", "0")
+    misconfigured = invoke(*args, "--amount", "1", "--key", "m3")
+    assert misconfigured.exit_code == 2 and "SUPPORT_CREDITS_MAX_AMOUNT" in misconfigured.output
+    assert balance(session_factory) == 500

@@ -8,8 +8,8 @@
   transaction answered (every answer is an UPDATE of the row its claim inserted): past it, the
   COMMIT fails (SQLSTATE PWD01) unless the answer is `expired`.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-07
 
 """
@@ -22,8 +22,8 @@ from sqlalchemy.dialects import postgresql
 
 from migrations.helpers import service_schema
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
