@@ -21,7 +21,7 @@ from redis import Redis
 from messaging.celery_config import celery_config
 from models.settings import Settings
 from ops.local.servers import LocalPostgres, LocalRedis, free_port
-from tests.conftest import ASAAS_TEST_TOKEN, CLERK_TEST_SECRET, INGEST_TEST_KEY
+from tests.conftest import ASAAS_TEST_TOKEN, CLERK_TEST_SECRET, INGEST_TEST_KEY, USAGE_TEST_KEYS
 from tests.faults.processes import ProcfileProcess, log_says, web_ready
 from tests.faults.workload import SIGNUP_CREDITS
 from tests.support.servers import PROJECT_ROOT, procfile_commands
@@ -154,6 +154,7 @@ def scenario_environment(
         CLERK_WEBHOOK_SIGNING_SECRET=CLERK_TEST_SECRET,
         ASAAS_WEBHOOK_TOKEN=ASAAS_TEST_TOKEN,
         INGEST_SIGNING_KEY=INGEST_TEST_KEY,
+        USAGE_SERVICE_KEYS=",".join(f"{name}:{key}" for name, key in USAGE_TEST_KEYS.items()),
         RECEIVER_METRICS_PORT=str(free_port()),
         SIGNUP_CREDITS=str(SIGNUP_CREDITS),
         DB_LOCK_TIMEOUT_MS="10000",

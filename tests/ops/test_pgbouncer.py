@@ -21,7 +21,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from pedro_credits import CreditsClient
 from sqlalchemy import create_engine, select, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
@@ -36,6 +35,7 @@ from tests.support.celery_worker import WorkerProcess
 from tests.support.databases import create_database, drop_database, libpq_url, settings_copy
 from tests.support.receiver_support import clerk_headers, payload_bytes, receiver_apps
 from tests.support.servers import claim_redis_databases
+from tests.support.usage import credits_client
 
 pytestmark = pytest.mark.skipif(
     shutil.which("pgbouncer") is None, reason="pgbouncer is not installed (apt-get install pgbouncer)"
@@ -207,8 +207,11 @@ def test_a_delivery_and_a_debit_go_through_receiver_and_worker_behind_pgbouncer(
                 answer = make_app().test_client().post("/webhooks/clerk", data=body, headers=clerk_headers(body))
             assert answer.status_code == 200
             clerk_id = _processed_user(direct_url)
-            debit = CreditsClient(producer.conf.broker_url).debit(clerk_id, "AI_TEXT_CHAT", "pgbouncer-debit-1", cost=1)
-            assert debit.get(timeout=30)["status"] == "applied"
+            client = credits_client(producer.conf.broker_url)
+            try:
+                assert client.debit(clerk_id, "AI_TEXT_CHAT", "pgbouncer-debit-1", cost=1)["status"] == "applied"
+            finally:
+                client.close()
         finally:
             worker.stop()
             producer.close()

@@ -69,6 +69,10 @@ class Pending:
     wait: float
     sent_at: float = field(default_factory=time.monotonic)
 
+    def poll(self) -> dict[str, Any] | None:
+        """Its signed answer if one is stored already (one read; never the final-answer rule)."""
+        return self.client.stored_answer(self.task, self.task_id)
+
     def answer(self) -> dict[str, Any]:
         """The final answer. A debit: its signed answer by its deadline, else what the service
         settles for its key (`usage.settle`: what PostgreSQL holds, or `expired` once nothing
@@ -250,6 +254,9 @@ class CreditsClient:
             finally:
                 pubsub.close()
         return None
+
+    def stored_answer(self, task: str, task_id: str) -> dict[str, Any] | None:
+        return self._open(task, task_id, self._results.get(RESULT_KEY_PREFIX + task_id))
 
     def _open(self, task: str, task_id: str, raw: bytes | str | None) -> dict[str, Any] | None:
         if raw is None:
