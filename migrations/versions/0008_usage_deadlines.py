@@ -1,12 +1,9 @@
-"""Usage requests name their service and keep their deadline, and nothing commits after it.
+"""Usage requests keep their service, their message and their deadline; nothing commits after it.
 
-- `usage_requests.service`: the service that sent the request (a refund is accepted only from the
-  service that made the debit; `usage.outcome` answers a service about its own keys), and
-  `task_id`: the message that made it (that message run again gets its first answer back).
-- `usage_requests.not_after`: the request's deadline. A deferred constraint trigger checks, as the
-  transaction commits, PostgreSQL's own clock against the deadline of every request the
-  transaction answered (every answer is an UPDATE of the row its claim inserted): past it, the
-  COMMIT fails (SQLSTATE PWD01) unless the answer is `expired`.
+`service` (refunds and outcomes only for the service's own keys), `task_id` (that message run
+again gets its first answer back), `not_after`: a deferred constraint trigger checks PostgreSQL's
+clock against it as the transaction commits (every answer is an UPDATE of the row its claim
+inserted); past it the COMMIT fails (SQLSTATE PWD01) unless the answer is `expired`.
 
 Revision ID: 0008
 Revises: 0007

@@ -53,6 +53,9 @@ def ensure_local_secrets(data_dir: Path) -> Path | None:
         "ASAAS_WEBHOOK_TOKEN": lambda: secrets.token_urlsafe(24),
         "FLOWER_BASIC_AUTH": lambda: f"ops:{secrets.token_urlsafe(12)}",
         "INGEST_SIGNING_KEY": lambda: secrets.token_urlsafe(32),
+        # The services allowed to send usage tasks: one, `local` (CREDITS_SERVICE=local and its key
+        # for a client run beside it).
+        "USAGE_SERVICE_KEYS": lambda: f"local:{secrets.token_urlsafe(32)}",
     }
     wanted = tuple(made)
     if all(os.environ.get(name) for name in wanted):

@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from pedro_credits import CreditsClient
 from sqlalchemy import func, select
 
 from models.app import CreditBalance, UsageHistory, User
@@ -22,7 +21,7 @@ from tests.support.databases import libpq_url
 from tests.support.inbox import assert_ledger_matches_balances
 from tests.support.prisma_app import PrismaApp
 from tests.support.servers import PROJECT_ROOT
-from tests.support.usage import make_user
+from tests.support.usage import credits_client, make_user
 
 CLERK_ID = "user_app_race"
 BALANCE = 150
@@ -95,12 +94,11 @@ def _app_outcomes(outcomes: list[dict[str, Any]]) -> dict[str, list[dict[str, An
 
 def _service_debits(redis_url: str, clerk_user_id: str, count: int) -> Counter[str]:
     """The service's side, as another service of the product spends credits: `count` debits of
-    1 credit sent at once, each one's final status. (The one place this test uses the client's
-    API: `debit(...)` returns a Celery AsyncResult today.)"""
-    client = CreditsClient(redis_url)
+    1 credit sent at once, each one's final status."""
+    client = credits_client(redis_url)
     try:
-        sent = [client.debit(clerk_user_id, "AI_TEXT_CHAT", f"race-{n}", cost=1) for n in range(count)]
-        return Counter(result.get(timeout=60)["status"] for result in sent)
+        sent = [client.send_debit(clerk_user_id, "AI_TEXT_CHAT", f"race-{n}", cost=1, wait=60) for n in range(count)]
+        return Counter(pending.answer()["status"] for pending in sent)
     finally:
         client.close()
 

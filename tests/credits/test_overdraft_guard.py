@@ -154,14 +154,14 @@ def test_the_downgrade_removes_exactly_the_guard(admin_url, settings):
             settings_copy(settings, database_url=guarded_url),
             settings_copy(settings, database_url=plain_url),
         )
-        migrate.upgrade(guarded)
+        migrate.upgrade(guarded, "0007")
         migrate.upgrade(plain, "0006")
         with_guard = _public_and_service(guarded_url, settings.service_schema)
         migrate.downgrade(guarded, "0006")
         assert _public_and_service(guarded_url, settings.service_schema) == _public_and_service(
             plain_url, settings.service_schema
         )
-        migrate.upgrade(guarded)
+        migrate.upgrade(guarded, "0007")
         assert _public_and_service(guarded_url, settings.service_schema) == with_guard
         assert ("credit_balance_refuse_overdraft",) in with_guard[1]["functions"]
         assert (OVERDRAFT_GUARD, "CreditBalance") in with_guard[0]["triggers"]

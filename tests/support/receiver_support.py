@@ -10,7 +10,7 @@ import socket
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -81,7 +81,7 @@ class QueuedTask:
     task: str
     args: list[Any]
     kwargs: dict[str, Any]
-    id: str = ""
+    id: str = field(default="", compare=False)
 
 
 def queued_tasks(client: redis.Redis, queue: str = QUEUE) -> list[QueuedTask]:

@@ -1,6 +1,7 @@
 """Signatures of usage messages and answers, as the pedro-webhooks service makes them: HMAC-SHA256
 over `purpose \\n service \\n task \\n task id \\n JSON text`, base64url without padding
-(itsdangerous, no key derivation). Test vectors: clients/signing-vectors.json."""
+(itsdangerous, no key derivation). Test vectors: clients/signing-vectors.json; the wire format:
+docs/usage-api.md."""
 
 from __future__ import annotations
 

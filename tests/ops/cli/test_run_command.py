@@ -22,6 +22,7 @@ import psutil
 import psycopg
 import pytest
 from alembic.script import ScriptDirectory
+from pedro_credits import CreditsClient
 
 from ops.local.servers import free_port
 from tests.support.databases import create_database, drop_database, libpq_url
@@ -199,6 +200,7 @@ def test_run_starts_embedded_servers_and_leaves_nothing_behind(data_dir, tmp_pat
         assert postmasters, "the embedded PostgreSQL is not running"
         run.seen.update({p.pid: p for p in postmasters})
         _assert_a_second_terminal_finds_the_run(env, data_dir, log)
+        _assert_a_client_with_the_local_service_key_is_answered(data_dir)
         _assert_runtime_files_are_in_the_data_dir(data_dir)
     assert run.stopped_by_itself, log.read_text()[-3000:]
     _assert_none_alive(run.seen)
@@ -211,6 +213,7 @@ def test_run_starts_embedded_servers_and_leaves_nothing_behind(data_dir, tmp_pat
         "ASAAS_WEBHOOK_TOKEN",
         "FLOWER_BASIC_AUTH",
         "INGEST_SIGNING_KEY",
+        "USAGE_SERVICE_KEYS",
     }
     for secret in local.values():
         assert secret not in log.read_text()
@@ -243,6 +246,18 @@ def _assert_a_second_terminal_finds_the_run(env: dict[str, str], data_dir: Path,
     assert [s["state"] for s in servers] == ["ok", "ok"]
     metrics = httpx.get(f"http://127.0.0.1:{env['OPS_METRICS_PORT']}/metrics", timeout=10)
     assert "pedro_webhooks_database_up 1.0" in metrics.text
+
+
+def _assert_a_client_with_the_local_service_key_is_answered(data_dir: Path) -> None:
+    """`run` made a service key (`local`): a client signing with it gets signed answers."""
+    shared = dict(line.split("=", 1) for line in (data_dir / "run.env").read_text().splitlines())
+    local = dict(line.split("=", 1) for line in (data_dir / "local-secrets.env").read_text().splitlines())
+    service, key = local["USAGE_SERVICE_KEYS"].split(":", 1)
+    client = CreditsClient(shared["REDIS_URL"], service, key)
+    try:
+        assert client.outcome("nothing-sent-with-this-key", wait=60)["status"] == "unknown"
+    finally:
+        client.close()
 
 
 def _assert_runtime_files_are_in_the_data_dir(data_dir: Path) -> None:
