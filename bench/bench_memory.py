@@ -43,6 +43,7 @@ from models.inbox import WebhookInbox  # noqa: E402
 from ops import sample_deliveries as samples  # noqa: E402
 from ops.demo_seed import seed_demo  # noqa: E402
 from tests.support.databases import scratch_environment  # noqa: E402
+from tests.support.usage import credits_client  # noqa: E402
 
 BATCH = 1000
 WARM_UP_EVENTS = 2000
@@ -104,8 +105,10 @@ def wait_until_processed(factory, stored: int, timeout: float = 300) -> None:
 def debit_all(client: CreditsClient, users: list[str], count: int, batch: int) -> None:
     # A generous deadline: on a loaded machine the debits may wait behind other work.
     key = f"mem-{batch}-{{}}"
-    sent = [client.debit(users[n % len(users)], "AI_TEXT_CHAT", key.format(n), cost=1, wait=600) for n in range(count)]
-    statuses = {result.get(timeout=600)["status"] for result in sent}
+    sent = [
+        client.send_debit(users[n % len(users)], "AI_TEXT_CHAT", key.format(n), cost=1, wait=600) for n in range(count)
+    ]
+    statuses = {result.answer()["status"] for result in sent}
     if statuses != {"applied"}:
         raise RuntimeError(f"debits answered {statuses}")
 
@@ -210,7 +213,7 @@ def main() -> None:
             producer, env, logs / "worker.log", concurrency=args.worker_concurrency, queues="webhooks,usage,maintenance"
         )
         stack.callback(worker.stop)
-        client = CreditsClient(producer.conf.broker_url)
+        client = credits_client(producer.conf.broker_url)
 
         started = time.monotonic()
         readings = [read(0, receiver, worker, started)]

@@ -25,7 +25,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pedro_credits import CreditsClient  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from bench.service_processes import (  # noqa: E402
@@ -39,7 +38,7 @@ from messaging.celery_config import PROCESS_WEBHOOK_TASK, USAGE_QUEUE, WEBHOOKS_
 from models.db import make_engine, make_session_factory  # noqa: E402
 from models.inbox import WebhookInbox, record_delivery  # noqa: E402
 from tests.support.databases import scratch_environment  # noqa: E402
-from tests.support.usage import make_user  # noqa: E402
+from tests.support.usage import credits_client, make_user  # noqa: E402
 
 EXAMPLE = json.loads((ROOT / "tests/fixtures/payloads/clerk/user.created.json").read_text())
 PLENTY = 10**9
@@ -58,7 +57,7 @@ class Bench:
 
     def __init__(self, factory, producer, users: list[str], events: int, lock_file: Path | None) -> None:
         self.factory, self.producer, self.users, self.events = factory, producer, users, events
-        self.client = CreditsClient(producer.conf.broker_url)
+        self.client = credits_client(producer.conf.broker_url)
         self.lock_file = lock_file
         self.serial = 0
         self.workers: list[ServiceProcess] = []  # the worker instances running now
@@ -109,10 +108,12 @@ class Bench:
 
         def run() -> None:
             sent = [
-                self.client.debit(self.users[n % len(self.users)], "AI_TEXT_CHAT", f"scale-{serial}-{n}", cost=1)
+                self.client.send_debit(
+                    self.users[n % len(self.users)], "AI_TEXT_CHAT", f"scale-{serial}-{n}", cost=1, wait=300
+                )
                 for n in range(self.events)
             ]
-            statuses = {result.get(timeout=300)["status"] for result in sent}
+            statuses = {result.answer()["status"] for result in sent}
             if statuses != {"applied"}:
                 raise RuntimeError(f"debits answered {statuses}")
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -31,13 +32,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pedro_credits import CreditsClient  # noqa: E402
+from pedro_credits.client import Pending  # noqa: E402
 
 from messaging.celery_config import USAGE_QUEUE, create_producer  # noqa: E402
 from models.db import make_engine, make_session_factory  # noqa: E402
 from models.ids import cuid  # noqa: E402
 from tests.support.celery_worker import WorkerProcess  # noqa: E402
 from tests.support.databases import scratch_environment  # noqa: E402
-from tests.support.usage import make_user  # noqa: E402
+from tests.support.usage import credits_client, make_user  # noqa: E402
 from worker.usage import debits  # noqa: E402
 
 PLENTY = 10**9  # credits per user: the benchmark measures applied debits, not refusals
@@ -52,7 +54,10 @@ def timed(count: int, run: Callable[[], Counter]) -> tuple[float, Counter]:
 
 
 def send_debits(client: CreditsClient, users: list[str], count: int, prefix: str) -> list:
-    return [client.debit(users[n % len(users)], "AI_TEXT_CHAT", f"{prefix}-{n}", cost=1) for n in range(count)]
+    return [
+        client.send_debit(users[n % len(users)], "AI_TEXT_CHAT", f"{prefix}-{n}", cost=1, wait=300)
+        for n in range(count)
+    ]
 
 
 def send_noops(producer, count: int) -> list:
@@ -67,10 +72,15 @@ def drained(producer, worker: WorkerProcess, send: Callable[[], list]) -> tuple[
     sent = send()
     start = datetime.now(UTC)
     producer.control.add_consumer(USAGE_QUEUE, destination=[worker.name], reply=True)
-    answers = [result.get(timeout=300) for result in sent]
-    done = max(_aware(result.date_done) for result in sent)
+    answers = [finished(result) for result in sent]
+    done = max(_aware(producer.AsyncResult(result.task_id).date_done) for result in sent)
     statuses = Counter(answer["status"] if isinstance(answer, dict) else "done" for answer in answers)
     return len(sent) / (done - start).total_seconds(), statuses
+
+
+def finished(result: Any) -> Any:
+    """The answer of a debit (a pedro_credits Pending) or of a no-op task (a Celery AsyncResult)."""
+    return result.answer() if isinstance(result, Pending) else result.get(timeout=300)
 
 
 def _aware(moment: datetime) -> datetime:
@@ -90,7 +100,7 @@ def round_trips(settings, in_flight: int, total: int, send: Callable) -> list[fl
         try:
             for n in range(per_thread):
                 start = time.perf_counter()
-                send(producer, f"{number}-{n}").get(timeout=60)
+                finished(send(producer, f"{number}-{n}"))
                 mine.append((time.perf_counter() - start) * 1000)
         finally:
             producer.close()
@@ -111,9 +121,9 @@ def debit_sender(users: list[str], prefix: str) -> Callable:
     def send(producer, key: str):
         url = producer.conf.broker_url
         if url not in clients:
-            clients[url] = CreditsClient(url)
+            clients[url] = credits_client(url)
         user = users[sum(map(ord, key)) % len(users)]
-        return clients[url].debit(user, "AI_TEXT_CHAT", f"{prefix}-{key}", cost=1)
+        return clients[url].send_debit(user, "AI_TEXT_CHAT", f"{prefix}-{key}", cost=1)
 
     return send
 
@@ -226,7 +236,7 @@ def negative_balances(factory) -> int:
 
 
 def one_round(number: int, args, producer, worker, factory, settings, users: list[str]) -> dict[str, float]:
-    client = CreditsClient(producer.conf.broker_url)
+    client = credits_client(producer.conf.broker_url)
     figures: dict[str, float] = {}
     count = args.debits
 
@@ -314,10 +324,10 @@ def main() -> None:
         for clerk_id in users:
             make_user(factory, clerk_id, credits=PLENTY)
         for result in [
-            *send_debits(CreditsClient(producer.conf.broker_url), users, 200, "warmup"),
+            *send_debits(credits_client(producer.conf.broker_url), users, 200, "warmup"),
             *send_noops(producer, 200),
         ]:
-            result.get(timeout=300)  # fork, connect, fill the caches
+            finished(result)  # fork, connect, fill the caches
         rounds = []
         for number in range(args.rounds):
             rounds.append(one_round(number, args, producer, worker, factory, settings, users))

@@ -68,6 +68,10 @@ def scratch_environment(stack: ExitStack, **environ: str) -> tuple[Settings, str
     database_url = create_database(admin_url, prefix="pw_bench")
     stack.callback(drop_database, admin_url, database_url)
     environ.setdefault("INGEST_SIGNING_KEY", uuid.uuid4().hex)  # the receiver and workers it starts share it
+    from tests.conftest import USAGE_TEST_KEYS
+
+    # The services its workers accept usage messages from (`tests.support.usage.credits_client`).
+    environ.setdefault("USAGE_SERVICE_KEYS", ",".join(f"{name}:{key}" for name, key in USAGE_TEST_KEYS.items()))
     os.environ.update(DATABASE_URL=database_url, REDIS_URL=f"{redis_base}/{broker_db}", **environ)
     settings = load_settings()
     migrate.upgrade(settings)
