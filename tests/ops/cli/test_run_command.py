@@ -85,6 +85,7 @@ def _run_env(**changes: str) -> dict[str, str]:
             "ASAAS_WEBHOOK_TOKEN",
             "FLOWER_BASIC_AUTH",
             "INGEST_SIGNING_KEY",
+            "USAGE_SERVICE_KEYS",
         )
     }
     # Free ports: Flower's, the receiver's metrics, the metrics exporter's, and honcho's base port
