@@ -29,7 +29,8 @@ log = structlog.get_logger(__name__)
 SUCCEEDED, RETRIED, FAILED, REQUEUE = "succeeded", "retried", "failed", "requeue"
 Report = tuple[str, str]
 
-_BATCHERS = "_batching_batchers"  # on the consumer: task name -> its Batcher
+_BATCHERS = "_batching_batchers"  # on the consumer: group -> its Batcher
+_BATCHED = "_batching_tasks"  # on the consumer: the names of the tasks whose messages it batches
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,12 @@ class BatchItem:
     kwargs: dict[str, Any]
     retries: int
     expires: datetime | None
+    task: str = ""  # the task's name: a batch may hold the messages of several tasks
 
     @classmethod
     def of(cls, request: Request) -> BatchItem:
-        return cls(request.id, dict(request.kwargs or {}), request.request_dict.get("retries") or 0, request.expires)
+        retries = request.request_dict.get("retries") or 0
+        return cls(request.id, dict(request.kwargs or {}), retries, request.expires, request.name)
 
 
 ApplyBatch = Callable[[list[BatchItem]], list[Report]]
@@ -52,21 +55,25 @@ ApplyBatch = Callable[[list[BatchItem]], list[Report]]
 def batching_strategy(
     apply_batch: ApplyBatch, *, max_batch: int, max_held_per_process: int, sole_queue: str
 ) -> Callable[..., Any]:
-    """A `Strategy` for a task: `apply_batch` (a module-level function: it is pickled to the pool)
-    runs each batch. On a worker consuming `sole_queue` alone, the prefetch window grows by one
+    """A `Strategy` for the tasks batched together: `apply_batch` (a module-level function: it
+    is pickled to the pool) runs each batch, which may hold the messages of every task given
+    this strategy. On a worker consuming `sole_queue` alone, the prefetch window grows by one
     for each message held (at most `max_held_per_process` per pool process)."""
+    group = f"{apply_batch.__module__}.{apply_batch.__qualname__}"
 
     def strategy(task: Task, app: Celery, consumer: Any, **kwargs: Any) -> Any:
-        batcher = Batcher(consumer, task, apply_batch, max_batch, max_held_per_process, sole_queue)
-        consumer.__dict__.setdefault(_BATCHERS, {})[task.name] = batcher
-        return default_strategy(task, app, _BatchingConsumer(consumer, batcher), **kwargs)
+        batchers = consumer.__dict__.setdefault(_BATCHERS, {})
+        if group not in batchers:
+            batchers[group] = Batcher(consumer, task, apply_batch, max_batch, max_held_per_process, sole_queue)
+        consumer.__dict__.setdefault(_BATCHED, set()).add(task.name)
+        return default_strategy(task, app, _BatchingConsumer(consumer, batchers[group]), **kwargs)
 
     return strategy
 
 
 def batching_installed(consumer: Any, task_name: str) -> bool:
     """Whether the worker's consumer built `task_name`'s strategy with `batching_strategy`."""
-    return task_name in consumer.__dict__.get(_BATCHERS, {})
+    return task_name in consumer.__dict__.get(_BATCHED, set())
 
 
 class _BatchingConsumer:

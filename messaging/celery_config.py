@@ -28,6 +28,11 @@ DEBIT_TASK = "usage.debit"
 REFUND_TASK = "usage.refund"
 OUTCOME_TASK = "usage.outcome"
 SETTLE_TASK = "usage.settle"
+HOLD_TASK = "usage.hold"
+CAPTURE_TASK = "usage.capture"
+RELEASE_TASK = "usage.release"
+# Releases the holds past their `expires_at` (beat, on the `maintenance` queue).
+EXPIRE_HOLDS_TASK = "holds.expire"
 RECORD_STORAGE_TASK = "storage.record"
 DELETE_STORAGE_TASK = "storage.delete"
 # Usage messages that do not verify, counted per claimed service (a Redis hash: the metrics
@@ -47,6 +52,7 @@ VISIBILITY_TIMEOUT = 3600
 TASK_ROUTES = {
     "webhooks.*": {"queue": WEBHOOKS_QUEUE},
     "inbox.*": {"queue": MAINTENANCE_QUEUE},
+    "holds.*": {"queue": MAINTENANCE_QUEUE},
     "usage.*": {"queue": USAGE_QUEUE},
     "storage.*": {"queue": USAGE_QUEUE},
 }
@@ -88,6 +94,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "schedule": settings.sweep_interval_seconds,
                 # A sweep not started before the next one is due is dropped: with workers down,
                 # sweeps never pile up behind one another.
+                "options": {"expires": sweep_expiry_seconds(settings)},
+            },
+            "holds-expire": {
+                "task": EXPIRE_HOLDS_TASK,
+                "schedule": settings.sweep_interval_seconds,
                 "options": {"expires": sweep_expiry_seconds(settings)},
             },
         },

@@ -33,13 +33,15 @@ class LedgerKind(enum.StrEnum):
     REFUND = "refund"
     ADJUSTMENT = "adjustment"
     EXTERNAL = "external"  # written by the trigger: a change the service did not make
+    HOLD = "hold"  # credits held for a job whose cost is known later (a credit hold)
+    RELEASE = "release"  # held credits given back: what a capture did not use, a release, an expiry
 
 
 class CreditLedgerEntry(Base):
     __tablename__ = "credit_ledger"
     __table_args__ = (
         CheckConstraint(
-            "kind IN ('signup', 'grant', 'reversal', 'usage', 'refund', 'adjustment', 'external')",
+            "kind IN ('signup', 'grant', 'reversal', 'usage', 'refund', 'adjustment', 'external', 'hold', 'release')",
             name="credit_ledger_kind_check",
         ),
         # Every entry the service writes has a key; only trigger-written `external` ones lack it.

@@ -100,6 +100,8 @@ class Settings(DatabaseSettings, WebhookSecrets):
     body_read_timeout_seconds: float = Field(default=10.0, gt=0)
     sweep_interval_seconds: float = Field(default=30.0, gt=0)
     sweep_pending_after_seconds: float = Field(default=60.0, gt=0)
+    # The longest a credit hold may last (`usage.hold`'s `expires_in`).
+    hold_max_seconds: float = Field(default=24 * 3600.0, gt=0)
 
     @field_validator("redis_url")
     @classmethod

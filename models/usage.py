@@ -8,6 +8,7 @@ concurrent request with the same key waits on that row and then reads its commit
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
 from typing import Any
 
@@ -21,7 +22,7 @@ from models.base import SERVICE_SCHEMA, Base
 class UsageRequest(Base):
     __tablename__ = "usage_requests"
     __table_args__ = (
-        CheckConstraint("kind IN ('debit', 'refund')", name="usage_requests_kind_check"),
+        CheckConstraint("kind IN ('debit', 'refund', 'hold')", name="usage_requests_kind_check"),
         Index("usage_requests_refund_of_idx", "refund_of"),
         {"schema": SERVICE_SCHEMA},
     )
@@ -56,3 +57,40 @@ class StoragePathname(Base):
     pathname: Mapped[str] = mapped_column(Text, primary_key=True)
     storage_object_id: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=text("now()"))
+
+
+class HoldState(enum.StrEnum):
+    OPEN = "open"
+    CAPTURED = "captured"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+
+class CreditHold(Base):
+    """A credit hold: `credits` taken from a balance (ledger kind `hold`) until it is captured
+    (what the work cost becomes a `UsageHistory` row, the rest is released), released, or expires
+    at `expires_at`. `state` moves once, from `open`; `end_answer` is what ended it."""
+
+    __tablename__ = "credit_holds"
+    __table_args__ = (
+        CheckConstraint("state IN ('open', 'captured', 'released', 'expired')", name="credit_holds_state_check"),
+        CheckConstraint("credits > 0", name="credit_holds_credits_check"),
+        Index("credit_holds_open_expires_at_idx", "expires_at", postgresql_where=text("state = 'open'")),
+        Index("credit_holds_open_user_idx", "clerk_user_id", postgresql_where=text("state = 'open'")),
+        {"schema": SERVICE_SCHEMA},
+    )
+
+    hold_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    service: Mapped[str | None] = mapped_column(Text)
+    clerk_user_id: Mapped[str] = mapped_column(Text)
+    user_id: Mapped[str] = mapped_column(Text)
+    credit_balance_id: Mapped[str] = mapped_column(Text)
+    operation: Mapped[str] = mapped_column(Text)
+    credits: Mapped[int]
+    expires_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True))
+    state: Mapped[str] = mapped_column(Text)
+    captured: Mapped[int | None]
+    usage_id: Mapped[str | None] = mapped_column(Text)
+    end_answer: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default=text("now()"))
+    ended_at: Mapped[datetime | None] = mapped_column(TIMESTAMP(timezone=True))

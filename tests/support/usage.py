@@ -15,10 +15,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.app import AdminSettings, CreditBalance, Plan, User
 from models.billing import UserPlan
-from models.usage import UsageRequest
+from models.usage import CreditHold, UsageRequest
 from tests.support.celery_worker import wait_for_state
 from worker.credits.ledger import open_credit_balance
-from worker.usage import debits, refunds
+from worker.usage import debits, holds, refunds
+from worker.usage.apply_many import apply_many
 
 Factory = sessionmaker[Session]
 
@@ -119,3 +120,30 @@ def answers(pending: list[Pending]) -> list[dict[str, Any]]:
 def wait_for_retry(producer: Celery, pending: Pending, timeout: float = 30) -> None:
     """The worker ran the request and is waiting to try again (its RETRY state)."""
     wait_for_state(AsyncResult(pending.task_id, app=producer), "RETRY", timeout)
+
+
+def hold(factory: Factory, key: str, clerk_user_id: str = "user_a", operation: str = "AI_TEXT_CHAT", **fields: Any):
+    """One hold in its own transaction, as a worker's batch of one applies it (sent by `tests`)."""
+    fields.setdefault("service", "tests")
+    return _alone(factory, holds.HoldRequest(clerk_user_id, operation, key, **fields))
+
+
+def capture(factory: Factory, key: str, credits: int, **fields: Any) -> dict[str, Any]:
+    fields.setdefault("service", "tests")
+    return _alone(factory, holds.CaptureRequest(key, credits, **fields))
+
+
+def release(factory: Factory, key: str, service: str = "tests") -> dict[str, Any]:
+    return _alone(factory, holds.ReleaseRequest(key, service))
+
+
+def _alone(factory: Factory, request: Any) -> dict[str, Any]:
+    with factory.begin() as session:
+        (answer,) = apply_many(session, [(request, True)], holds.lock_holds)
+    assert answer is not None
+    return answer
+
+
+def hold_state(factory: Factory, key: str) -> str | None:
+    with factory() as session:
+        return session.scalar(select(CreditHold.state).where(CreditHold.hold_key == key))

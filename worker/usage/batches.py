@@ -1,11 +1,12 @@
-"""`usage.debit` in batches: what a pool process does with a batch of debit messages.
+"""Debits and holds in batches: what a pool process does with a batch of their messages.
 
-The worker's main process holds debit messages and hands them over as one batch whenever a pool
-process is free (`celery_ext.batching`, this task's `Strategy`). `apply_batch` opens each signed
-message, applies the debits in one transaction (`debits.debit_many`), stores each signed answer,
-re-sends alone a debit whose user is not known yet, and reports per message what to do with it.
-Past the batch's earliest deadline the expired debits are settled and the rest applied again; a
-batch that fails otherwise is applied again one debit per transaction. More: docs/design.md.
+The worker's main process holds `usage.debit`, `usage.hold`, `usage.capture` and `usage.release`
+messages and hands them over as one batch whenever a pool process is free (`celery_ext.batching`,
+their `Strategy`). `apply_batch` opens each signed message, applies them in one transaction
+(`apply_many`), stores each signed answer, re-sends alone a request whose user (or hold) is not
+known yet, and reports per message what to do with it. Past the batch's earliest deadline the
+expired requests are settled and the rest applied again; a batch that fails otherwise is applied
+again one request per transaction. More: docs/design.md ("Debit batches").
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from sqlalchemy.exc import DBAPIError
 from celery_ext.backoff import retry_countdown
 from celery_ext.batching import FAILED, REQUEUE, RETRIED, SUCCEEDED, BatchItem, Report, batching_strategy
 from celery_ext.results import store_successes
-from messaging.celery_config import DEBIT_TASK, USAGE_QUEUE
+from messaging.celery_config import CAPTURE_TASK, DEBIT_TASK, HOLD_TASK, RELEASE_TASK, USAGE_QUEUE
+from models.settings import process_settings
 from worker import database
 from worker.errors import TRANSIENT_ERRORS
-from worker.usage import debits
+from worker.usage import debits, holds
+from worker.usage.apply_many import Claiming, Request, apply_many
 from worker.usage.messages import Refused, UsageMessage, is_signed_answer, open_message, refuse, signed_answer
 from worker.usage.requests import error
 from worker.usage.retries import TASK_OPTIONS, USER_WAIT_SECONDS, user_wait_countdown, user_wait_over
@@ -44,11 +47,11 @@ _DEADLINE_PASSED, _LOCK_NOT_AVAILABLE = "PWD01", "55P03"
 
 @dataclass(frozen=True)
 class Debit:
-    """One verified debit message of a batch."""
+    """One verified message of a batch (a debit, a hold, a capture or a release)."""
 
     item: BatchItem
     message: UsageMessage
-    request: debits.DebitRequest
+    request: Request
 
     @property
     def final(self) -> bool:
@@ -77,7 +80,7 @@ def apply_batch(items: list[BatchItem]) -> list[Report]:
     """Apply a batch (in a pool process): one report per item, in order: (outcome, detail)."""
     from worker.celery_app import app  # the pool process's app (the module is loaded there)
 
-    task = app.tasks[DEBIT_TASK]
+    task = app.tasks[DEBIT_TASK]  # the batch's tasks share their backend, app and options
     started = time.monotonic()
     reports: list[Report | None] = [None] * len(items)
     debits_of: dict[int, Debit] = {}
@@ -103,17 +106,31 @@ def apply_batch(items: list[BatchItem]) -> list[Report]:
 
 
 def _open(item: BatchItem) -> Debit | UsageMessage | None:
-    """The item's verified debit; its message alone if the arguments are not a debit's; None
+    """The item's verified request; its message alone if the arguments are not its task's; None
     (refused: logged and counted) if it does not verify."""
+    task = item.task or DEBIT_TASK
     try:
-        message = open_message(DEBIT_TASK, item.task_id, item.kwargs)
+        message = open_message(task, item.task_id, item.kwargs)
     except Refused as exc:
-        refuse(DEBIT_TASK, item.task_id, item.kwargs, str(exc))
+        refuse(task, item.task_id, item.kwargs, str(exc))
         return None
     try:
-        return Debit(item, message, debits.DebitRequest.from_args(message.args, message.service, item.task_id))
+        return Debit(item, message, request_of(message))
     except (KeyError, TypeError):
         return message
+
+
+def request_of(message: UsageMessage) -> Request:
+    """The request a verified message of a batched task carries (KeyError or TypeError if its
+    arguments are not that task's)."""
+    args, service, task_id = message.args, message.service, message.task_id
+    if message.task == HOLD_TASK:
+        return holds.HoldRequest.from_args(args, service, task_id, process_settings().hold_max_seconds)
+    if message.task == CAPTURE_TASK:
+        return holds.CaptureRequest.from_args(args, service)
+    if message.task == RELEASE_TASK:
+        return holds.ReleaseRequest.from_args(args, service)
+    return debits.DebitRequest.from_args(args, service, task_id)
 
 
 def _apply(batch: list[Debit]) -> list[_Outcome]:
@@ -121,7 +138,7 @@ def _apply(batch: list[Debit]) -> list[_Outcome]:
         return []
     try:
         with database.session_factory().begin() as session:
-            answers = debits.debit_many(session, [(debit.request, debit.final) for debit in batch])
+            answers = apply_many(session, [(debit.request, debit.final) for debit in batch], holds.lock_holds)
     except Exception as exc:
         if _deadline_error(exc):
             return _settle_the_expired(batch, exc)
@@ -146,7 +163,7 @@ def _settle_the_expired(batch: list[Debit], exc: Exception) -> list[_Outcome]:
         with database.session_factory().begin() as session:
             now = float(session.scalar(select(func.extract("epoch", func.clock_timestamp()))) or 0)
             expired = {n for n, debit in enumerate(batch) if _past(debit, now)}
-            in_key_order = sorted(expired, key=lambda n: batch[n].request.idempotency_key)
+            in_key_order = sorted(expired, key=lambda n: _key(batch[n]))
             settled = {n: debits.settle(session, batch[n].request) for n in in_key_order}
     except Exception as settle_exc:
         return [_Failure(settle_exc)] * len(batch)
@@ -158,7 +175,13 @@ def _settle_the_expired(batch: list[Debit], exc: Exception) -> list[_Outcome]:
 
 
 def _past(debit: Debit, now: float) -> bool:
-    return debit.request.not_after is not None and debit.request.not_after <= now
+    not_after = getattr(debit.request, "not_after", None)
+    return not_after is not None and not_after <= now
+
+
+def _key(debit: Debit) -> str:
+    request = debit.request
+    return request.idempotency_key if isinstance(request, Claiming) else request.hold_key
 
 
 def store_signed(task: Task, answers: list[tuple[UsageMessage, dict[str, Any]]]) -> bool:
@@ -186,7 +209,7 @@ def _publish(task: Task, debit: Debit, outcome: _Outcome, answers_stored: bool) 
             _log_finished(debit, outcome.result.get("status"))
             return SUCCEEDED, saferepr(outcome.result)
         if isinstance(outcome, _WaitForUser):
-            countdown = user_wait_countdown(item.retries, debit.request.not_after)
+            countdown = user_wait_countdown(item.retries, getattr(debit.request, "not_after", None))
             return _resend(task, debit, countdown, "waiting_for_user")
         if isinstance(outcome.error, TRANSIENT_ERRORS) and item.retries < TASK_OPTIONS["max_retries"]:
             return _resend(task, debit, retry_countdown(task, item.retries), type(outcome.error).__name__)
@@ -204,7 +227,7 @@ def _resend(task: Task, debit: Debit, countdown: float, reason: str) -> Report:
     # RETRY for Flower and `AsyncResult.state` (the client waits for a signed answer only).
     task.backend.mark_as_retry(item.task_id, RuntimeError(reason))
     task.app.send_task(
-        DEBIT_TASK,
+        item.task or DEBIT_TASK,
         kwargs=item.kwargs,
         task_id=item.task_id,
         retries=item.retries + 1,
@@ -221,17 +244,18 @@ def _log_finished(debit: Debit, outcome: Any, **fields: Any) -> None:
     log.info(
         "task.finished",
         task_id=debit.item.task_id,
-        task=DEBIT_TASK,
+        task=debit.message.task,
         service=debit.message.service,
-        idempotency_key=request.idempotency_key,
-        clerk_user_id=request.clerk_user_id,
-        operation=request.operation,
+        idempotency_key=_key(debit),
+        clerk_user_id=getattr(request, "clerk_user_id", None),
+        operation=getattr(request, "operation", None),
         outcome=outcome,
         **fields,
     )
 
 
-# `usage.debit`'s Strategy (worker.usage.tasks.DEBIT_STRATEGY names it).
+# The Strategy of `usage.debit`, `usage.hold`, `usage.capture` and `usage.release`
+# (worker.usage.tasks.BATCHING_STRATEGY names it): one batcher for all four.
 debit_batching_strategy = batching_strategy(
     apply_batch, max_batch=MAX_BATCH, max_held_per_process=MAX_HELD_PER_PROCESS, sole_queue=USAGE_QUEUE
 )

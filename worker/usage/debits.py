@@ -10,7 +10,6 @@ The answers: docs/usage-api.md; the design: docs/design.md ("Debits").
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -24,6 +23,7 @@ from models.ledger import LedgerKind
 from models.usage import UsageRequest
 from worker.credits.ledger import change_credits
 from worker.plans.current_plan import current_plan_query
+from worker.usage.apply_many import apply_many
 from worker.usage.costs import UnknownCost, resolve_cost
 from worker.usage.requests import (
     CLAIM,
@@ -82,6 +82,30 @@ class DebitRequest:
         del arguments["service"], arguments["task_id"]
         return arguments
 
+    # What `apply_many` calls (worker/usage/apply_many.py: `Claiming`).
+    def invalid(self) -> dict[str, Any] | None:
+        return _invalid(self)
+
+    def claim(self, session: Session, earliest: float | None) -> Row[Any]:
+        return claim_and_find_account(session, self, self.kind, earliest)
+
+    def decide(self, session: Session, final: bool, found: Row[Any]) -> dict[str, Any]:
+        return _decide(session, self, final, found)
+
+    def repeat(self, session: Session) -> dict[str, Any]:
+        return _repeat(session, self)
+
+    kind = "debit"
+
+    def same(self, stored: UsageRequest) -> bool:
+        """Whether the key's stored request is this one (else a repeat is a `conflict`)."""
+        return (stored.kind, stored.clerk_user_id, stored.operation, stored.request.get("cost")) == (
+            "debit",
+            self.clerk_user_id,
+            self.operation,
+            self.cost,
+        )
+
 
 @dataclass(frozen=True)
 class Account:
@@ -120,6 +144,7 @@ def _claim_and_find_account() -> Select[Any]:
     return select(
         select(claim.c.idempotency_key).scalar_subquery().label("claimed"),
         past_deadline.label("past_deadline"),
+        func.clock_timestamp().label("now"),
         account.c.user_id,
         account.c.is_active,
         account.c.credit_balance_id,
@@ -136,64 +161,34 @@ _REMAINING = select(_balances.c.creditsRemaining).where(_balances.c.id == column
 
 def debit(session: Session, request: DebitRequest, *, final: bool = True) -> dict[str, Any]:
     """Apply one debit. With `final=False` a missing user raises `NotYetKnown` (to retry)
-    instead of answering `unknown_user`."""
-    (result,) = debit_many(session, [(request, final)])
+    instead of answering `unknown_user`. (A worker's batches: `apply_many`.)"""
+    (result,) = apply_many(session, [(request, final)], lock_holds=no_holds)
     if result is None:
         raise NotYetKnown(request.clerk_user_id)
     return result
 
 
-def debit_many(session: Session, requests: Sequence[tuple[DebitRequest, bool]]) -> list[dict[str, Any] | None]:
-    """Apply each `(request, final)` as one debit alone would, all on this session (one
-    transaction). Locks are taken in one order whatever the batch, so batches running at once
-    never deadlock: first every key, claimed in key order; then the balances, users in Clerk id
-    order, each user's debits in arrival order; a key met again answers last, from what is
-    stored. The answers come back in the order of `requests`; None for one whose user is not
-    known yet (with final=False): nothing of it was written, and the caller retries it alone."""
-    answers: list[dict[str, Any] | None] = [None] * len(requests)
-    earliest = min((request.not_after for request, _ in requests if request.not_after is not None), default=None)
-    first: dict[str, int] = {}  # key -> the index of its first valid request
-    again: list[int] = []
-    for n, (request, _) in enumerate(requests):
-        answers[n] = _invalid(request)
-        if answers[n] is not None:
-            continue
-        if request.idempotency_key in first:
-            again.append(n)
-        else:
-            first[request.idempotency_key] = n
-    autoflush(session)
-    found = {n: _claim(session, requests[n][0], earliest) for n in (first[key] for key in sorted(first))}
-    waiting: set[str] = set()
-    for n in sorted(found, key=lambda n: (requests[n][0].clerk_user_id, n)):
-        request, final = requests[n]
-        if found[n].claimed is None:
-            again.append(n)
-            continue
-        try:
-            answers[n] = _decide(session, request, final, found[n])
-        except NotYetKnown:
-            waiting.add(request.idempotency_key)
-    for n in sorted(again):
-        request = requests[n][0]
-        if request.idempotency_key not in waiting:
-            answers[n] = _repeat(session, request)
-    return answers
+def no_holds(_session: Session, keys: list[str]) -> dict[str, str]:
+    """The hold locker of a batch without captures or releases."""
+    assert not keys
+    return {}
 
 
 def _invalid(request: DebitRequest) -> dict[str, Any] | None:
     """The `error` answer of a request that can never apply as sent (nothing is stored)."""
-    if _operation(request.operation) is None:
+    if operation_of(request.operation) is None:
         return error("unknown_operation", f"{request.operation!r} is not an OperationType")
     if request.cost is not None and not is_amount(request.cost, minimum=0):
         return error("invalid_cost", "cost must be a non-negative integer")
     return None
 
 
-def _claim(session: Session, request: DebitRequest, earliest: float | None) -> Row[Any]:
+def claim_and_find_account(session: Session, request: Any, kind: str, earliest: float | None) -> Row[Any]:
+    """Claim the key of a debit or a hold (`_CLAIM_AND_FIND_ACCOUNT`); `earliest`: the earliest
+    deadline of the transaction's requests."""
     params = claim_params(
         request.idempotency_key,
-        "debit",
+        kind,
         request.clerk_user_id,
         request=request.stored_arguments(),
         service=request.service,
@@ -207,13 +202,25 @@ def _claim(session: Session, request: DebitRequest, earliest: float | None) -> R
 
 def _decide(session: Session, request: DebitRequest, final: bool, found: Row[Any]) -> dict[str, Any]:
     """What a debit whose key this transaction claimed answers (and takes)."""
+    spend = what_to_spend(session, request, final, found, request.cost)
+    if isinstance(spend, dict):
+        return spend
+    return _take(session, request, *spend)
+
+
+def what_to_spend(
+    session: Session, request: Any, final: bool, found: Row[Any], explicit: int | None
+) -> tuple[Account, OperationType, int] | dict[str, Any]:
+    """For a debit or a hold whose key this transaction claimed: the account, operation and cost
+    to take, or the answer that takes nothing (stored on the key): past the deadline, an unknown
+    or inactive user, no cost. `explicit`: the credits the request names, else the configured cost."""
     operation = OperationType(request.operation)
     if found.past_deadline:
-        # Checked once the key is ours, so a debit that did apply before answers `duplicate`.
+        # Checked once the key is ours, so a request that did apply before answers `duplicate`.
         return finish(session, request.idempotency_key, answer("expired"))
     if found.user_id is None:
         if not final:
-            # Nothing of this debit stays written (its claim is released), so a batch can go on
+            # Nothing of this request stays written (its claim is released), so a batch can go on
             # with the others and commit them while this one waits for its user on its own.
             forget_key(session, request.idempotency_key)
             raise NotYetKnown(request.clerk_user_id)
@@ -223,41 +230,39 @@ def _decide(session: Session, request: DebitRequest, final: bool, found: Row[Any
         refused = answer("insufficient_credits", account.credits_remaining, reason="inactive_user")
         return finish(session, request.idempotency_key, refused)
     try:
-        cost = resolve_cost(session, request.clerk_user_id, operation, request.cost, plan_id=found.plan_id)
+        cost = resolve_cost(session, request.clerk_user_id, operation, explicit, plan_id=found.plan_id)
     except UnknownCost as exc:
         forget_key(session, request.idempotency_key)
         return error("unknown_cost", str(exc))
-    return _take(session, request, account, operation, cost)
+    return account, operation, cost
 
 
-def settle(session: Session, request: DebitRequest) -> dict[str, Any] | None:
-    """The final answer of a debit whose caller stopped waiting: what is stored for its key, or,
-    once its deadline has passed by PostgreSQL's clock and nothing is stored, `expired`, stored
-    now (the claim waits for any transaction still holding the key, which cannot commit past
-    the deadline). None while the deadline has not passed yet (nothing written)."""
+def refused_for_credits(session: Session, key: str, credit_balance_id: str) -> dict[str, Any]:
+    """`insufficient_credits`, stored on the key, with the balance read after the refused UPDATE
+    (which waited for any concurrent change of this balance)."""
+    remaining = session.scalar(_REMAINING, {"id": credit_balance_id})
+    return finish(session, key, answer("insufficient_credits", remaining))
+
+
+def settle(session: Session, request: Any) -> dict[str, Any] | None:
+    """The final answer of a debit (or a hold) whose caller stopped waiting: what is stored for
+    its key, or, once its deadline has passed by PostgreSQL's clock and nothing is stored,
+    `expired`, stored now (the claim waits for any transaction still holding the key, which
+    cannot commit past the deadline). None while the deadline has not passed yet."""
     autoflush(session)
-    found = _claim(session, request, None)
+    found = claim_and_find_account(session, request, request.kind, None)
     if found.claimed is None:
         stored = stored_request(session, request.idempotency_key)
-        return repeat_answer(stored, _same(stored, request), request.task_id)
+        return repeat_answer(stored, request.same(stored), request.task_id)
     if request.not_after is None or not found.past_deadline:
         forget_key(session, request.idempotency_key)
         return None
     return finish(session, request.idempotency_key, answer("expired"))
 
 
-def _same(stored: UsageRequest, request: DebitRequest) -> bool:
-    return (stored.kind, stored.clerk_user_id, stored.operation, stored.request.get("cost")) == (
-        "debit",
-        request.clerk_user_id,
-        request.operation,
-        request.cost,
-    )
-
-
-def _repeat(session: Session, request: DebitRequest) -> dict[str, Any]:
+def _repeat(session: Session, request: Any) -> dict[str, Any]:
     stored = stored_request(session, request.idempotency_key)
-    return repeat_answer(stored, _same(stored, request), request.task_id)
+    return repeat_answer(stored, request.same(stored), request.task_id)
 
 
 def _take(
@@ -282,13 +287,11 @@ def _take(
         ),
     )
     if change is None:
-        # Read after the refused UPDATE: it waited for any concurrent debit of this balance.
-        remaining = session.scalar(_REMAINING, {"id": account.credit_balance_id})
-        return finish(session, request.idempotency_key, answer("insufficient_credits", remaining))
+        return refused_for_credits(session, request.idempotency_key, account.credit_balance_id)
     return applied_answer(usage_id, change.balance_after)
 
 
-def _operation(name: Any) -> OperationType | None:
+def operation_of(name: Any) -> OperationType | None:
     try:
         return OperationType(name)
     except ValueError:

@@ -190,27 +190,36 @@ def _usage_and_answer(moved: CTE) -> list[CTE]:
         )
         .cte("usage")
     )
+    return [usage, answered_if_moved(moved, "applied", usage_id=bindparam("new_usage_id", type_=_history.c.id.type))]
+
+
+def answered_if_moved(moved: CTE, status: str, usage_id: ColumnElement[Any] | None = None) -> CTE:
+    """The stored answer of a change's key, as a write that follows the change in its statement:
+
+    answered AS (UPDATE usage_requests SET status = <status>,
+                 result = :applied_answer || jsonb_build_object('remaining', (SELECT ... FROM moved)),
+                 credits = :applied_credits [, usage_id = ...]
+                 WHERE idempotency_key = :key AND EXISTS (SELECT ... FROM moved))"""
     left = select(moved.c.creditsRemaining).scalar_subquery()
     remaining = func.jsonb_build_object("remaining", left)
-    answered = (
+    values: dict[Any, Any] = {
+        _requests.c.status: constant(status),
+        _requests.c.result: bindparam("applied_answer", type_=_requests.c.result.type).op(
+            "||", return_type=_requests.c.result.type
+        )(remaining),
+        _requests.c.credits: bindparam("applied_credits", type_=_requests.c.credits.type),
+    }
+    if usage_id is not None:
+        values[_requests.c.usage_id] = usage_id
+    return (
         update(_requests)
         .where(
             _requests.c.idempotency_key == bindparam("key", type_=_requests.c.idempotency_key.type),
             exists(moved.select()),  # no moved row: nothing answered here
         )
-        .values(
-            {
-                _requests.c.status: constant("applied"),
-                _requests.c.result: bindparam("applied_answer", type_=_requests.c.result.type).op(
-                    "||", return_type=_requests.c.result.type
-                )(remaining),
-                _requests.c.credits: bindparam("applied_credits", type_=_requests.c.credits.type),
-                _requests.c.usage_id: bindparam("new_usage_id", type_=_requests.c.usage_id.type),
-            }
-        )
+        .values(values)
         .cte("answered")
     )
-    return [usage, answered]
 
 
 USAGE_AND_ANSWER = follow_up(_usage_and_answer)

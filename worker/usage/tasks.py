@@ -16,28 +16,35 @@ from celery.signals import celeryd_after_setup, task_revoked, worker_ready
 
 from celery_ext.batching import BatchItem, batching_installed
 from messaging.celery_config import (
+    CAPTURE_TASK,
     DEBIT_TASK,
     DELETE_STORAGE_TASK,
+    EXPIRE_HOLDS_TASK,
+    HOLD_TASK,
     OUTCOME_TASK,
     RECORD_STORAGE_TASK,
     REFUND_TASK,
+    RELEASE_TASK,
     SETTLE_TASK,
     USAGE_QUEUE,
 )
 from models.settings import process_settings
 from worker.celery_app import app
+from worker.errors import TRANSIENT_ERRORS
 from worker.task_base import TransactionalTask
-from worker.usage import batches, debits, refunds, requests, storage
+from worker.usage import batches, debits, holds, refunds, requests, storage
 from worker.usage.messages import Refused, UsageMessage, open_message, refuse
 from worker.usage.retries import TASK_OPTIONS, USER_WAIT_SECONDS, user_wait_countdown, user_wait_over
 
 log = logging.getLogger(__name__)
 
-DEBIT_STRATEGY = "worker.usage.batches:debit_batching_strategy"
+BATCHING_STRATEGY = "worker.usage.batches:debit_batching_strategy"
 # Tasks with a deadline: a message Celery discards as expired is settled (`usage.settle`).
-DEADLINE_TASKS = {DEBIT_TASK}
+DEADLINE_TASKS = {DEBIT_TASK, HOLD_TASK}
 # How long `usage.settle` waits between tries while the deadline has not passed by PostgreSQL's clock.
 SETTLE_RETRY_SECONDS = 1.0
+# The hold sweep retries a transient error at once, as inbox.sweep does; the next sweep is near.
+RETRY_TRANSIENT: dict[str, Any] = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": 1}
 
 
 class UsageTask(TransactionalTask[..., dict[str, Any] | None]):
@@ -110,13 +117,28 @@ def invalid_request(message: UsageMessage) -> dict[str, Any]:
     return requests.error("invalid_request", f"the arguments of {message.task} are missing or of the wrong type")
 
 
-# Debits are consumed in batches (their Strategy); run as a task (`apply()`, eager calls) a debit
-# is a batch of one. No per-debit monitoring events: each has its `task.finished` log line.
-@app.task(name=DEBIT_TASK, bind=True, Strategy=DEBIT_STRATEGY, send_events=False, ignore_result=True, **TASK_OPTIONS)
-def debit(task: Task, **message: Any) -> None:
+# Debits, holds, captures and releases are consumed in batches (their Strategy); run as a task
+# (`apply()`, eager calls) each is a batch of one. No per-message monitoring events: each has its
+# `task.finished` log line.
+BATCHED_TASKS = (DEBIT_TASK, HOLD_TASK, CAPTURE_TASK, RELEASE_TASK)
+
+
+def run_alone(task: Task, **message: Any) -> None:
+    """One message as a batch of one."""
     request = task.request
-    item = BatchItem(request.id or "", dict(message), request.retries or 0, None)
-    batches.apply_batch([item])
+    batches.apply_batch([BatchItem(request.id or "", dict(message), request.retries or 0, None, task.name)])
+
+
+for _name in BATCHED_TASKS:
+    app.task(name=_name, bind=True, Strategy=BATCHING_STRATEGY, send_events=False, ignore_result=True, **TASK_OPTIONS)(
+        run_alone
+    )
+
+
+@app.task(name=EXPIRE_HOLDS_TASK, base=TransactionalTask, bind=True, max_retries=2, **RETRY_TRANSIENT)
+def expire_holds(task: TransactionalTask[..., dict[str, int]]) -> dict[str, int]:
+    """Release the open holds past their `expires_at` (beat, every sweep interval)."""
+    return {"expired": len(holds.expire_due(task.session))}
 
 
 @celeryd_after_setup.connect
@@ -138,10 +160,11 @@ def check_debit_batching(sender: Any = None, **_: Any) -> None:
     queues = {queue.name for queue in getattr(getattr(consumer, "task_consumer", None), "queues", ())}
     if USAGE_QUEUE not in queues:
         return
-    if batching_installed(consumer, DEBIT_TASK):
-        log.info("debits.batching_installed task=%s", DEBIT_TASK)
-    else:
-        log.critical("debits.batching_not_installed task=%s: every debit runs alone, one transaction each", DEBIT_TASK)
+    for name in BATCHED_TASKS:
+        if batching_installed(consumer, name):
+            log.info("debits.batching_installed task=%s", name)
+        else:
+            log.critical("debits.batching_not_installed task=%s: each runs alone, one transaction each", name)
 
 
 @task_revoked.connect
@@ -160,13 +183,14 @@ def settle_expired_message(sender: Task | None = None, request: Any = None, expi
 
 @app.task(name=SETTLE_TASK, base=SettleTask, bind=True, **TASK_OPTIONS)
 def settle(task: UsageTask, message: UsageMessage) -> dict[str, Any] | None:
-    """The final answer of a debit (its own signed message, `task` and `task_id`, embedded):
-    what PostgreSQL holds for its key, or `expired` once its deadline has passed by
-    PostgreSQL's clock. Stored under the debit's own task id; tried again until then."""
+    """The final answer of a debit or a hold (its own signed message, `task` and `task_id`,
+    embedded): what PostgreSQL holds for its key, or `expired` once its deadline has passed by
+    PostgreSQL's clock. Stored under that task id; tried again until then."""
     try:
-        request = debits.DebitRequest.from_args(message.args, message.service, message.task_id)
+        request = batches.request_of(message)
     except (KeyError, TypeError):
         return invalid_request(message)
+    assert isinstance(request, debits.DebitRequest | holds.HoldRequest)
     answer = debits.settle(task.session, request)
     if answer is None and request.not_after is not None:
         # PostgreSQL's clock has not reached the deadline yet (clocks differ, or a caller asked

@@ -132,6 +132,18 @@ class CreditsClient:
     def refund(self, clerk_user_id: str, idempotency_key: str, refund_of: str, **options: Any) -> dict[str, Any]:
         return self.send_refund(clerk_user_id, idempotency_key, refund_of, **options).answer()
 
+    def hold(self, clerk_user_id: str, operation: Any, idempotency_key: str, **options: Any) -> dict[str, Any]:
+        """Reserve credits; the final answer (`send_hold` for the options)."""
+        return self.send_hold(clerk_user_id, operation, idempotency_key, **options).answer()
+
+    def capture(self, idempotency_key: str, credits: int, **options: Any) -> dict[str, Any]:
+        """End the hold `idempotency_key` with what the work cost (`send_capture`)."""
+        return self.send_capture(idempotency_key, credits, **options).answer()
+
+    def release(self, idempotency_key: str, wait: float = 30.0) -> dict[str, Any]:
+        """End the hold `idempotency_key`, giving it all back."""
+        return self.send_release(idempotency_key, wait=wait).answer()
+
     def outcome(self, idempotency_key: str, wait: float = 10.0) -> dict[str, Any]:
         """What PostgreSQL holds for a key of this service (`unknown` if nothing)."""
         return self._send("usage.outcome", {"idempotency_key": idempotency_key}, wait=wait).answer()
@@ -188,6 +200,42 @@ class CreditsClient:
             "details": details,
         }
         return self._send("usage.refund", args, wait=wait)
+
+    def send_hold(
+        self,
+        clerk_user_id: str,
+        operation: Any,
+        idempotency_key: str,
+        credits: int | None = None,
+        expires_in: float = 900.0,
+        wait: float = DEBIT_WAIT_SECONDS,
+        wait_for_user: float | None = None,
+    ) -> Pending:
+        """Hold `credits` (None: the operation's cost) for at most `expires_in` seconds; `wait`
+        is the caller's deadline, as a debit's."""
+        if not wait > 0:
+            raise ValueError("wait must be a positive number of seconds")
+        args = {
+            "clerk_user_id": clerk_user_id,
+            "operation": getattr(operation, "value", operation),
+            "idempotency_key": idempotency_key,
+            "credits": credits,
+            "expires_in": expires_in,
+            "not_after": time.time() + wait,
+        }
+        if wait_for_user is not None:
+            args["wait_for_user"] = wait_for_user
+        return self._send("usage.hold", args, wait=wait, not_after=args["not_after"])
+
+    def send_capture(
+        self, idempotency_key: str, credits: int, details: dict[str, Any] | None = None, wait: float = 30.0
+    ) -> Pending:
+        """Book `credits` of the hold (at most what it holds) and give the rest back."""
+        args = {"idempotency_key": idempotency_key, "credits": credits, "details": details}
+        return self._send("usage.capture", args, wait=wait)
+
+    def send_release(self, idempotency_key: str, wait: float = 30.0) -> Pending:
+        return self._send("usage.release", {"idempotency_key": idempotency_key}, wait=wait)
 
     def send_record_storage(
         self,

@@ -1,0 +1,111 @@
+"""Usage requests of every kind applied together in one transaction (a worker's batch), taking
+their locks in one order whatever the batch: first every key a debit or a hold claims, in key
+order; then every hold a capture or a release ends, in key order; then the balances, users in
+Clerk id order, each user's requests in arrival order. Two batches running at once therefore
+never wait on each other in a cycle. A claimed key met again in the batch answers last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from sqlalchemy.orm import Session
+
+from worker.usage.requests import NotYetKnown, autoflush
+
+
+@runtime_checkable
+class Claiming(Protocol):
+    """A request that claims its own key in `usage_requests` (a debit, a hold)."""
+
+    @property
+    def idempotency_key(self) -> str: ...
+
+    @property
+    def clerk_user_id(self) -> str: ...
+
+    @property
+    def not_after(self) -> float | None: ...
+
+    def invalid(self) -> dict[str, Any] | None: ...
+
+    def claim(self, session: Session, earliest: float | None) -> Any: ...
+
+    def decide(self, session: Session, final: bool, found: Any) -> dict[str, Any]: ...
+
+    def repeat(self, session: Session) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class Ending(Protocol):
+    """A request that ends a hold (a capture, a release): keyed by the hold's key."""
+
+    @property
+    def hold_key(self) -> str: ...
+
+    def invalid(self) -> dict[str, Any] | None: ...
+
+    def decide(self, session: Session, final: bool, owner: str | None) -> dict[str, Any]: ...
+
+
+Request = Claiming | Ending
+
+
+# Locks the holds of these keys in key order; returns {key: the Clerk user id it holds for}.
+HoldLocker = Callable[[Session, list[str]], dict[str, str]]
+
+
+def apply_many(
+    session: Session, requests: Sequence[tuple[Request, bool]], lock_holds: HoldLocker
+) -> list[dict[str, Any] | None]:
+    """Apply each `(request, final)` on this session, as it would apply alone. The answers come
+    back in the order of `requests`; None for one whose user (or hold) is not known yet with
+    final=False: nothing of it was written, and the caller retries it alone. `lock_holds(session,
+    keys)` locks the holds of these keys in key order and returns {key: its Clerk user id}."""
+    answers: list[dict[str, Any] | None] = [None] * len(requests)
+    claims, ends, again = _sort_out(requests, answers)
+    autoflush(session)
+    earliest = min((c.not_after for _, c in claims.values() if c.not_after is not None), default=None)
+    found = {claims[key][0]: claims[key][1].claim(session, earliest) for key in sorted(claims)}
+    owners = lock_holds(session, sorted({end.hold_key for _, end in ends}))
+    order: list[tuple[str, int, Request]] = [(claim.clerk_user_id, n, claim) for n, claim in claims.values()]
+    order += [(owners.get(end.hold_key, ""), n, end) for n, end in ends]
+    waiting: set[str] = set()
+    for _, n, request in sorted(order, key=lambda entry: entry[:2]):
+        final = requests[n][1]
+        try:
+            if isinstance(request, Ending):
+                answers[n] = request.decide(session, final, owners.get(request.hold_key))
+            elif found[n].claimed is None:
+                again.append((n, request))
+            else:
+                answers[n] = request.decide(session, final, found[n])
+        except NotYetKnown:
+            if isinstance(request, Claiming):
+                waiting.add(request.idempotency_key)
+    for n, claim in sorted(again, key=lambda entry: entry[0]):
+        if claim.idempotency_key not in waiting:
+            answers[n] = claim.repeat(session)
+    return answers
+
+
+def _sort_out(
+    requests: Sequence[tuple[Request, bool]], answers: list[dict[str, Any] | None]
+) -> tuple[dict[str, tuple[int, Claiming]], list[tuple[int, Ending]], list[tuple[int, Claiming]]]:
+    """Invalid requests answered at once; the first claim of each key; the requests that end a
+    hold; the claims of a key already claimed in the batch (answered last)."""
+    claims: dict[str, tuple[int, Claiming]] = {}
+    ends: list[tuple[int, Ending]] = []
+    again: list[tuple[int, Claiming]] = []
+    for n, (request, _) in enumerate(requests):
+        answers[n] = request.invalid()
+        if answers[n] is not None:
+            continue
+        if isinstance(request, Ending):
+            ends.append((n, request))
+        elif request.idempotency_key in claims:
+            again.append((n, request))
+        else:
+            claims[request.idempotency_key] = (n, request)
+    return claims, ends, again
