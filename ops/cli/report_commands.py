@@ -81,14 +81,17 @@ def low_balance(cli: CliContext, threshold: int, as_json: bool) -> None:
 @json_option
 @pass_context
 def credits_flow(cli: CliContext, since: datetime | None, as_json: bool) -> None:
-    """Credits moved per day, by ledger kind (grants, reversals, usage, refunds...), and the net."""
+    """Credits moved per day, by ledger kind (grants, reversals, usage, refunds, holds...), the net,
+    and how many credit holds were made, captured, released and expired."""
     with cli.sessions()() as session:
         rows = reports.credits_flow(session, since)
     kinds = [kind.value for kind in LedgerKind]
+    events = list(reports.HOLD_EVENTS)
     if as_json:
-        print_json([{"day": r.day, **r.by_kind, "net": r.net} for r in rows])
+        print_json([{"day": r.day, **r.by_kind, "net": r.net, **r.holds} for r in rows])
     else:
-        print_table(["day", *kinds, "net"], [[r.day, *(r.by_kind[k] for k in kinds), r.net] for r in rows])
+        table = [[r.day, *(r.by_kind[k] for k in kinds), r.net, *(r.holds[e] for e in events)] for r in rows]
+        print_table(["day", *kinds, "net", *events], table)
 
 
 COMMANDS = [report]

@@ -39,11 +39,13 @@ def show(cli: CliContext, clerk_user_id: str, page: int, per_page: int, as_json:
         click.echo("balance:  none (no CreditBalance)")
     else:
         check = "= the ledger" if view.balance_matches_ledger else f"!= the ledger's {view.ledger_sum}: run reconcile"
-        click.echo(f"balance:  {balance.credits_remaining} credits ({check})")
+        held = f"; {view.held_credits} more held by {len(view.open_holds)} open hold(s)" if view.open_holds else ""
+        click.echo(f"balance:  {balance.credits_remaining} credits ({check}){held}")
     plan = f"{view.plan.id} ({view.plan.name}, {view.plan.credits} credits)" if view.plan else "none"
     state = f", {view.plan_state.status} via {view.plan_state.provider}" if view.plan_state and view.plan else ""
     click.echo(f"plan:     {plan}{state}")
     _print_ledger(view, page, per_page)
+    _print_open_holds(view)
     _print_sent_by_send(view)
     click.echo("\nrecent usage:")
     print_table(
@@ -89,6 +91,16 @@ def _print_ledger(view: UserView, page: int, per_page: int) -> None:
     )
 
 
+def _print_open_holds(view: UserView) -> None:
+    if not view.open_holds:
+        return
+    click.echo("\nopen holds (their credits are out of the balance until captured, released or expired):")
+    print_table(
+        ["hold", "operation", "credits", "held since", "expires"],
+        [[h.hold_key, h.operation, h.credits, h.created_at, h.expires_at] for h in view.open_holds],
+    )
+
+
 def _print_sent_by_send(view: UserView) -> None:
     """Test deliveries: an operator must never take their credits for a provider's."""
     if not view.sent_by_send:
@@ -131,6 +143,17 @@ def _as_json(view: UserView) -> dict[str, object]:
             for e in view.ledger
         ],
         "sent_by_send": [delivery.as_json() for delivery in view.sent_by_send],
+        "held_credits": view.held_credits,
+        "open_holds": [
+            {
+                "hold_key": h.hold_key,
+                "operation": h.operation,
+                "credits": h.credits,
+                "created_at": h.created_at,
+                "expires_at": h.expires_at,
+            }
+            for h in view.open_holds
+        ],
         "usage": [
             {"timestamp": h.timestamp, "operation": h.operation_type.value, "credits": h.credits_used}
             for h in view.usage

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from messaging.celery_config import REFUSED_USAGE_MESSAGES
 from models.inbox import InboxStatus, Source
-from models.usage import UsageRequest
+from models.usage import CreditHold, HoldState, UsageRequest
 from ops.queries.inbox_rows import counts_by_status
 from ops.queries.queues import queue_lengths
 
@@ -53,7 +53,7 @@ class OpsCollector(Collector):
         up = GaugeMetricFamily(f"{PREFIX}_database_up", "1 when this scrape could read PostgreSQL.")
         try:
             with Session(self._engine) as session, session.begin():
-                families = [*_inbox_gauges(session), _usage_gauge(session)]
+                families = [*_inbox_gauges(session), _usage_gauge(session), *_hold_gauges(session)]
         except (DBAPIError, PoolTimeoutError) as exc:
             log.warning("metrics.database_unreachable error=%s", type(exc).__name__)
             up.add_metric([], 0)
@@ -115,6 +115,32 @@ def _usage_gauge(session: Session) -> GaugeMetricFamily:
     for kind, status, count in session.execute(statement.order_by(UsageRequest.kind, UsageRequest.status)).all():
         gauge.add_metric([kind, status], count)
     return gauge
+
+
+def _hold_gauges(session: Session) -> list[GaugeMetricFamily]:
+    """The credit holds still open: how many, the credits they hold, the oldest one's age, and
+    how many are past their `expires_at` (more than a few means `holds.expire` is not running)."""
+    is_open = CreditHold.state == HoldState.OPEN.value
+    count, held, oldest, overdue = session.execute(
+        select(
+            func.count(),
+            func.coalesce(func.sum(CreditHold.credits), 0),
+            func.min(CreditHold.created_at),
+            func.count().filter(CreditHold.expires_at < func.clock_timestamp()),
+        ).where(is_open)
+    ).one()
+    age = (datetime.now(UTC) - oldest).total_seconds() if oldest else 0
+    gauges = []
+    for name, text_, value in (
+        ("open_holds", "Credit holds not captured, released or expired yet.", count),
+        ("held_credits", "Credits the open holds keep out of the balances.", held),
+        ("open_hold_oldest_age_seconds", "Age of the oldest open credit hold (0 when none).", age),
+        ("overdue_holds", "Open credit holds past their expires_at (holds.expire releases them).", overdue),
+    ):
+        gauge = GaugeMetricFamily(f"{PREFIX}_{name}", text_)
+        gauge.add_metric([], value)
+        gauges.append(gauge)
+    return gauges
 
 
 def make_registry(engine: Engine, redis_client: redis.Redis, queues: list[str]) -> CollectorRegistry:

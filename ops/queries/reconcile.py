@@ -23,7 +23,7 @@ from ops.queries.sent_deliveries import sent_deliveries
 
 @dataclass(frozen=True)
 class Mismatch:
-    check: str  # balance | grant | reversal | sent_by_send
+    check: str  # balance | grant | reversal | hold | sent_by_send
     clerk_user_id: str | None
     subject: str  # the balance or payment it is about
     expected: int | None
@@ -92,13 +92,45 @@ ORDER BY 1
 """
 
 
+# Each hold's ledger: one `hold` entry of its credits; `release` entries giving back nothing while
+# it is open, what a capture did not use, or all of it after a release or an expiry.
+_HOLDS = """
+SELECT h.hold_key, h.clerk_user_id, h.state, h.credits, h.captured, held.credits AS held, back.credits AS released
+FROM {schema}.credit_holds h
+LEFT JOIN LATERAL (SELECT -sum(delta) AS credits, count(*) AS entries FROM {schema}.credit_ledger
+                   WHERE idempotency_key = 'hold:' || h.hold_key) held ON true
+LEFT JOIN LATERAL (SELECT coalesce(sum(delta), 0) AS credits FROM {schema}.credit_ledger
+                   WHERE idempotency_key = 'release:' || h.hold_key) back ON true
+WHERE (CAST(:user AS text) IS NULL OR h.clerk_user_id = :user)
+  AND (held.entries <> 1 OR held.credits <> h.credits
+       OR back.credits <> CASE h.state WHEN 'open' THEN 0
+                                       WHEN 'captured' THEN h.credits - coalesce(h.captured, 0)
+                                       ELSE h.credits END)
+ORDER BY 1
+"""
+
+
 def reconcile(session: Session, service_schema: str, clerk_user_id: str | None = None) -> list[Mismatch]:
     return [
         *_balance_mismatches(session, service_schema, clerk_user_id),
         *_grant_mismatches(session, service_schema, clerk_user_id),
         *_reversal_mismatches(session, service_schema, clerk_user_id),
+        *_hold_mismatches(session, service_schema, clerk_user_id),
         *_sent_by_send(session, clerk_user_id),
     ]
+
+
+def _hold_mismatches(session: Session, schema: str, clerk_user_id: str | None) -> list[Mismatch]:
+    """Held credits plus the ledger explain the balance: each hold's entries match how it stands."""
+    found = []
+    for key, user, state, credits, captured, held, released in _run(session, _HOLDS, schema, clerk_user_id):
+        expected_back = {"open": 0, "captured": credits - (captured or 0)}.get(state, credits)
+        detail = (
+            f"hold {key} ({state}, {credits} credits) has {held or 0} held and {released} released in the ledger;"
+            f" expected {credits} held and {expected_back} released"
+        )
+        found.append(Mismatch("hold", user, f"hold {key}", expected_back, released, detail))
+    return found
 
 
 def _run(session: Session, sql: str, service_schema: str, clerk_user_id: str | None) -> list[Any]:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from models.app import CreditBalance, UsageHistory, User
 from models.ledger import CreditLedgerEntry, LedgerKind
+from models.usage import CreditHold
 
 
 @dataclass(frozen=True)
@@ -82,10 +83,14 @@ def low_balance(session: Session, threshold: int = 10) -> list[LowBalance]:
     return [LowBalance(*row) for row in session.execute(statement).all()]
 
 
+HOLD_EVENTS = ("holds", "captures", "releases", "expiries")
+
+
 @dataclass(frozen=True)
 class CreditsOnDay:
     day: date
     by_kind: dict[str, int]  # every ledger kind, zeros included
+    holds: dict[str, int]  # how many holds were made, captured, released and expired (HOLD_EVENTS)
 
     @property
     def net(self) -> int:
@@ -104,4 +109,28 @@ def credits_flow(session: Session, since: datetime | None = None) -> list[Credit
     days: dict[date, dict[str, int]] = {}
     for moment, kind, total in session.execute(statement.order_by(day)).all():
         days.setdefault(moment, {k.value: 0 for k in LedgerKind})[kind] = int(total)
-    return [CreditsOnDay(moment, kinds) for moment, kinds in days.items()]
+    hold_events = _hold_events(session, since)
+    for moment in hold_events:
+        days.setdefault(moment, {k.value: 0 for k in LedgerKind})
+    zeros = dict.fromkeys(HOLD_EVENTS, 0)
+    return [CreditsOnDay(moment, days[moment], {**zeros, **hold_events.get(moment, {})}) for moment in sorted(days)]
+
+
+_ENDED = {"captured": "captures", "released": "releases", "expired": "expiries"}
+
+
+def _hold_events(session: Session, since: datetime | None) -> dict[date, dict[str, int]]:
+    """Per UTC day: the holds made, and the holds ended, by how they ended."""
+    events: dict[date, dict[str, int]] = {}
+    made = cast(func.timezone("UTC", CreditHold.created_at), Date)
+    ended = cast(func.timezone("UTC", CreditHold.ended_at), Date)
+    made_rows = select(made, func.count()).group_by(made)
+    ended_rows = select(ended, CreditHold.state, func.count()).where(CreditHold.ended_at.is_not(None))
+    if since is not None:
+        made_rows = made_rows.where(CreditHold.created_at >= since)
+        ended_rows = ended_rows.where(CreditHold.ended_at >= since)
+    for moment, count in session.execute(made_rows).all():
+        events.setdefault(moment, {})["holds"] = count
+    for moment, state, count in session.execute(ended_rows.group_by(ended, CreditHold.state)).all():
+        events.setdefault(moment, {})[_ENDED[state]] = count
+    return events

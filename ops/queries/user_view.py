@@ -11,6 +11,7 @@ from models.app import CreditBalance, Plan, StorageObject, UsageHistory, User
 from models.billing import UserPlan
 from models.inbox import InboxStatus, WebhookInbox
 from models.ledger import CreditLedgerEntry
+from models.usage import CreditHold, HoldState
 from ops.queries.inbox_rows import rows_naming_user
 from ops.queries.sent_deliveries import SentDelivery, sent_deliveries
 
@@ -40,6 +41,12 @@ class UserView:
     waiting: list[WebhookInbox] = field(default_factory=list)
     # Deliveries `pedro-webhooks send` made that name the user, and the ledger entries they account for.
     sent_by_send: list[SentDelivery] = field(default_factory=list)
+    # Credit holds still open, oldest first: their credits are out of the balance until they end.
+    open_holds: list[CreditHold] = field(default_factory=list)
+
+    @property
+    def held_credits(self) -> int:
+        return sum(hold.credits for hold in self.open_holds)
 
     @property
     def balance_matches_ledger(self) -> bool:
@@ -107,6 +114,17 @@ def user_view(
             )
         ),
         sent_by_send=sent_deliveries(session, clerk_user_id),
+        open_holds=open_holds(session, clerk_user_id),
+    )
+
+
+def open_holds(session: Session, clerk_user_id: str) -> list[CreditHold]:
+    return list(
+        session.scalars(
+            select(CreditHold)
+            .where(CreditHold.clerk_user_id == clerk_user_id, CreditHold.state == HoldState.OPEN.value)
+            .order_by(CreditHold.created_at, CreditHold.hold_key)
+        )
     )
 
 

@@ -24,6 +24,7 @@ from ops.local.servers import free_port
 from tests.support.billing import add_user, asaas_event
 from tests.support.inbox import deliver, payload, store
 from tests.support.servers import procfile_command
+from tests.support.usage import hold, make_user, release
 
 
 @pytest.fixture
@@ -170,3 +171,16 @@ def test_a_server_lost_after_start_up_is_a_zero_up_gauge_not_a_failed_scrape(set
         if server.poll() is None:
             server.terminate()
             server.wait(10)
+
+
+def test_gauges_show_the_open_holds(exporter, session_factory):
+    make_user(session_factory)
+    hold(session_factory, "open-1", credits=30, expires_in=600)
+    hold(session_factory, "overdue-1", credits=5, expires_in=0.1)
+    hold(session_factory, "ended-1", credits=7)
+    release(session_factory, "ended-1")
+    time.sleep(0.2)  # overdue-1 is past its expires_at; nothing has expired it
+    samples = _scrape(exporter)
+    assert _value(samples, "open_holds") == 2 and _value(samples, "held_credits") == 35
+    assert _value(samples, "overdue_holds") == 1
+    assert 0 < _value(samples, "open_hold_oldest_age_seconds") < 120
