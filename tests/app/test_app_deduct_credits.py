@@ -21,7 +21,7 @@ from tests.support.databases import libpq_url
 from tests.support.inbox import assert_ledger_matches_balances
 from tests.support.prisma_app import PrismaApp
 from tests.support.servers import PROJECT_ROOT
-from tests.support.usage import credits_client, make_user
+from tests.support.usage import credits_client, hold, make_user, release
 
 CLERK_ID = "user_app_race"
 BALANCE = 150
@@ -64,6 +64,20 @@ def test_the_apps_deduct_credits_racing_the_service_never_overdraws(
     assert _app_usage_calls(session_factory) == sorted(n for n, outcome in enumerate(outcomes) if outcome["ok"])
 
 
+def test_the_app_cannot_spend_credits_the_service_holds(prisma_app, session_factory, settings):
+    """A hold takes its credits out of `creditsRemaining` at once: the app's own `deductCredits`
+    beside it spends only what is left, and the held credits come back when the hold ends."""
+    make_user(session_factory, CLERK_ID, credits=100)
+    assert hold(session_factory, "llm-job", clerk_user_id=CLERK_ID, credits=90, expires_in=600)["status"] == "held"
+    user_id, _ = _ids(session_factory)
+    outcomes = _go(_start_app(prisma_app, settings, user_id, calls=20, concurrency=5))
+    by_kind = _app_outcomes(outcomes)
+    assert len(by_kind["applied"]) == 10 and len(by_kind["insufficient"]) + len(by_kind["guard"]) == 10
+    assert _balance(session_factory) == 0
+    assert release(session_factory, "llm-job")["remaining"] == 90
+    assert_ledger_matches_balances(session_factory)
+
+
 def _assert_names_the_guard(outcome: dict[str, Any], balance_id: str) -> None:
     """What the app sees (docs/usage-api.md): the driver adapter's error, the database's message
     and SQLSTATE as they are."""
@@ -103,15 +117,17 @@ def _service_debits(redis_url: str, clerk_user_id: str, count: int) -> Counter[s
         client.close()
 
 
-def _start_app(prisma_app: PrismaApp, settings, user_id: str) -> subprocess.Popen[str]:
+def _start_app(
+    prisma_app: PrismaApp, settings, user_id: str, calls: int = APP_CALLS, concurrency: int = APP_CONCURRENCY
+) -> subprocess.Popen[str]:
     """src/race.ts, connected and waiting for the start line."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "DATABASE_URL": libpq_url(settings.database_url.get_secret_value()),
         "USER_ID": user_id,
-        "CALLS": str(APP_CALLS),
+        "CALLS": str(calls),
         "COST": "1",
-        "CONCURRENCY": str(APP_CONCURRENCY),
+        "CONCURRENCY": str(concurrency),
     }
     app = subprocess.Popen(
         prisma_app.command("src/race.ts"),
