@@ -10,7 +10,9 @@ What the job does is the caller's (`worker/usage/batches.py`). Why this design: 
 
 from __future__ import annotations
 
-from collections import deque
+import time
+import uuid
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -53,18 +55,21 @@ ApplyBatch = Callable[[list[BatchItem]], list[Report]]
 
 
 def batching_strategy(
-    apply_batch: ApplyBatch, *, max_batch: int, max_held_per_process: int, sole_queue: str
+    apply_batch: ApplyBatch, *, max_batch: int, max_held_per_process: int, sole_queue: str, monitor_name: str
 ) -> Callable[..., Any]:
     """A `Strategy` for the tasks batched together: `apply_batch` (a module-level function: it
     is pickled to the pool) runs each batch, which may hold the messages of every task given
     this strategy. On a worker consuming `sole_queue` alone, the prefetch window grows by one
-    for each message held (at most `max_held_per_process` per pool process)."""
+    for each message held (at most `max_held_per_process` per pool process). Each batch shows in
+    Flower as one task named `monitor_name` (`BatchMonitor`)."""
     group = f"{apply_batch.__module__}.{apply_batch.__qualname__}"
 
     def strategy(task: Task, app: Celery, consumer: Any, **kwargs: Any) -> Any:
         batchers = consumer.__dict__.setdefault(_BATCHERS, {})
         if group not in batchers:
-            batchers[group] = Batcher(consumer, task, apply_batch, max_batch, max_held_per_process, sole_queue)
+            batchers[group] = Batcher(
+                consumer, task, apply_batch, max_batch, max_held_per_process, sole_queue, monitor_name
+            )
         consumer.__dict__.setdefault(_BATCHED, set()).add(task.name)
         return default_strategy(task, app, _BatchingConsumer(consumer, batchers[group]), **kwargs)
 
@@ -101,12 +106,20 @@ class Batcher:
     """Held requests, handed to the pool as batches while a pool process is free."""
 
     def __init__(
-        self, consumer: Any, task: Task, apply_batch: ApplyBatch, max_batch: int, max_held: int, sole_queue: str
+        self,
+        consumer: Any,
+        task: Task,
+        apply_batch: ApplyBatch,
+        max_batch: int,
+        max_held: int,
+        sole_queue: str,
+        monitor_name: str,
     ) -> None:
         self._consumer = consumer  # its `qos` is made after the strategies: read it when used
         self._pool = consumer.pool
         self._task = task
         self._apply_batch = apply_batch
+        self._monitor_name = monitor_name
         self._max_batch = max_batch
         self._sole_queue = sole_queue
         self._slots = max(int(getattr(consumer.pool, "limit", 1) or 1), 1)
@@ -143,18 +156,22 @@ class Batcher:
 
     def _start(self, batch: list[Request]) -> None:
         self._running += 1
+        monitor = BatchMonitor(self._consumer, self._monitor_name, batch)
 
         def accepted(pid: Any, time_accepted: float) -> None:
+            monitor.started(pid)
             for request in batch:
                 request.on_accepted(pid, time_accepted)
 
         def answered(reports: list[Report]) -> None:
+            monitor.succeeded(reports)
             self._finish(batch, reports)
 
         def lost(exc_info: Any) -> None:
             error = getattr(exc_info, "exception", None)
             error = getattr(error, "exc", error)  # billiard wraps it in ExceptionWithTraceback
             log.warning("batching.batch_lost", task=self._task.name, size=len(batch), error=type(error).__name__)
+            monitor.failed(type(error).__name__)
             self._finish(batch, [(REQUEUE, "")] * len(batch))
 
         self._pool.apply_async(
@@ -183,6 +200,37 @@ class Batcher:
         if request.id in self._window_raised:
             self._window_raised.discard(request.id)
             self._consumer.qos.decrement_eventually()
+
+
+class BatchMonitor:
+    """A batch as one task in Flower: task-received (its size and tasks), task-started, then
+    task-succeeded with the messages' outcomes counted by their detail (an answer's status),
+    or task-failed when the pool process was lost. Three events a batch, none a message."""
+
+    def __init__(self, consumer: Any, name: str, batch: list[Request]) -> None:
+        self._events = getattr(consumer, "event_dispatcher", None)
+        self._id = str(uuid.uuid4())
+        self._started = time.monotonic()
+        tasks = Counter(request.name for request in batch)
+        self._send("task-received", name=name, args=f"({len(batch)},)", kwargs=repr(dict(tasks)), retries=0)
+
+    def started(self, pid: Any) -> None:
+        self._send("task-started", pid=pid)
+
+    def succeeded(self, reports: list[Report]) -> None:
+        outcomes = Counter(detail if outcome == SUCCEEDED else outcome for outcome, detail in reports)
+        self._send("task-succeeded", result=repr(dict(outcomes)), runtime=time.monotonic() - self._started)
+
+    def failed(self, error: str) -> None:
+        self._send("task-failed", exception=error, traceback="")
+
+    def _send(self, event: str, **fields: Any) -> None:
+        if self._events is None or not self._events.enabled:
+            return
+        try:
+            self._events.send(event, uuid=self._id, **fields)
+        except Exception as exc:  # monitoring must never cost a batch its messages
+            log.warning("batching.event_not_sent", event=event, error=type(exc).__name__)
 
 
 def settle(request: Request, outcome: str, detail: str) -> None:

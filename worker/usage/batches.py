@@ -17,7 +17,6 @@ from typing import Any
 
 import structlog
 from celery import Task
-from celery.utils.saferepr import saferepr
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
@@ -36,6 +35,8 @@ from worker.usage.retries import TASK_OPTIONS, USER_WAIT_SECONDS, user_wait_coun
 
 log = structlog.get_logger(__name__)
 
+# How a batch shows in Flower: one task of this name (never sent: the events are the worker's own).
+BATCH_TASK = "usage.batch"
 # The most debits one transaction applies, and the most the main process holds (unacked).
 MAX_BATCH = 100
 MAX_HELD_PER_PROCESS = 2 * MAX_BATCH
@@ -207,7 +208,7 @@ def _publish(task: Task, debit: Debit, outcome: _Outcome, answers_stored: bool) 
             if not answers_stored:
                 return REQUEUE, "answers not stored"
             _log_finished(debit, outcome.result.get("status"))
-            return SUCCEEDED, saferepr(outcome.result)
+            return SUCCEEDED, str(outcome.result.get("status"))  # what the batch's Flower task counts
         if isinstance(outcome, _WaitForUser):
             countdown = user_wait_countdown(item.retries, getattr(debit.request, "not_after", None))
             return _resend(task, debit, countdown, "waiting_for_user")
@@ -257,5 +258,9 @@ def _log_finished(debit: Debit, outcome: Any, **fields: Any) -> None:
 # The Strategy of `usage.debit`, `usage.hold`, `usage.capture` and `usage.release`
 # (worker.usage.tasks.BATCHING_STRATEGY names it): one batcher for all four.
 debit_batching_strategy = batching_strategy(
-    apply_batch, max_batch=MAX_BATCH, max_held_per_process=MAX_HELD_PER_PROCESS, sole_queue=USAGE_QUEUE
+    apply_batch,
+    max_batch=MAX_BATCH,
+    max_held_per_process=MAX_HELD_PER_PROCESS,
+    sole_queue=USAGE_QUEUE,
+    monitor_name=BATCH_TASK,
 )

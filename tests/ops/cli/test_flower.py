@@ -16,6 +16,7 @@ import pytest
 from ops.local.servers import free_port
 from tests.support.inbox import inbox_row, payload, store
 from tests.support.servers import PROJECT_ROOT, procfile_command
+from tests.support.usage import credits_client, make_user
 
 USER, PASSWORD = "ops", "flower-test-password"
 CHROMIUM = "/usr/bin/chromium"
@@ -100,6 +101,14 @@ def processed_task(flower, celery_worker, settings, engine):
     result = celery_worker.producer.send_task("webhooks.process", kwargs={"inbox_id": inbox_id})
     assert result.get(timeout=30) == {"inbox_id": inbox_id, "status": "processed"}
     assert inbox_row(factory, inbox_id).status == "processed"
+    # And debits: each batch of them shows as one `usage.batch` task.
+    make_user(factory, "user_flower")
+    client = credits_client(celery_worker.producer.conf.broker_url)
+    try:
+        sent = [client.send_debit("user_flower", "AI_TEXT_CHAT", f"flower-{n}", cost=1) for n in range(5)]
+        assert {pending.answer()["status"] for pending in sent} == {"applied"}
+    finally:
+        client.close()
     yield result.id, celery_worker.name
     truncate_all(engine, settings.service_schema)
 
@@ -123,6 +132,15 @@ def test_flower_api_needs_the_login_and_shows_the_worker_and_the_processed_task(
     assert (task["name"], task["state"], task["worker"]) == ("webhooks.process", "SUCCESS", worker_name)
     listed = httpx.get(f"{flower}/api/tasks", params={"state": "SUCCESS"}, auth=auth, timeout=10).json()
     assert task_id in listed
+    batches = _poll(lambda: _batches(flower, auth), "a debit batch")
+    assert sum(int(batch["args"].strip("(,)")) for batch in batches) == 5  # every debit in some batch
+    assert all("'applied'" in batch["result"] and batch["worker"] == worker_name for batch in batches)
+    assert all(batch["runtime"] is not None for batch in batches)
+
+
+def _batches(flower: str, auth: tuple[str, str]) -> list[dict]:
+    tasks = httpx.get(f"{flower}/api/tasks", params={"taskname": "usage.batch"}, auth=auth, timeout=10).json()
+    return [task for task in tasks.values() if task["state"] == "SUCCESS"]
 
 
 def _chromium_or_skip() -> str:
@@ -161,5 +179,15 @@ def test_flower_pages_show_the_worker_and_the_task_in_a_real_browser(flower, pro
             page.goto(f"{flower}/task/{task_id}", wait_until="networkidle")
             body = page.locator("body").text_content() or ""
             assert "SUCCESS" in body and worker_name in body
+
+            page.goto(f"{flower}/tasks", wait_until="networkidle")
+            batch = page.locator("tr", has_text="usage.batch").first
+            batch.wait_for(timeout=30_000)
+            assert "SUCCESS" in (batch.text_content() or "")
+            [shown_batch, *_] = _batches(flower, (USER, PASSWORD))  # its own page: its size and outcomes
+            page.goto(f"{flower}/task/{shown_batch['uuid']}", wait_until="networkidle")
+            body = page.locator("body").text_content() or ""
+            assert "usage.batch" in body and "'applied'" in body and "usage.debit" in body
+            page.screenshot(path=str(tmp_path / "debit-batch.png"))
         finally:
             browser.close()
