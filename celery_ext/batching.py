@@ -183,6 +183,7 @@ class Batcher:
             timeout=self._task.time_limit or self._task.app.conf.task_time_limit,
             soft_timeout=self._task.soft_time_limit or self._task.app.conf.task_soft_time_limit,
         )
+        monitor.received()  # after the job is on its way: monitoring never delays a batch
 
     def _finish(self, batch: list[Request], reports: list[Report]) -> None:
         try:
@@ -211,8 +212,11 @@ class BatchMonitor:
         self._events = getattr(consumer, "event_dispatcher", None)
         self._id = str(uuid.uuid4())
         self._started = time.monotonic()
-        tasks = Counter(request.name for request in batch)
-        self._send("task-received", name=name, args=f"({len(batch)},)", kwargs=repr(dict(tasks)), retries=0)
+        self._name, self._batch = name, batch
+
+    def received(self) -> None:
+        tasks = Counter(request.name for request in self._batch)
+        self._send("task-received", name=self._name, args=f"({len(self._batch)},)", kwargs=repr(dict(tasks)), retries=0)
 
     def started(self, pid: Any) -> None:
         self._send("task-started", pid=pid)
