@@ -16,19 +16,10 @@ from sqlalchemy import select, text
 
 from models.app import UsageHistory
 from models.usage import CreditHold
-from tests.support.inbox import assert_ledger_matches_balances
-from tests.support.usage import balance, count_rows, credits_client, hold_state, ledger_deltas, make_user
+from tests.support.usage import balance, count_rows, hold_state, ledger_deltas, make_user
 from worker.usage import holds
 
 pytestmark = pytest.mark.celery_worker
-
-
-@pytest.fixture
-def client(celery_worker, producer, session_factory):
-    client = credits_client(producer.conf.broker_url)
-    yield client
-    client.close()
-    assert_ledger_matches_balances(session_factory)
 
 
 def test_hold_capture_and_release_through_the_worker(client, session_factory):

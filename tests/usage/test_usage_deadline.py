@@ -12,8 +12,8 @@ from sqlalchemy.exc import DBAPIError
 
 from models.app import UsageHistory
 from models.usage import UsageRequest
-from tests.support.inbox import assert_ledger_matches_balances, deliver, payload
-from tests.support.usage import balance, count_rows, credits_client, debit, make_user, stored_status, wait_for_retry
+from tests.support.inbox import deliver, payload
+from tests.support.usage import balance, count_rows, debit, make_user, stored_status, wait_for_retry
 from worker.usage import debits
 
 CLERK_ID = "user_29w83sxmDNGwOuEthce5gg56FcC"  # the id in the documented user.created payload
@@ -53,14 +53,6 @@ class TestInProcess:
         assert debit(session_factory, "done", cost=5)["status"] == "applied"
         again = debit(session_factory, "done", cost=5, not_after=time.time() - 1)
         assert (again["status"], again["original_status"]) == ("duplicate", "applied")
-
-
-@pytest.fixture
-def client(celery_worker, producer, session_factory):
-    client = credits_client(producer.conf.broker_url)
-    yield client
-    client.close()
-    assert_ledger_matches_balances(session_factory)
 
 
 def test_a_user_who_arrives_after_the_deadline_is_not_charged(client, producer, session_factory):

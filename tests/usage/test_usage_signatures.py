@@ -20,20 +20,11 @@ from messaging.signing import REQUEST, signature
 from models.app import StorageObject, UsageHistory
 from models.usage import UsageRequest
 from tests.conftest import USAGE_TEST_KEYS
-from tests.support.inbox import assert_ledger_matches_balances
 from tests.support.usage import balance, count_rows, credits_client, make_user, stored_status
 
 pytestmark = pytest.mark.celery_worker
 
 DEBIT = {"clerk_user_id": "user_a", "operation": "AI_TEXT_CHAT", "idempotency_key": "forged-1", "cost": 40}
-
-
-@pytest.fixture
-def client(celery_worker, producer, session_factory):
-    client = credits_client(producer.conf.broker_url)
-    yield client
-    client.close()
-    assert_ledger_matches_balances(session_factory)
 
 
 @pytest.fixture

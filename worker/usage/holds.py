@@ -206,14 +206,9 @@ class CaptureRequest:
         return None
 
     def decide(self, session: Session, final: bool, owner: str | None) -> dict[str, Any]:
-        found = _locked_hold(session, self.hold_key, self.service, final)
-        if found is None:
-            return answer("unknown_hold")
-        hold, past = found
-        if hold.state != HoldState.OPEN:
-            return dict(hold.end_answer or {})
-        if past:
-            return expire(session, hold)
+        hold = _open_hold(session, self.hold_key, self.service, final)
+        if isinstance(hold, dict):
+            return hold
         if self.credits > hold.credits:
             return answer("over_capture", held=hold.credits)  # nothing changes: the hold stays open
         rest = hold.credits - self.credits
@@ -242,14 +237,9 @@ class ReleaseRequest:
         return None
 
     def decide(self, session: Session, final: bool, owner: str | None) -> dict[str, Any]:
-        found = _locked_hold(session, self.hold_key, self.service, final)
-        if found is None:
-            return answer("unknown_hold")
-        hold, past = found
-        if hold.state != HoldState.OPEN:
-            return dict(hold.end_answer or {})
-        if past:
-            return expire(session, hold)
+        hold = _open_hold(session, self.hold_key, self.service, final)
+        if isinstance(hold, dict):
+            return hold
         change = _give_back(session, hold, hold.credits, f"hold {hold.hold_key} released")
         assert change is not None
         result = answer("released", change.balance_after, None, released=hold.credits)
@@ -297,6 +287,20 @@ def expire_due(session: Session, limit: int = 100) -> list[str]:
 def settle_hold(session: Session, request: HoldRequest) -> dict[str, Any] | None:
     """A hold whose caller stopped waiting: as a debit (`debits.settle`)."""
     return settle(session, request)
+
+
+def _open_hold(session: Session, key: str, service: str | None, final: bool) -> CreditHold | dict[str, Any]:
+    """The hold of `key`, locked and still open, or the answer that ends a capture or release
+    here: `unknown_hold`, how the hold ended, or `expired` (it expires now if its time passed)."""
+    found = _locked_hold(session, key, service, final)
+    if found is None:
+        return answer("unknown_hold")
+    hold, past = found
+    if hold.state != HoldState.OPEN:
+        return dict(hold.end_answer or {})
+    if past:
+        return expire(session, hold)
+    return hold
 
 
 def _locked_hold(session: Session, key: str, service: str | None, final: bool) -> tuple[CreditHold, bool] | None:

@@ -168,19 +168,10 @@ class CreditsClient:
     ) -> Pending:
         """`operation`: an OperationType name (or an enum member); `cost`: None for the
         configured cost; `wait`: seconds the caller waits, after which nothing may be taken."""
-        if not wait > 0:
-            raise ValueError("wait must be a positive number of seconds")
-        args = {
-            "clerk_user_id": clerk_user_id,
-            "operation": getattr(operation, "value", operation),
-            "idempotency_key": idempotency_key,
-            "cost": cost,
-            "details": details,
-            "not_after": time.time() + wait,
-        }
-        if wait_for_user is not None:
-            args["wait_for_user"] = wait_for_user
-        return self._send("usage.debit", args, wait=wait, not_after=args["not_after"])
+        args = {"cost": cost, "details": details}
+        return self._send_by_deadline(
+            "usage.debit", clerk_user_id, operation, idempotency_key, args, wait, wait_for_user
+        )
 
     def send_refund(
         self,
@@ -213,19 +204,10 @@ class CreditsClient:
     ) -> Pending:
         """Hold `credits` (None: the operation's cost) for at most `expires_in` seconds; `wait`
         is the caller's deadline, as a debit's."""
-        if not wait > 0:
-            raise ValueError("wait must be a positive number of seconds")
-        args = {
-            "clerk_user_id": clerk_user_id,
-            "operation": getattr(operation, "value", operation),
-            "idempotency_key": idempotency_key,
-            "credits": credits,
-            "expires_in": expires_in,
-            "not_after": time.time() + wait,
-        }
-        if wait_for_user is not None:
-            args["wait_for_user"] = wait_for_user
-        return self._send("usage.hold", args, wait=wait, not_after=args["not_after"])
+        args = {"credits": credits, "expires_in": expires_in}
+        return self._send_by_deadline(
+            "usage.hold", clerk_user_id, operation, idempotency_key, args, wait, wait_for_user
+        )
 
     def send_capture(
         self, idempotency_key: str, credits: int, details: dict[str, Any] | None = None, wait: float = 30.0
@@ -265,6 +247,32 @@ class CreditsClient:
         return self._send("storage.delete", args, wait=wait)
 
     # --- The wire ---------------------------------------------------------------------------
+
+    def _send_by_deadline(
+        self,
+        task: str,
+        clerk_user_id: str,
+        operation: Any,
+        idempotency_key: str,
+        args: dict[str, Any],
+        wait: float,
+        wait_for_user: float | None,
+    ) -> Pending:
+        """A request with the caller's deadline, `wait` seconds from now: `not_after` and the
+        message's `expires` (a debit, a hold)."""
+        if not wait > 0:
+            raise ValueError("wait must be a positive number of seconds")
+        not_after = time.time() + wait
+        request = {
+            "clerk_user_id": clerk_user_id,
+            "operation": getattr(operation, "value", operation),
+            "idempotency_key": idempotency_key,
+            **args,
+            "not_after": not_after,
+        }
+        if wait_for_user is not None:
+            request["wait_for_user"] = wait_for_user
+        return self._send(task, request, wait=wait, not_after=not_after)
 
     def _send(self, task: str, args: dict[str, Any], *, wait: float, not_after: float | None = None) -> Pending:
         task_id = str(uuid.uuid4())
