@@ -27,7 +27,8 @@ export function pythonJson(value: unknown): string {
   if (value instanceof PythonFloat) return floatRepr(value.value);
   switch (typeof value) {
     case "number":
-      return Number.isInteger(value) && !Object.is(value, -0) ? BigInt(value).toString() : floatRepr(value);
+      // A whole number JavaScript holds exactly is an int to Python; past 2^53 only a float can be.
+      return Number.isSafeInteger(value) && !Object.is(value, -0) ? String(value) : floatRepr(value);
     case "bigint":
       return value.toString();
     case "string":

@@ -1,0 +1,102 @@
+// What needs no server: Python's text (json.dumps, repr, saferepr, isoformat) as python.ts
+// writes it, kombu's list names, the configuration errors, the Edge runtime's stand-in.
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { describe, test } from "node:test";
+
+import * as edge from "../src/edge.js";
+import { CreditsClient, CreditsConfigurationError, PythonFloat, queueLists, taskMessage } from "../src/index.js";
+import { floatRepr, isoformatUtc, kwargsRepr, pythonJson } from "../src/python.js";
+
+const VECTORS = JSON.parse(readFileSync(new URL("../../test/python-vectors.json", import.meta.url), "utf8")) as {
+  floats: [number, string][];
+  json: [unknown, string][];
+  kwargs_repr: [Record<string, string>, string][];
+  isoformat: [number, string][];
+};
+
+describe("Python's text", () => {
+  test("repr(float)", () => {
+    assert.ok(VECTORS.floats.length > 10);
+    for (const [value, repr] of VECTORS.floats) {
+      assert.equal(floatRepr(value), repr);
+      assert.equal(pythonJson(new PythonFloat(value)), repr);
+    }
+    assert.throws(() => pythonJson(Number.NaN), TypeError);
+  });
+
+  test("json.dumps", () => {
+    for (const [value, dumped] of VECTORS.json) assert.equal(pythonJson(value), dumped);
+    assert.equal(pythonJson({ a: undefined, b: 1 }), '{"b": 1}');
+    assert.equal(pythonJson({ at: new Date(0) }), '{"at": "1970-01-01T00:00:00.000Z"}');
+  });
+
+  test("Celery's saferepr of the kwargs, cut at 1024 characters", () => {
+    for (const [kwargs, repr] of VECTORS.kwargs_repr) assert.equal(kwargsRepr(kwargs), repr);
+  });
+
+  test("datetime.isoformat() of a deadline", () => {
+    for (const [seconds, text] of VECTORS.isoformat) assert.equal(isoformatUtc(seconds), text);
+  });
+});
+
+describe("messages", () => {
+  test("kombu's lists of a queue, one per priority step", () => {
+    assert.deepEqual(queueLists("usage"), ["usage", "usage\x06\x163", "usage\x06\x166", "usage\x06\x169"]);
+  });
+
+  test("a message's envelope: base64 JSON body, one id, the deadline as expires", () => {
+    const kwargs = { service: "s", request: '{"a": 1}', signature: "sig" };
+    const message = taskMessage("usage.debit", "id-1", kwargs, "usage", { expires: 1765108830.25, replyTo: "r", now: 1765108800 });
+    const envelope = JSON.parse(message.envelope) as { body: string; headers: Record<string, unknown>; properties: Record<string, unknown> };
+    assert.equal(message.list, "usage");
+    assert.deepEqual(JSON.parse(Buffer.from(envelope.body, "base64").toString()), [
+      [],
+      kwargs,
+      { callbacks: null, errbacks: null, chain: null, chord: null },
+    ]);
+    assert.equal(envelope.headers.expires, "2025-12-07T12:00:30.250000+00:00");
+    assert.equal(envelope.properties.expiration, "30250");
+    assert.equal(envelope.properties.correlation_id, "id-1");
+    assert.equal(envelope.headers.root_id, "id-1");
+  });
+});
+
+describe("configuration", () => {
+  test("a missing REDIS_URL, service or key is named, never its value", () => {
+    assert.throws(() => CreditsClient.fromEnvironment({}), {
+      name: "CreditsConfigurationError",
+      message: /^REDIS_URL, CREDITS_SERVICE, CREDITS_SERVICE_KEY not set/,
+    });
+    assert.throws(
+      () => CreditsClient.fromEnvironment({ REDIS_URL: "rediss://:secret@example.com:6380/0", CREDITS_SERVICE: " " }),
+      (error: Error) =>
+        error instanceof CreditsConfigurationError &&
+        error.message.startsWith("CREDITS_SERVICE, CREDITS_SERVICE_KEY not set") &&
+        !error.message.includes("secret"),
+    );
+  });
+
+  test("only redis:// and rediss:// URLs, and every key non-empty", () => {
+    assert.throws(() => new CreditsClient({ redisUrl: "http://example.com", service: "s", key: "k" }), /redis:\/\/ or rediss:\/\//);
+    assert.throws(() => new CreditsClient({ redisUrl: "redis://127.0.0.1", service: "s", key: ["k", ""] }), CreditsConfigurationError);
+    assert.throws(() => new CreditsClient({ redisUrl: "", service: "s", key: "k" }), CreditsConfigurationError);
+  });
+
+  test("rediss:// makes a client that has not connected yet (connections are lazy)", async () => {
+    const client = CreditsClient.fromEnvironment({
+      REDIS_URL: "rediss://default:secret@example.invalid:6380/0",
+      CREDITS_SERVICE: "pedro-app",
+      CREDITS_SERVICE_KEY: "k1, k2",
+    });
+    assert.equal(client.service, "pedro-app");
+    assert.deepEqual(client.waiting, { calls: 0, channels: 0 });
+    await client.close();
+  });
+
+  test("the Edge runtime gets a clear error instead of a failed connection", () => {
+    assert.throws(() => new edge.CreditsClient(), /needs the Node.js runtime.*runtime = 'nodejs'/);
+    assert.throws(() => edge.sharedCreditsClient(), CreditsConfigurationError);
+    assert.equal(edge.debitApplied({ status: "applied", remaining: 1, usage_id: "c1" }), true);
+  });
+});
