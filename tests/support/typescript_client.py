@@ -108,7 +108,9 @@ def database_problems(factory: sessionmaker[Session]) -> list[str]:
                 problems.append(f"{clerk_id}: balance {found}, expected {expected}")
         for clerk_id, expected in USERS["expected_usage_rows"].items():
             rows = session.scalar(
-                text('SELECT count(*) FROM "UsageHistory" h JOIN "User" u ON u.id = h."userId" WHERE u."clerkId" = :id'),
+                text(
+                    'SELECT count(*) FROM "UsageHistory" h JOIN "User" u ON u.id = h."userId" WHERE u."clerkId" = :id'
+                ),
                 {"id": clerk_id},
             )
             if rows != expected:
