@@ -29,6 +29,7 @@ from tests.support.typescript_client import (
     open_balances,
     prepare,
     run_node_tests,
+    tls_redis,
 )
 
 CALLS = json.loads((PACKAGE / "test" / "message-calls.json").read_text())["calls"]
@@ -45,10 +46,11 @@ def node() -> str:
 
 
 @pytest.mark.celery_worker
-def test_the_node_tests_pass_against_a_real_worker(node, celery_worker, session_factory, redis_urls):
+def test_the_node_tests_pass_against_a_real_worker(node, celery_worker, session_factory, redis_urls, tmp_path):
+    openssl = require_tool("openssl", "makes the certificate of the Redis the TLS test connects to")
     open_balances(session_factory)
-    env = node_environment(redis_urls["broker"], redis_urls["scratch"])
-    with locked_balances(session_factory):
+    with tls_redis(openssl, tmp_path / "tls") as tls, locked_balances(session_factory):
+        env = node_environment(redis_urls["broker"], redis_urls["scratch"], tls)
         done = run_node_tests(node, env)
     totals = details(done)
     assert done.returncode == 0, f"{done.stdout[-20000:]}\n{done.stderr[-5000:]}"

@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -55,13 +56,41 @@ def node_test_files() -> list[Path]:
     return sorted((PACKAGE / "build" / "test").glob("*.test.js"))
 
 
-def node_environment(broker_url: str, idle_url: str) -> dict[str, str]:
+@contextmanager
+def tls_redis(openssl: str, folder: Path) -> Iterator[dict[str, str]]:
+    """A Redis of its own (never the shared one) taking TLS on one port and plain TCP on
+    another, with a self-signed certificate for localhost; the node tests' variables for it."""
+    from ops.local.servers import free_port
+    from tests.support.servers import private_redis
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    certificate = ["-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"]
+    names = ["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]
+    subprocess.run(
+        [openssl, "req", *certificate, *names, "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    port = free_port()
+    tls = {"tls_port": str(port), "tls_cert_file": str(cert), "tls_key_file": str(key)}
+    with private_redis(**tls, tls_ca_cert_file=str(cert), tls_auth_clients="no") as plain_url:
+        yield {
+            "CREDITS_TEST_TLS_REDIS_URL": f"rediss://localhost:{port}/0",
+            "CREDITS_TEST_TLS_PLAIN_REDIS_URL": plain_url,
+            "CREDITS_TEST_TLS_CA_FILE": str(cert),
+        }
+
+
+def node_environment(broker_url: str, idle_url: str, tls: dict[str, str] | None = None) -> dict[str, str]:
     """What the node tests read: the worker's Redis, a Redis database no worker reads (a service
-    that is down), and the test services' names and keys."""
+    that is down), a Redis taking TLS (`tls_redis`), and the test services' names and keys."""
     from tests.conftest import USAGE_TEST_KEYS
 
     return {
         **os.environ,
+        **(tls or {}),
         "REDIS_URL": broker_url,
         "CREDITS_SERVICE": SERVICE,
         "CREDITS_SERVICE_KEY": USAGE_TEST_KEYS[SERVICE],
@@ -134,9 +163,9 @@ def main() -> int:
     from tests.support.databases import scratch_environment
     from tests.support.servers import claim_redis_databases
 
-    node = shutil.which("node")
-    if node is None:
-        print("node is not on PATH", file=sys.stderr)
+    node, openssl = shutil.which("node"), shutil.which("openssl")
+    if node is None or openssl is None:
+        print("node and openssl (a certificate for the TLS test) must be on PATH", file=sys.stderr)
         return 2
     with ExitStack() as stack:
         started = time.monotonic()
@@ -152,7 +181,9 @@ def main() -> int:
         factory = make_session_factory(engine)
         open_balances(factory)
         print(f"worker and database ready in {time.monotonic() - started:.1f} s", flush=True)
-        env = node_environment(settings.redis_url.get_secret_value(), f"{redis_base}/{idle}")
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pw-ts-tls-")))
+        tls = stack.enter_context(tls_redis(openssl, folder))
+        env = node_environment(settings.redis_url.get_secret_value(), f"{redis_base}/{idle}", tls)
         with locked_balances(factory):
             started = time.monotonic()
             done = run_node_tests(node, env)

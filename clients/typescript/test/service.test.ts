@@ -271,6 +271,48 @@ describe("a service that is down, aborts and connections", () => {
   });
 });
 
+describe("answers stored while nobody listened", () => {
+  test("an answer stored before the wait began is read right after subscribing", async () => {
+    const pending = await client.sendDebit(user("debit").clerk_user_id, "AI_TEXT_CHAT", key("early"), { cost: 1 });
+    let stored = await pending.poll();
+    for (let tries = 0; stored === null && tries < 300; tries += 1) stored = await sleep(20).then(() => pending.poll());
+    assert.ok(stored, "the worker did not answer");
+    const started = performance.now();
+    assert.deepEqual(await pending.answer(), stored);
+    assert.ok(performance.now() - started < 1000);
+  });
+
+  test("an answer stored while the subscriber was disconnected is read when it reconnects", async () => {
+    const name = `pedro-credits-reconnect-${randomUUID()}`;
+    const down = new CreditsClient({ redisUrl: IDLE_REDIS_URL, service: SERVICE, key: KEY, connectionName: name });
+    try {
+      const pending = await down.sendDebit(user("debit").clerk_user_id, "AI_TEXT_CHAT", key("reconnect"), { wait: 30 });
+      let answered = false;
+      const waiting = pending.answer().then((answer) => {
+        answered = true;
+        return answer;
+      });
+      for (let tries = 0; (await subscribers(idle, RESULT_KEY_PREFIX + pending.taskId)) === 0 && tries < 100; tries += 1) {
+        await sleep(20);
+      }
+      // Stored without a publish (as if it was published while the connection was down).
+      const text = JSON.stringify({ status: "applied", remaining: 41, usage_id: "cmx0000000000000000000001" });
+      const result = { service: SERVICE, answer: text, signature: sign(KEY, "answer", SERVICE, "usage.debit", pending.taskId, text) };
+      await idle.set(RESULT_KEY_PREFIX + pending.taskId, JSON.stringify({ status: "SUCCESS", result, task_id: pending.taskId }));
+      await sleep(300);
+      assert.equal(answered, false, "answered without a publish or a reconnect: polling?");
+      const list = String(await idle.sendCommand(["CLIENT", "LIST"]));
+      const id = list.split("\n").find((line) => line.includes(` name=${name}:answers `))?.match(/\bid=(\d+)/)?.[1];
+      assert.ok(id, "no subscriber connection");
+      await idle.sendCommand(["CLIENT", "KILL", "ID", id]);
+      assert.deepEqual(await waiting, JSON.parse(text));
+    } finally {
+      await down.close();
+      await idle.del(USAGE_QUEUE);
+    }
+  });
+});
+
 describe("200 debits at once", () => {
   test("200 concurrent debits of 1 on a balance of 100: 100 applied, 100 refused, over one subscriber", async () => {
     const name = `pedro-credits-race-${randomUUID()}`;
