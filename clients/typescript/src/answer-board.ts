@@ -143,6 +143,8 @@ export class AnswerBoard {
     const subscriber = this.#subscriber;
     this.#subscriber = undefined;
     this.#readies = 0;
-    if (subscriber?.isOpen) await subscriber.close();
+    if (subscriber === undefined) return;
+    if (subscriber.isReady) await subscriber.close();
+    else if (subscriber.isOpen) subscriber.destroy();
   }
 }

@@ -6,7 +6,7 @@
  */
 import { randomUUID } from "node:crypto";
 
-import { createClient } from "@redis/client";
+import { ClientClosedError, ClientOfflineError, TimeoutError, createClient } from "@redis/client";
 
 import { AnswerBoard, type Redis } from "./answer-board.js";
 import type {
@@ -330,7 +330,15 @@ export class CreditsClient {
     const text = pythonJson(args);
     const fields = { service: this.service, request: text, signature: sign(this.#keys[0] as string, "request", this.service, task, taskId, text) };
     const sent: Sent = { task, taskId, fields, notAfter: options.notAfter, wait: options.wait, sentAt: performance.now() };
-    await this.enqueue(task, taskId, fields, options.notAfter);
+    try {
+      await this.enqueue(task, taskId, fields, options.notAfter);
+    } catch (error) {
+      // A deadline-bound request that may have reached Redis (the connection failed after the
+      // LPUSH was written) is not "not sent": its final answer decides, settled after the
+      // deadline. One that surely was not sent fails at once.
+      if (options.notAfter === undefined || surelyNotSent(error)) throw error;
+      this.#onError(error as Error);
+    }
     return new Pending<A>(this, sent);
   }
 
@@ -371,7 +379,7 @@ export class CreditsClient {
   async close(): Promise<void> {
     this.#closed = true;
     await this.#board.close(new Error("CreditsClient closed"));
-    if (this.#commands.isOpen) await this.#commands.close();
+    await closeConnection(this.#commands);
   }
 
   /** The answer in a stored result if it is this service's SUCCESS, signed for this task and
@@ -409,6 +417,18 @@ export class CreditsClient {
   readonly #onError = (error: Error): void => {
     this.lastError = error;
   };
+}
+
+/** Closes a node-redis connection: gracefully when it is up, at once when it is (re)connecting
+ * (a graceful close would wait for a Redis that does not answer). */
+export async function closeConnection(redis: Redis): Promise<void> {
+  if (redis.isReady) await redis.close();
+  else if (redis.isOpen) redis.destroy();
+}
+
+/** node-redis's errors for a command it never wrote to the socket. */
+function surelyNotSent(error: unknown): boolean {
+  return error instanceof TimeoutError || error instanceof ClientClosedError || error instanceof ClientOfflineError;
 }
 
 /** The process's one client, from the environment (CreditsClient.fromEnvironment), kept on

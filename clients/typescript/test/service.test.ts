@@ -120,6 +120,23 @@ describe("debits", () => {
     }
   });
 
+  test("a debit whose LPUSH failed after it may have been written gets its final answer, not the error", async () => {
+    class FlakyClient extends CreditsClient {
+      protected override async enqueue(task: string, taskId: string, kwargs: Record<string, string>, expires?: number) {
+        await super.enqueue(task, taskId, kwargs, expires);
+        if (task === "usage.debit") throw new Error("Socket closed unexpectedly (after the write)");
+      }
+    }
+    const flaky = new FlakyClient({ redisUrl: REDIS_URL, service: SERVICE, key: KEY });
+    try {
+      const answer = await flaky.debit(user("debit").clerk_user_id, "AI_TEXT_CHAT", key("flaky"), { cost: 1 });
+      assert.equal(answer.status, "applied");
+      assert.match(String(flaky.lastError?.message), /after the write/);
+    } finally {
+      await flaky.close();
+    }
+  });
+
   test("wait must be a positive number of seconds", async () => {
     await assert.rejects(client.debit("u", "AI_TEXT_CHAT", key("w"), { wait: 0 }), RangeError);
   });

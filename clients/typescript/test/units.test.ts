@@ -4,6 +4,8 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { describe, test } from "node:test";
 
+import { TimeoutError } from "@redis/client";
+
 import * as edge from "../src/edge.js";
 import { CreditsClient, CreditsConfigurationError, PythonFloat, queueLists, taskMessage } from "../src/index.js";
 import { floatRepr, isoformatUtc, kwargsRepr, pythonJson } from "../src/python.js";
@@ -90,6 +92,19 @@ describe("configuration", () => {
       CREDITS_SERVICE_KEY: "k1, k2",
     });
     assert.equal(client.service, "pedro-app");
+    assert.deepEqual(client.waiting, { calls: 0, channels: 0 });
+    await client.close();
+  });
+
+  test("an unreachable Redis: a debit that surely was not sent fails (node-redis's 5 s command timeout)", async () => {
+    const client = new CreditsClient({ redisUrl: "redis://127.0.0.1:9/0", service: "s", key: "k" });
+    const started = performance.now();
+    await assert.rejects(client.debit("user_a", "AI_TEXT_CHAT", "k-1", { wait: 60 }), (error: Error) => {
+      assert.ok(error instanceof TimeoutError, String(error)); // node-redis's "never sent"
+      return true;
+    });
+    assert.ok(performance.now() - started < 15_000);
+    assert.match(String(client.lastError?.message), /ECONNREFUSED/);
     assert.deepEqual(client.waiting, { calls: 0, channels: 0 });
     await client.close();
   });
