@@ -32,6 +32,7 @@ from tests.support.servers import PROJECT_ROOT
 PACKAGE = PROJECT_ROOT / "clients" / "typescript"
 USERS = json.loads((PACKAGE / "test" / "users.json").read_text())
 INSTALLED_STAMP = PACKAGE / "node_modules" / ".pedro-webhooks-installed"  # sha256 of package-lock.json
+BUILT_STAMP = PACKAGE / "build" / ".pedro-webhooks-built"  # sha256 of what dist/ and build/ are made from
 SERVICE = "tests"  # the service the node tests sign as (tests/conftest.py USAGE_TEST_KEYS)
 OTHER_SERVICE = "other"
 NODE_TESTS_TIMEOUT = 600
@@ -39,17 +40,28 @@ NODE_TESTS_TIMEOUT = 600
 
 def prepare(npm: str, node: str) -> dict[str, float]:
     """`npm ci` when node_modules is missing or older than package-lock.json, then build the
-    package (dist/) and its tests (build/); once at a time (a lock file beside node_modules).
-    Returns the seconds each step took."""
+    package (dist/) and its tests (build/) when a source changed; once at a time, even for
+    concurrent test processes (a lock file beside node_modules). The seconds each step took."""
     timings: dict[str, float] = {}
     with _locked(PACKAGE / ".install.lock"):
         if _stamp_of(INSTALLED_STAMP) != _digest(PACKAGE / "package-lock.json"):
             timings["npm ci"] = _timed([npm, "ci", "--no-audit", "--no-fund"])
             INSTALLED_STAMP.write_text(_digest(PACKAGE / "package-lock.json"))
-        tsc = str(PACKAGE / "node_modules" / "typescript" / "bin" / "tsc")
-        timings["tsc"] = _timed([node, tsc, "-p", "tsconfig.json"])
-        timings["tsc"] += _timed([node, tsc, "-p", "tsconfig.test.json"])
+        sources = _digest(*_sources())
+        if _stamp_of(BUILT_STAMP) != sources:
+            tsc = str(PACKAGE / "node_modules" / "typescript" / "bin" / "tsc")
+            for folder, config in (("dist", "tsconfig.json"), ("build", "tsconfig.test.json")):
+                shutil.rmtree(PACKAGE / folder, ignore_errors=True)
+                timings[f"tsc {folder}"] = _timed([node, tsc, "-p", config])
+            BUILT_STAMP.write_text(sources)
     return timings
+
+
+def _sources() -> list[Path]:
+    found = [PACKAGE / name for name in ("package-lock.json", "tsconfig.json", "tsconfig.test.json")]
+    for folder in ("src", "test"):
+        found += sorted(path for path in (PACKAGE / folder).rglob("*") if path.is_file())
+    return found
 
 
 def node_test_files() -> list[Path]:
@@ -203,8 +215,11 @@ def _timed(command: list[str]) -> float:
     return round(time.monotonic() - started, 1)
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _digest(*paths: Path) -> str:
+    hasher = hashlib.sha256()
+    for path in paths:
+        hasher.update(str(path.relative_to(PACKAGE)).encode() + b"\0" + path.read_bytes())
+    return hasher.hexdigest()
 
 
 def _stamp_of(path: Path) -> str | None:
