@@ -2,6 +2,7 @@
 // writes it, kombu's list names, the configuration errors, the Edge runtime's stand-in.
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
+import { createServer, type AddressInfo } from "node:net";
 import { describe, test } from "node:test";
 
 import { TimeoutError } from "@redis/client";
@@ -85,15 +86,29 @@ describe("configuration", () => {
     assert.throws(() => new CreditsClient({ redisUrl: "", service: "s", key: "k" }), CreditsConfigurationError);
   });
 
-  test("rediss:// makes a client that has not connected yet (connections are lazy)", async () => {
+  test("it connects on its first call, not before", async () => {
+    const server = createServer((socket) => socket.destroy());
+    let connections = 0;
+    server.on("connection", () => (connections += 1));
+    await new Promise<void>((done) => server.listen(0, "127.0.0.1", done));
+    const { port } = server.address() as AddressInfo;
     const client = CreditsClient.fromEnvironment({
-      REDIS_URL: "rediss://default:secret@example.invalid:6380/0",
+      REDIS_URL: `redis://127.0.0.1:${port}/0`,
       CREDITS_SERVICE: "pedro-app",
       CREDITS_SERVICE_KEY: "k1, k2",
     });
-    assert.equal(client.service, "pedro-app");
-    assert.deepEqual(client.waiting, { calls: 0, channels: 0 });
-    await client.close();
+    try {
+      await new Promise((done) => setTimeout(done, 300));
+      assert.equal(connections, 0, "it connected before its first call");
+      const sending = client.sendOutcome("k").catch((error: unknown) => error);
+      for (let tries = 0; connections === 0 && tries < 100; tries += 1) await new Promise((done) => setTimeout(done, 20));
+      assert.ok(connections > 0, "its first call did not connect");
+      await client.close();
+      assert.ok((await sending) instanceof Error);
+    } finally {
+      await client.close();
+      server.close();
+    }
   });
 
   test("an unreachable Redis: a debit that surely was not sent fails (node-redis's 5 s command timeout)", async () => {
