@@ -19,7 +19,7 @@ import type {
 } from "./answers.js";
 import { AnswerTimeout, CreditsConfigurationError, NoFinalAnswer } from "./errors.js";
 import { taskMessage } from "./message.js";
-import { type JsonValue, PythonFloat, pythonJson } from "./python.js";
+import { PythonFloat, pythonJson } from "./python.js";
 import { sign, verify } from "./signing.js";
 
 /** The queue the service's `usage` workers consume. */
@@ -60,7 +60,8 @@ export interface CallOptions {
 export interface DebitOptions extends CallOptions {
   /** Credits to take; omitted: the cost the service has configured for the operation. */
   cost?: number | null;
-  details?: Record<string, JsonValue> | null;
+  /** Any JSON object (sent as Python's json.dumps writes it). */
+  details?: Record<string, unknown> | null;
   /** Seconds the worker retries while the user's Clerk webhook has not created them. */
   waitForUser?: number;
 }
@@ -68,7 +69,7 @@ export interface DebitOptions extends CallOptions {
 export interface RefundOptions extends CallOptions {
   /** Credits to give back; omitted: all that is left of the debit. */
   credits?: number | null;
-  details?: Record<string, JsonValue> | null;
+  details?: Record<string, unknown> | null;
 }
 
 export interface RecordStorageOptions extends CallOptions {
@@ -263,7 +264,7 @@ export class CreditsClient {
   ): Promise<Pending<DebitAnswer>> {
     const { cost = null, details = null, wait = DEBIT_WAIT_SECONDS, waitForUser } = options;
     const notAfter = this.#deadline(wait);
-    const args: Record<string, JsonValue> = {
+    const args: Record<string, unknown> = {
       clerk_user_id: clerkUserId,
       operation,
       idempotency_key: idempotencyKey,
@@ -322,7 +323,7 @@ export class CreditsClient {
    */
   protected async send<A>(
     task: string,
-    args: Record<string, JsonValue>,
+    args: Record<string, unknown>,
     options: { wait: number; notAfter?: number; signal?: AbortSignal | undefined },
   ): Promise<Pending<A>> {
     options.signal?.throwIfAborted();
@@ -421,7 +422,7 @@ export class CreditsClient {
 
 /** Closes a node-redis connection: gracefully when it is up, at once when it is (re)connecting
  * (a graceful close would wait for a Redis that does not answer). */
-export async function closeConnection(redis: Redis): Promise<void> {
+async function closeConnection(redis: Redis): Promise<void> {
   if (redis.isReady) await redis.close();
   else if (redis.isOpen) redis.destroy();
 }

@@ -97,6 +97,18 @@ describe("debits", () => {
     assert.deepEqual(await client.outcome(held), { ...answer, kind: "debit" });
   });
 
+  test("a debit whose deadline passed before a worker took it: the service answers expired by itself", async () => {
+    const { clerk_user_id } = user("lost");
+    const stale = key("stale");
+    const pending = await client.sendDebit(clerk_user_id, "AI_TEXT_CHAT", stale, { cost: 1, wait: 0.001 });
+    await sleep(10);
+    // Waited for without the client's own settle: Celery read the message's `expires` and
+    // discarded it, and the worker settled it (or ran it past its deadline: expired too).
+    const answer = await client.waitForAnswer<DebitAnswer>(pending.task, pending.taskId, performance.now() + 30_000);
+    assert.deepEqual(answer, { status: "expired", remaining: null, usage_id: null });
+    assert.deepEqual(await client.outcome(stale), { ...answer, kind: "debit" });
+  });
+
   test("a debit whose message was lost is settled after its deadline: expired, for good", async () => {
     class LosingClient extends CreditsClient {
       lost: string[] = [];
