@@ -177,7 +177,7 @@ def _check_per_message_fields(message: dict[str, Any]) -> None:
     keys = [USAGE_TEST_KEYS[SERVICE]]
     assert verify(keys, REQUEST, SERVICE, signed_task, signed_id, kwargs["request"], kwargs["signature"])
     request = json.loads(kwargs["request"])
-    if headers["task"] == "usage.debit":
+    if headers["task"] in ("usage.debit", "usage.hold"):  # the requests with the caller's deadline
         expires = datetime.fromisoformat(headers["expires"])
         assert abs(expires.timestamp() - request["not_after"]) < 1e-5
         assert expires.tzinfo == UTC or expires.utcoffset().total_seconds() == 0

@@ -204,7 +204,7 @@ class CreditsClient:
     ) -> Pending:
         """Hold `credits` (None: the operation's cost) for at most `expires_in` seconds; `wait`
         is the caller's deadline, as a debit's."""
-        args = {"credits": credits, "expires_in": expires_in}
+        args = {"credits": credits, "expires_in": float(expires_in)}  # always a float, as every client sends it
         return self._send_by_deadline(
             "usage.hold", clerk_user_id, operation, idempotency_key, args, wait, wait_for_user
         )

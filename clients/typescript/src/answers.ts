@@ -72,10 +72,45 @@ export type RefundAnswer =
   | ({ status: "conflict"; error: string } & NothingTaken)
   | ErrorAnswer;
 
+/** A hold's answer as stored on its key: `expires_at` is an ISO 8601 UTC time. */
+export type StoredHoldAnswer =
+  | { status: "held"; remaining: number; usage_id: null; credits: number; expires_at: string }
+  | { status: "insufficient_credits"; remaining: number; usage_id: null; reason?: "inactive_user" }
+  | ({ status: "unknown_user" } & NothingTaken)
+  | ({ status: "expired" } & NothingTaken);
+
+export type HoldAnswer =
+  | StoredHoldAnswer
+  | {
+      status: "duplicate";
+      original_status: StoredHoldAnswer["status"];
+      remaining: number | null;
+      usage_id: null;
+      credits?: number;
+      expires_at?: string;
+    }
+  | ({ status: "conflict"; error: string } & NothingTaken)
+  | ErrorAnswer;
+
+/** How a hold ended; every later capture or release of it answers the same. */
+export type HoldEnd =
+  | { status: "captured"; remaining: number | null; usage_id: string; credits: number; released: number }
+  | { status: "released"; remaining: number; usage_id: null; released: number }
+  | { status: "expired"; remaining: number; usage_id: null; released: number };
+
+export type CaptureAnswer =
+  | HoldEnd
+  | { status: "over_capture"; remaining: null; usage_id: null; held: number }
+  | ({ status: "unknown_hold" } & NothingTaken)
+  | ErrorAnswer;
+
+export type ReleaseAnswer = HoldEnd | ({ status: "unknown_hold" } & NothingTaken) | ErrorAnswer;
+
 /** What the service holds for one of this service's keys. */
 export type OutcomeAnswer =
   | (StoredDebitAnswer & { kind: "debit" })
   | (StoredRefundAnswer & { kind: "refund" })
+  | (StoredHoldAnswer & { kind: "hold" })
   | ({ status: "unknown" } & NothingTaken)
   | ErrorAnswer;
 
@@ -88,6 +123,11 @@ export type DeleteStorageAnswer =
   | { status: "deleted" | "already_deleted"; storage_object_id: string; deleted_at: string }
   | { status: "not_found"; storage_object_id: null; deleted_at: null }
   | ErrorAnswer;
+
+/** Whether a hold's answer means its credits are held for this key (now or before). */
+export function holdHeld(answer: HoldAnswer): boolean {
+  return answer.status === "held" || (answer.status === "duplicate" && answer.original_status === "held");
+}
 
 /** Whether a debit's answer means the credits were taken for this key (now or before). */
 export function debitApplied(answer: DebitAnswer): boolean {

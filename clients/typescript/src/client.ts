@@ -10,12 +10,15 @@ import { ClientClosedError, ClientOfflineError, TimeoutError, createClient } fro
 
 import { AnswerBoard, type Redis } from "./answer-board.js";
 import type {
+  CaptureAnswer,
   DebitAnswer,
   DeleteStorageAnswer,
+  HoldAnswer,
   OperationType,
   OutcomeAnswer,
   RecordStorageAnswer,
   RefundAnswer,
+  ReleaseAnswer,
 } from "./answers.js";
 import { AnswerTimeout, CreditsConfigurationError, NoFinalAnswer } from "./errors.js";
 import { taskMessage } from "./message.js";
@@ -64,6 +67,18 @@ export interface DebitOptions extends CallOptions {
   details?: Record<string, unknown> | null;
   /** Seconds the worker retries while the user's Clerk webhook has not created them. */
   waitForUser?: number;
+}
+
+export interface HoldOptions extends CallOptions {
+  /** Credits to hold; omitted: the cost the service has configured for the operation. */
+  credits?: number | null;
+  /** Seconds the hold lasts at most (default 900; the service's HOLD_MAX_SECONDS caps it). */
+  expiresIn?: number;
+  waitForUser?: number;
+}
+
+export interface CaptureOptions extends CallOptions {
+  details?: Record<string, unknown> | null;
 }
 
 export interface RefundOptions extends CallOptions {
@@ -229,6 +244,26 @@ export class CreditsClient {
     return (await this.sendRefund(clerkUserId, idempotencyKey, refundOf, options)).answer(options);
   }
 
+  /** Reserve credits for work priced at its end; the final answer, as a debit's. */
+  async hold(
+    clerkUserId: string,
+    operation: OperationType,
+    idempotencyKey: string,
+    options: HoldOptions = {},
+  ): Promise<HoldAnswer> {
+    return (await this.sendHold(clerkUserId, operation, idempotencyKey, options)).answer(options);
+  }
+
+  /** End the hold `idempotencyKey` with what the work cost (at most what it holds). */
+  async capture(idempotencyKey: string, credits: number, options: CaptureOptions = {}): Promise<CaptureAnswer> {
+    return (await this.sendCapture(idempotencyKey, credits, options)).answer(options);
+  }
+
+  /** End the hold `idempotencyKey`, giving it all back. */
+  async release(idempotencyKey: string, options: CallOptions = {}): Promise<ReleaseAnswer> {
+    return (await this.sendRelease(idempotencyKey, options)).answer(options);
+  }
+
   /** What PostgreSQL holds for a key of this service (`unknown` if nothing); wait 10 s. */
   async outcome(idempotencyKey: string, options: CallOptions = {}): Promise<OutcomeAnswer> {
     return (await this.sendOutcome(idempotencyKey, options)).answer(options);
@@ -262,18 +297,52 @@ export class CreditsClient {
     idempotencyKey: string,
     options: DebitOptions = {},
   ): Promise<Pending<DebitAnswer>> {
-    const { cost = null, details = null, wait = DEBIT_WAIT_SECONDS, waitForUser } = options;
+    const { cost = null, details = null } = options;
+    return this.#sendByDeadline<DebitAnswer>("usage.debit", clerkUserId, operation, idempotencyKey, { cost, details }, options);
+  }
+
+  sendHold(
+    clerkUserId: string,
+    operation: OperationType,
+    idempotencyKey: string,
+    options: HoldOptions = {},
+  ): Promise<Pending<HoldAnswer>> {
+    const { credits = null, expiresIn = 900 } = options;
+    const args = { credits, expires_in: new PythonFloat(expiresIn) };
+    return this.#sendByDeadline<HoldAnswer>("usage.hold", clerkUserId, operation, idempotencyKey, args, options);
+  }
+
+  sendCapture(idempotencyKey: string, credits: number, options: CaptureOptions = {}): Promise<Pending<CaptureAnswer>> {
+    const { details = null, wait = 30 } = options;
+    const args = { idempotency_key: idempotencyKey, credits, details };
+    return this.send<CaptureAnswer>("usage.capture", args, { wait, signal: options.signal });
+  }
+
+  sendRelease(idempotencyKey: string, options: CallOptions = {}): Promise<Pending<ReleaseAnswer>> {
+    const { wait = 30 } = options;
+    return this.send<ReleaseAnswer>("usage.release", { idempotency_key: idempotencyKey }, { wait, signal: options.signal });
+  }
+
+  /** A request with the caller's deadline, `wait` seconds from now (a debit, a hold). */
+  #sendByDeadline<A>(
+    task: string,
+    clerkUserId: string,
+    operation: OperationType,
+    idempotencyKey: string,
+    args: Record<string, unknown>,
+    options: CallOptions & { waitForUser?: number },
+  ): Promise<Pending<A>> {
+    const { wait = DEBIT_WAIT_SECONDS, waitForUser } = options;
     const notAfter = this.#deadline(wait);
-    const args: Record<string, unknown> = {
+    const request: Record<string, unknown> = {
       clerk_user_id: clerkUserId,
       operation,
       idempotency_key: idempotencyKey,
-      cost,
-      details,
+      ...args,
       not_after: new PythonFloat(notAfter),
     };
-    if (waitForUser !== undefined) args.wait_for_user = waitForUser;
-    return this.send<DebitAnswer>("usage.debit", args, { wait, notAfter, signal: options.signal });
+    if (waitForUser !== undefined) request.wait_for_user = waitForUser;
+    return this.send<A>(task, request, { wait, notAfter, signal: options.signal });
   }
 
   sendRefund(

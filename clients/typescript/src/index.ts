@@ -1,5 +1,5 @@
 /**
- * Spend, refund and track Pedro AI credits through the pedro-webhooks service, from Node.js
+ * Spend, hold, refund and track Pedro AI credits through the pedro-webhooks service, from Node.js
  * (Next.js route handlers and server actions on the Node.js runtime). The contract (arguments,
  * answers, statuses, deadlines): docs/usage-api.md of the service's repository.
  */
@@ -16,8 +16,10 @@ export {
 } from "./client.js";
 export type {
   CallOptions,
+  CaptureOptions,
   CreditsClientOptions,
   DebitOptions,
+  HoldOptions,
   RecordStorageOptions,
   RefundOptions,
   StorageSelector,

@@ -11,6 +11,7 @@ import {
   RESULT_KEY_PREFIX,
   USAGE_QUEUE,
   debitApplied,
+  holdHeld,
   sign,
   type DebitAnswer,
 } from "../src/index.js";
@@ -40,6 +41,60 @@ after(async () => {
   await client.close();
   await redis.close();
   await idle.close();
+});
+
+describe("holds", () => {
+  test("a hold of 50 for an LLM call that cost 37: captured 37, the rest back, once", async () => {
+    const { clerk_user_id, credits } = user("hold");
+    const chat = key("chat");
+    const held = await client.hold(clerk_user_id, "AI_TEXT_CHAT", chat, { credits: 50, expiresIn: 300 });
+    assert.equal(held.status, "held");
+    if (held.status !== "held") return;
+    assert.equal(held.remaining, credits - 50);
+    assert.ok(Date.parse(held.expires_at) > Date.now() && holdHeld(held));
+    assert.deepEqual(await client.hold(clerk_user_id, "AI_TEXT_CHAT", chat, { credits: 50, expiresIn: 300 }), {
+      ...held,
+      status: "duplicate",
+      original_status: "held",
+    });
+    assert.deepEqual(await client.outcome(chat), { ...held, kind: "hold" });
+    const captured = await client.capture(chat, 37, { details: { tokens: 3700 } });
+    assert.equal(captured.status, "captured");
+    if (captured.status !== "captured") return;
+    assert.deepEqual([captured.credits, captured.released, captured.remaining], [37, 13, credits - 37]);
+    assert.deepEqual(await client.capture(chat, 37), captured); // sent again: the same answer
+    assert.deepEqual(await client.release(chat), captured); // a hold ends once
+  });
+
+  test("a release gives all back; more than held is refused; a hold the balance cannot hold takes nothing", async () => {
+    const { clerk_user_id } = user("hold");
+    const all = key("all");
+    const held = await client.hold(clerk_user_id, "AI_TEXT_CHAT", all, { credits: 20 });
+    const released = await client.release(all);
+    assert.equal(released.status, "released");
+    if (held.status === "held" && released.status === "released") {
+      assert.equal(released.released, 20);
+      assert.equal(released.remaining, held.remaining + 20);
+    }
+    assert.equal((await client.capture(all, 5)).status, "released");
+
+    const over = key("over");
+    await client.hold(clerk_user_id, "AI_TEXT_CHAT", over, { credits: 10 });
+    assert.deepEqual(await client.capture(over, 11), { status: "over_capture", remaining: null, usage_id: null, held: 10 });
+    assert.equal((await client.capture(over, 10)).status, "captured");
+
+    const big = await client.hold(clerk_user_id, "AI_TEXT_CHAT", key("big"), { credits: 1000 });
+    assert.equal(big.status, "insufficient_credits");
+    assert.ok(!holdHeld(big));
+  });
+
+  test("a hold held past its deadline (its balance row locked) answers expired and holds nothing", async () => {
+    const answer = await client.hold(user("locked").clerk_user_id, "AI_TEXT_CHAT", key("locked-hold"), {
+      credits: 1,
+      wait: 1,
+    });
+    assert.deepEqual(answer, { status: "expired", remaining: null, usage_id: null });
+  });
 });
 
 describe("debits", () => {

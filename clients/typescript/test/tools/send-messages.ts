@@ -30,6 +30,15 @@ try {
       case "refund":
         await client.sendRefund(a, b, c, options(call));
         break;
+      case "hold":
+        await client.sendHold(a, b, c, options(call));
+        break;
+      case "capture":
+        await client.sendCapture(a, Number(b), options(call));
+        break;
+      case "release":
+        await client.sendRelease(a, options(call));
+        break;
       case "outcome":
         await client.sendOutcome(a, options(call));
         break;
