@@ -1,5 +1,5 @@
-"""Debit round trips (send one, await its final answer) from the TypeScript client beside the Python
-client's, at 1 and 8 in flight, against one worker, in one run; p50/p99, median of the rounds.
+"""Debit and hold round trips (send one, await its final answer) from the TypeScript client beside
+the Python client's, at 1 and 8 in flight, against one worker, in one run; p50/p99, medians.
 
     python bench/bench_ts_client.py [--rounds 3] [--round-trips 200] [--users 100] [--concurrency 2]
 
@@ -37,10 +37,20 @@ PLENTY = 10**9
 IN_FLIGHT = (1, 8)
 
 
-def python_round_trips(broker_url: str, users: list[str], in_flight: int, total: int, prefix: str) -> list[float]:
-    """One client (a service keeps one), `in_flight` threads each sending a debit and awaiting its
-    answer (`debit`: Pending.answer); the latencies in ms."""
+KINDS = {"debit": "applied", "hold": "held"}
+
+
+def python_round_trips(
+    broker_url: str, users: list[str], in_flight: int, total: int, prefix: str, kind: str = "debit"
+) -> list[float]:
+    """One client (a service keeps one), `in_flight` threads each sending a debit (or a hold of 1)
+    and awaiting its final answer; the latencies in ms."""
     client = credits_client(broker_url)
+    call = (
+        (lambda user, key: client.hold(user, "AI_TEXT_CHAT", key, credits=1, expires_in=600))
+        if kind == "hold"
+        else (lambda user, key: client.debit(user, "AI_TEXT_CHAT", key, cost=1))
+    )
     client.debit(users[0], "AI_TEXT_CHAT", f"{prefix}-warm", cost=1)  # connected before the clock runs
     latencies: list[float] = []
     statuses: Counter = Counter()
@@ -52,7 +62,7 @@ def python_round_trips(broker_url: str, users: list[str], in_flight: int, total:
         for n in range(per_thread):
             user = users[(number * per_thread + n) % len(users)]
             started = time.perf_counter()
-            answer = client.debit(user, "AI_TEXT_CHAT", f"{prefix}-{number}-{n}", cost=1)
+            answer = call(user, f"{prefix}-{number}-{n}")
             mine.append((time.perf_counter() - started) * 1000)
             with lock:
                 statuses[answer["status"]] += 1
@@ -65,23 +75,25 @@ def python_round_trips(broker_url: str, users: list[str], in_flight: int, total:
     for thread in threads:
         thread.join()
     client.close()
-    assert statuses == {"applied": per_thread * in_flight}, statuses
+    assert statuses == {KINDS[kind]: per_thread * in_flight}, statuses
     return latencies
 
 
-def ts_round_trips(node: str, env: dict[str, str], users: list[str], in_flight: int, total: int, prefix: str):
+def ts_round_trips(
+    node: str, env: dict[str, str], users: list[str], in_flight: int, total: int, prefix: str, kind: str = "debit"
+):
     """The same from the TypeScript client (test/tools/bench.ts): one client, `in_flight` loops."""
     script = PACKAGE / "build" / "test" / "tools" / "bench.js"
     done = subprocess.run(
         [node, str(script), str(in_flight), str(total)],
-        env={**env, "BENCH_USERS": ",".join(users), "BENCH_PREFIX": prefix},
+        env={**env, "BENCH_USERS": ",".join(users), "BENCH_PREFIX": prefix, "BENCH_KIND": kind},
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["statuses"] == {"applied": (total // in_flight) * in_flight}, result["statuses"]
+    assert result["statuses"] == {KINDS[kind]: (total // in_flight) * in_flight}, result["statuses"]
     return result["latencies_ms"]
 
 
@@ -121,18 +133,19 @@ def main() -> None:
         rounds: list[dict[str, float]] = []
         for number in range(args.rounds):
             figures = {}
-            for in_flight in IN_FLIGHT:
-                for name, measure in (
-                    ("Python", lambda k, p: python_round_trips(broker_url, users, k, args.round_trips, p)),
-                    ("TypeScript", lambda k, p: ts_round_trips(node, env, users, k, args.round_trips, p)),
-                ):
-                    latencies = measure(in_flight, f"r{number}-{name}-{in_flight}")
-                    figures[f"{name}, {in_flight} in flight, p50 ms"] = percentile(latencies, 0.50)
-                    figures[f"{name}, {in_flight} in flight, p99 ms"] = percentile(latencies, 0.99)
+            for kind in KINDS:
+                for in_flight in IN_FLIGHT:
+                    for name, measure in (
+                        ("Python", lambda k, p, c: python_round_trips(broker_url, users, k, args.round_trips, p, c)),
+                        ("TypeScript", lambda k, p, c: ts_round_trips(node, env, users, k, args.round_trips, p, c)),
+                    ):
+                        latencies = measure(in_flight, f"r{number}-{name}-{kind}-{in_flight}", kind)
+                        figures[f"{name} {kind}, {in_flight} in flight, p50 ms"] = percentile(latencies, 0.50)
+                        figures[f"{name} {kind}, {in_flight} in flight, p99 ms"] = percentile(latencies, 0.99)
             rounds.append(figures)
             print(f"round {number + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in figures.items()), flush=True)
     print(
-        f"debit round trips ({SERVICE} service), {args.round_trips} per figure, {args.users} users, 1 worker x"
+        f"debit and hold round trips ({SERVICE} service), {args.round_trips} per figure, {args.users} users, 1 worker x"
         f" {args.concurrency} processes, {os.cpu_count()} CPUs, median of {len(rounds)} rounds"
         f" (load average at the end: {os.getloadavg()[0]:.2f})"
     )
