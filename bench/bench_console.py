@@ -1,0 +1,152 @@
+"""The console's inbox page over 1,000,000 inbox rows: time per filter, median of several runs.
+
+    python bench/bench_console.py [--rows 1000000] [--runs 15]
+
+Fills a scratch database (its own, dropped at the end) with a year of deliveries, then times
+GET /inbox for each filter through the console app (Flask's test client: the query, the page,
+no network) and the query alone (`ops.queries.inbox_rows.inbox_page`). Figures: BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from models.db import make_engine, make_session_factory  # noqa: E402
+from ops.queries.inbox_rows import InboxQuery, inbox_page  # noqa: E402
+from tests.support.databases import scratch_environment  # noqa: E402
+
+USERS = 50_000
+LOGIN = ("bench", "bench-password")
+
+# One statement: a year of deliveries, ids in arrival order; 60 % Clerk, 40 % Asaas; 97 % processed.
+FILL = """
+INSERT INTO {schema}.webhook_inbox
+    (source, external_id, event_type, payload, received_at, status, attempts, processed_at, enqueued_at)
+SELECT source, external_id, event_type, payload, received_at, status, 1, received_at, received_at
+FROM (
+    SELECT n,
+        CASE WHEN n % 5 < 3 THEN 'clerk' ELSE 'asaas' END AS source,
+        CASE WHEN n % 5 < 3 THEN 'msg_' ELSE 'evt_' END || md5(n::text) AS external_id,
+        (CASE WHEN n % 5 < 3
+            THEN (ARRAY['user.created', 'user.updated', 'user.updated', 'paymentAttempt.updated',
+                        'subscriptionItem.active', 'subscription.active'])[1 + (n / 5) % 6]
+            ELSE (ARRAY['PAYMENT_CREATED', 'PAYMENT_CONFIRMED', 'PAYMENT_RECEIVED', 'SUBSCRIPTION_CREATED',
+                        'PAYMENT_CREATED', 'PAYMENT_CONFIRMED', 'PAYMENT_RECEIVED',
+                        'PAYMENT_CREATED', 'PAYMENT_CONFIRMED'])[1 + (n / 5) % 9]
+        END) AS event_type,
+        'user_' || lpad(((n * 7919) % {users})::text, 6, '0') AS clerk_user_id,
+        now() - interval '365 days' + (n * interval '365 days' / {rows}) AS received_at,
+        CASE WHEN n % 1000 < 970 THEN 'processed'
+             WHEN n % 1000 < 985 THEN 'ignored'
+             WHEN n % 1000 < 991 THEN 'unmatched'
+             WHEN n % 1000 < 994 THEN 'needs_attention'
+             WHEN n % 1000 < 997 THEN 'failed'
+             ELSE 'pending' END AS status
+    FROM generate_series(1, {rows}) AS n
+) AS rows
+CROSS JOIN LATERAL (SELECT CASE WHEN source = 'clerk' THEN
+    jsonb_build_object('type', event_type, 'object', 'event', 'data',
+        CASE WHEN event_type LIKE 'user.%' THEN jsonb_build_object('id', clerk_user_id, 'first_name', 'Ana')
+             ELSE jsonb_build_object('id', 'x_' || n, 'payer', jsonb_build_object('user_id', clerk_user_id)) END)
+    ELSE jsonb_build_object('id', external_id, 'event', event_type, 'payment', jsonb_build_object(
+        'id', 'pay_' || n, 'customer', 'cus_' || clerk_user_id, 'value', 49.9,
+        'externalReference', clerk_user_id || '|pro'))
+    END AS payload) AS built
+"""
+
+
+def fill(engine: Any, schema: str, rows: int) -> None:
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        conn.execute(text(FILL.format(schema=schema, users=USERS, rows=rows)))
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f"VACUUM ANALYZE {schema}.webhook_inbox"))
+    print(f"filled {rows:,} inbox rows in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def filters(engine: Any, schema: str) -> dict[str, dict[str, str]]:
+    """Each filter as the console's query string, with values found in the data."""
+    with engine.connect() as conn:
+        middle = conn.scalar(text(f"SELECT (max(id) + min(id)) / 2 FROM {schema}.webhook_inbox"))
+        event_id = conn.scalar(text(f"SELECT external_id FROM {schema}.webhook_inbox WHERE id = :id"), {"id": middle})
+    start = datetime.now(UTC) - timedelta(days=182)
+    window = {"received_from": f"{start:%Y-%m-%dT%H:%M}", "received_to": f"{start + timedelta(days=2):%Y-%m-%dT%H:%M}"}
+    return {
+        "newest (no filter)": {},
+        "a page deep in the table (before=middle id)": {"before": str(middle)},
+        "status failed": {"status": "failed"},
+        "status processed": {"status": "processed"},
+        "source asaas, type PAYMENT_CONFIRMED": {"source": "asaas", "type": "PAYMENT_CONFIRMED"},
+        "type subscription.active": {"type": "subscription.active"},
+        "type never seen (PAYMENT_REFUNDED)": {"type": "PAYMENT_REFUNDED"},
+        "received in a 2-day window 6 months ago": window,
+        "provider event id": {"event_id": event_id},
+        "Clerk user id in the payload": {"user": "user_004242"},
+        "user and status processed": {"user": "user_004242", "status": "processed"},
+        "status failed, source clerk, 2-day window": {"status": "failed", "source": "clerk", **window},
+    }
+
+
+def as_query(params: dict[str, str]) -> InboxQuery:
+    """The query the page builds (the bench times it alone too)."""
+    from ops.console.inbox_filters import parse_filters
+
+    return parse_filters(params).query
+
+
+def timed(runs: int, call: Any) -> tuple[float, float]:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times), max(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=15)
+    args = parser.parse_args()
+    with ExitStack() as stack:
+        settings, _, _ = scratch_environment(stack, CONSOLE_BASIC_AUTH=":".join(LOGIN), LOG_LEVEL="WARNING")
+        engine = make_engine(settings)
+        stack.callback(engine.dispose)
+        fill(engine, settings.service_schema, args.rows)
+        sessions = make_session_factory(engine)
+        from ops.console.app import create_app
+
+        client = create_app().test_client()
+        print(f"{'filter':46s} {'page ms (median/max)':>22s} {'query ms':>10s} rows")
+        for name, params in filters(engine, settings.service_schema).items():
+            query = as_query(params)
+            with sessions() as session:
+                shown = len(inbox_page(session, query).rows)
+
+            def query_only(query: InboxQuery = query) -> None:
+                with sessions() as session:
+                    inbox_page(session, query)
+
+            def page(params: dict[str, str] = params) -> None:
+                answer = client.get("/inbox", query_string=params, auth=LOGIN)
+                assert answer.status_code == 200, answer.status_code
+
+            page_median, page_max = timed(args.runs, page)
+            query_median, _ = timed(args.runs, query_only)
+            print(f"{name:46s} {page_median:10.1f} / {page_max:7.1f} {query_median:10.1f} {shown}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
