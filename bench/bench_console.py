@@ -46,7 +46,7 @@ FROM (
                         'PAYMENT_CREATED', 'PAYMENT_CONFIRMED', 'PAYMENT_RECEIVED',
                         'PAYMENT_CREATED', 'PAYMENT_CONFIRMED'])[1 + (n / 5) % 9]
         END) AS event_type,
-        'user_' || lpad(((n * 7919) % {users})::text, 6, '0') AS clerk_user_id,
+        'user_' || lpad(((n::bigint * 7919) % {users})::text, 6, '0') AS clerk_user_id,
         now() - interval '365 days' + (n * interval '365 days' / {rows}) AS received_at,
         CASE WHEN n % 1000 < 970 THEN 'processed'
              WHEN n % 1000 < 985 THEN 'ignored'
