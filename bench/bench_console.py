@@ -4,7 +4,8 @@
 
 Fills a scratch database (its own, dropped at the end) with a year of deliveries, then times
 GET /inbox for each filter through the console app (Flask's test client: the query, the page,
-no network) and the query alone (`ops.queries.inbox_rows.inbox_page`). Figures: BENCHMARKS.md.
+no network) and the query alone (`ops.queries.inbox_rows.inbox_page`), then the overview (/).
+Figures: BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -146,6 +147,8 @@ def main() -> None:
             page_median, page_max = timed(args.runs, page)
             query_median, _ = timed(args.runs, query_only)
             print(f"{name:46s} {page_median:10.1f} / {page_max:7.1f} {query_median:10.1f} {shown}", flush=True)
+        overview_median, overview_max = timed(max(3, args.runs // 3), lambda: client.get("/", auth=LOGIN))
+        print(f"{'overview (/): counts every row, as `status` does':46s} {overview_median:10.1f} / {overview_max:7.1f}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 from models.connectivity import exit_unless_reachable
@@ -45,6 +46,11 @@ logconfig_dict = {
     },
     "formatters": {"generic": _GENERIC_FORMATTER},
 }
+
+# Under `run`, RUNTIME_DIR is the project's .local/: the console's control socket is its own, not
+# the receiver's (both are gunicorn) nor another checkout's.
+if _RUNTIME_DIR := os.environ.get("RUNTIME_DIR", "").strip():
+    control_socket = str(Path(_RUNTIME_DIR) / "gunicorn-console.ctl")
 
 if not os.environ.get("CONSOLE_SECRET_KEY", "").strip():
     os.environ["CONSOLE_SECRET_KEY"] = secrets.token_urlsafe(32)

@@ -16,6 +16,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from models.app import SubscriptionEvent
+from models.base import table_of
 from models.billing import PaymentCredit, ProviderLink
 from models.inbox import InboxStatus, Source, WebhookInbox, payload_names
 from models.ledger import CreditLedgerEntry
@@ -84,27 +85,37 @@ def inbox_page(session: Session, query: InboxQuery) -> InboxPage:
     Keyset paging on the id (never OFFSET): a page costs the same however deep it is, and rows
     arriving meanwhile never shift a row onto two pages."""
     conditions = _conditions(query)
+    key = _order_key(query)
     backwards = query.after_id is not None and query.before_id is None
     if backwards:
-        statement = select(WebhookInbox).where(*conditions, WebhookInbox.id > query.after_id)
-        found = list(session.scalars(statement.order_by(WebhookInbox.id).limit(query.limit + 1)))
+        statement = select(WebhookInbox).where(*conditions, key > query.after_id)
+        found = list(session.scalars(statement.order_by(key).limit(query.limit + 1)))
         more_newer = len(found) > query.limit
         rows = list(reversed(found[: query.limit]))
-        more_older = bool(rows) and _any_beyond(session, conditions, WebhookInbox.id < rows[-1].id)
+        more_older = bool(rows) and _any_beyond(session, conditions, key < rows[-1].id)
     else:
         statement = select(WebhookInbox).where(*conditions)
         if query.before_id is not None:
-            statement = statement.where(WebhookInbox.id < query.before_id)
-        found = list(session.scalars(statement.order_by(WebhookInbox.id.desc()).limit(query.limit + 1)))
+            statement = statement.where(key < query.before_id)
+        found = list(session.scalars(statement.order_by(key.desc()).limit(query.limit + 1)))
         more_older = len(found) > query.limit
         rows = found[: query.limit]
         more_newer = query.before_id is not None and bool(rows)
-        more_newer = more_newer and _any_beyond(session, conditions, WebhookInbox.id > rows[0].id)
+        more_newer = more_newer and _any_beyond(session, conditions, key > rows[0].id)
     return InboxPage(
         rows,
         older=rows[-1].id if rows and more_older else None,
         newer=rows[0].id if rows and more_newer else None,
     )
+
+
+def _order_key(query: InboxQuery) -> ColumnElement[int]:
+    """The id, or (filtering by user) the id as an expression no index holds. PostgreSQL cannot
+    tell from `payload_names() && <the user's ids>` how few rows match (the ids come from a
+    subquery), so it would walk the whole primary key newest first looking for them (seconds over
+    a million rows); with `id + 0` it takes them from the GIN index and sorts them (milliseconds)."""
+    inbox_id = table_of(WebhookInbox).c.id
+    return inbox_id + 0 if query.clerk_user_id else inbox_id
 
 
 def _any_beyond(session: Session, conditions: list[ColumnElement[bool]], beyond: ColumnElement[bool]) -> bool:
