@@ -99,3 +99,20 @@ def test_the_audit_log_is_append_only(session_factory):
         with pytest.raises(DBAPIError, match="append-only"), session_factory.begin() as session:
             session.execute(text(statement))
     assert [e.action for e in _entries(session_factory)] == ["credits.grant"]
+
+
+def test_audit_prints_the_log_newest_first(session_factory):
+    import json
+
+    add_user(session_factory)
+    for key in ("k1", "k2"):
+        grant = ("credits", "grant", "--user", CLERK_ID, "--amount", "5", "--reason", "r", "--key", key)
+        invoke(*grant, "--operator", "jo")
+    printed = json.loads(invoke("audit", "--json").output)
+    assert [(e["action"], e["actor"], e["details"]["key"]) for e in printed] == [
+        ("credits.grant", "jo", "k2"),
+        ("credits.grant", "jo", "k1"),
+    ]
+    older = json.loads(invoke("audit", "--json", "--before", str(printed[0]["id"])).output)
+    assert [e["id"] for e in older] == [printed[1]["id"]]
+    assert "credits.grant" in invoke("audit").output
