@@ -4,13 +4,14 @@
 
 Fills a scratch database (its own, dropped at the end) with a year of deliveries, then times
 GET /inbox for each filter through the console app (Flask's test client: the query, the page,
-no network) and the query alone (`ops.queries.inbox_rows.inbox_page`), then the overview (/).
-Figures: BENCHMARKS.md.
+no network) and the query alone (`ops.queries.inbox_rows.inbox_page`), then the overview (/), and
+what migration 0009's indexes cost the receiver's INSERT. Figures: BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -19,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,13 +118,56 @@ def timed(runs: int, call: Any) -> tuple[float, float]:
     return statistics.median(times), max(times)
 
 
+CONSOLE_INDEXES = (
+    "webhook_inbox_status_id_idx",
+    "webhook_inbox_event_type_id_idx",
+    "webhook_inbox_received_at_idx",
+    "webhook_inbox_payload_names_idx",
+)
+
+
+def insert_cost(database_url: str, schema: str, rounds: int, per_round: int) -> None:
+    """What migration 0009's inbox indexes cost the receiver: its statement (one INSERT ... ON
+    CONFLICT DO NOTHING RETURNING id per delivery, autocommit) into two copies of the inbox, one
+    with every index and one without the console's, rounds alternating between them."""
+    from tests.support.databases import libpq_url
+
+    body = json.dumps({"type": "paymentAttempt.updated", "data": {"id": "pa_1", "payer": {"user_id": "user_1"}}})
+    with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
+        definitions = conn.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s AND tablename = 'webhook_inbox'",
+            (schema,),
+        ).fetchall()
+        for copy, left_out in (("inbox_all_indexes", ()), ("inbox_without_console_indexes", CONSOLE_INDEXES)):
+            columns = "INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING CONSTRAINTS"
+            conn.execute(f"CREATE TABLE {schema}.{copy} (LIKE {schema}.webhook_inbox {columns})")
+            for name, definition in definitions:
+                if name not in left_out:
+                    on_copy = f"INDEX {copy}_{name} ON {schema}.{copy} "
+                    conn.execute(definition.replace(f"INDEX {name} ON {schema}.webhook_inbox ", on_copy))
+        times: dict[str, list[float]] = {"inbox_all_indexes": [], "inbox_without_console_indexes": []}
+        for round_number in range(rounds):
+            for table, found in times.items():
+                sql = (
+                    f"INSERT INTO {schema}.{table} (source, external_id, event_type, payload) VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT (source, external_id) DO NOTHING RETURNING id"
+                )
+                started = time.perf_counter()
+                for n in range(per_round):
+                    conn.execute(sql, ("clerk", f"{round_number}-{n}", "x", body)).fetchone()
+                found.append((time.perf_counter() - started) / per_round * 1e6)
+    with_all, without = (statistics.median(found) for found in times.values())
+    print(f"receiver INSERT: {with_all:.0f} us with the console's indexes, {without:.0f} us without", end=" ")
+    print(f"(median of {rounds} alternating rounds of {per_round})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()
     with ExitStack() as stack:
-        settings, _, _ = scratch_environment(stack, CONSOLE_BASIC_AUTH=":".join(LOGIN), LOG_LEVEL="WARNING")
+        settings, _, database_url = scratch_environment(stack, CONSOLE_BASIC_AUTH=":".join(LOGIN), LOG_LEVEL="WARNING")
         engine = make_engine(settings)
         stack.callback(engine.dispose)
         fill(engine, settings.service_schema, args.rows)
@@ -149,6 +194,7 @@ def main() -> None:
             print(f"{name:46s} {page_median:10.1f} / {page_max:7.1f} {query_median:10.1f} {shown}", flush=True)
         overview_median, overview_max = timed(max(3, args.runs // 3), lambda: client.get("/", auth=LOGIN))
         print(f"{'overview (/): counts every row, as `status` does':46s} {overview_median:10.1f} / {overview_max:7.1f}")
+        insert_cost(database_url, settings.service_schema, rounds=5, per_round=2000)
 
 
 if __name__ == "__main__":
