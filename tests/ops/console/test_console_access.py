@@ -3,6 +3,9 @@ cannot be a request is a clear 4xx that changes nothing (never a 500)."""
 
 from __future__ import annotations
 
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from models.audit import AuditEntry
@@ -134,3 +137,22 @@ def test_pages_never_show_a_password(client, session_factory):
     for path in ("/", "/inbox", "/audit"):
         text = client.get(path, auth=OPERATOR).text
         assert OPERATOR[1] not in text and READER[1] not in text
+
+
+FILTER_NAMES = ["source", "type", "status", "received_from", "received_to", "event_id", "user", "before", "after"]
+
+
+@hypothesis_settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    params=st.lists(
+        st.tuples(st.sampled_from([*FILTER_NAMES, "per_page", "page", "other"]), st.text(max_size=40)), max_size=5
+    ),
+    segment=st.text(min_size=1, max_size=30),
+)
+def test_nothing_a_client_sends_is_a_server_error(client, params, segment):
+    """Any query string on /inbox, any id or user in a path: a page or a 4xx, never a 500."""
+    from urllib.parse import quote
+
+    assert client.get("/inbox", query_string=params, auth=OPERATOR).status_code in (200, 400)
+    for path in (f"/inbox/{quote(segment, safe='')}", f"/users/{quote(segment, safe='')}"):
+        assert client.get(path, query_string=params, auth=OPERATOR).status_code in (200, 400, 404), path
