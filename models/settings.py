@@ -91,6 +91,9 @@ class ConsoleSettings(BaseSettings):
     # Signs the CSRF tokens of the console's forms. Unset: one made when the console starts
     # (every gunicorn worker inherits it), so a restart asks people to reload their pages.
     console_secret_key: SecretStr | None = None
+    # Proxies in front of the console whose X-Forwarded-For entries are trusted: the audit log
+    # then records the client's address, not the proxy's (0: the header is ignored).
+    console_trusted_proxy_count: int = Field(default=0, ge=0, le=10)
 
     @field_validator("console_basic_auth")
     @classmethod

@@ -9,6 +9,7 @@ from datetime import timedelta
 from flask import Blueprint, abort, flash, redirect, request, url_for
 from werkzeug.wrappers.response import Response as WerkzeugResponse
 
+from models.inbox import InboxStatus
 from ops.actions.replay import replay
 from ops.actions.retention import prune
 from ops.actions.support import SupportRequest, change_credits
@@ -16,7 +17,7 @@ from ops.audit import Actor
 from ops.console.access import current_login
 from ops.console.resources import resources
 from ops.console.validation import clerk_id, row_id, text_value, whole_number
-from ops.queries.inbox_rows import MIN_RETENTION
+from ops.queries.inbox_rows import MIN_RETENTION, get_row
 from ops.support_credits import SupportCreditError
 
 bp = Blueprint("actions", __name__)
@@ -32,11 +33,19 @@ def _actor() -> Actor:
 @bp.post("/inbox/<int:inbox_id>/replay")
 def replay_row(inbox_id: int) -> WerkzeugResponse:
     console = resources()
-    done = replay(console.sessions, console.producer, _actor(), (row_id(inbox_id),))
+    with console.sessions() as session:
+        row = get_row(session, row_id(inbox_id))
+        status = row.status if row is not None else None
+    if status is None:
+        abort(404, description=f"No inbox row {inbox_id}.")
+    if status == InboxStatus.PENDING:
+        abort(409, description=f"Row {inbox_id} is pending: it waits for its run, there is nothing to replay.")
+    done = replay(console.sessions, console.producer, _actor(), (inbox_id,))
     if done.inbox_ids:
         flash(f"Replayed: row {inbox_id} is back to pending and enqueued (audit entry {done.audit_id}).")
     else:
-        flash(f"Nothing replayed: row {inbox_id} does not exist or is pending already (audit entry {done.audit_id}).")
+        # The row became pending between the check and the replay (another replay, the sweeper).
+        flash(f"Nothing replayed: row {inbox_id} is pending already (audit entry {done.audit_id}).")
     return redirect(url_for("inbox.inbox_row", inbox_id=inbox_id), code=303)
 
 

@@ -11,6 +11,7 @@ from datetime import timedelta
 
 from flask import Flask, Response, g
 from flask_wtf.csrf import CSRFProtect
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from messaging.celery_config import create_producer
 from models.db import make_engine, make_session_factory
@@ -42,6 +43,10 @@ def create_app(settings: Settings | None = None, console: ConsoleSettings | None
     settings = settings or load_settings()
     console = console or load_console_settings()
     app = Flask(__name__)
+    if console.console_trusted_proxy_count:
+        # The audit log's address is the client's (the proxies' own entries are skipped).
+        count = console.console_trusted_proxy_count
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count)  # type: ignore[method-assign]
     app.config.update(
         SECRET_KEY=_secret_key(console),
         SESSION_COOKIE_NAME="pedro_console",

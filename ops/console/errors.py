@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, render_template
+from flask import Flask, render_template, request
 from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
@@ -39,7 +39,7 @@ def _csrf_refused(error: CSRFError) -> tuple[str, int]:
 def _http_error(error: HTTPException) -> tuple[str, int]:
     code = error.code or 500
     message = error.description or ""
-    if code in (400, 403, 405, 413):
+    if (code in (400, 403, 404, 405, 409, 413) and request.method == "POST") or code in (400, 403):
         message += " Nothing was changed."
     return _page(code, error.name, message)
 

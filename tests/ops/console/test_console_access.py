@@ -156,3 +156,37 @@ def test_nothing_a_client_sends_is_a_server_error(client, params, segment):
     assert client.get("/inbox", query_string=params, auth=OPERATOR).status_code in (200, 400)
     for path in (f"/inbox/{quote(segment, safe='')}", f"/users/{quote(segment, safe='')}"):
         assert client.get(path, query_string=params, auth=OPERATOR).status_code in (200, 400, 404), path
+
+
+def test_replaying_a_row_that_is_missing_or_pending_is_refused(client, session_factory):
+    pending = store(session_factory, "clerk", payload("clerk/user.created"))
+    page = client.get(f"/inbox/{pending}", auth=OPERATOR).text
+    assert "Replay</button>" not in page  # a pending row waits for its run
+    token = csrf_token(client.get("/", auth=OPERATOR).text)  # the prune form's token
+    missing = client.post("/inbox/424242/replay", data={"csrf_token": token}, auth=OPERATOR)
+    assert missing.status_code == 404 and "Nothing was changed" in missing.text
+    waiting = client.post(f"/inbox/{pending}/replay", data={"csrf_token": token}, auth=OPERATOR)
+    assert waiting.status_code == 409 and "is pending" in waiting.text
+    assert _audit_entries(session_factory) == 0
+
+
+def test_behind_a_trusted_proxy_the_audit_log_records_the_clients_address(settings, session_factory):
+    from models.settings import ConsoleSettings
+    from ops.console.app import create_app
+    from ops.console.resources import EXTENSION
+    from tests.ops.console.conftest import LOGINS
+    from tests.support.billing import CLERK_ID, add_user
+
+    add_user(session_factory)
+    console = ConsoleSettings(console_basic_auth=LOGINS, console_operators="ana", console_trusted_proxy_count=1)
+    app = create_app(settings, console)
+    try:
+        client = app.test_client()
+        token = csrf_token(client.get(f"/users/{CLERK_ID}", auth=OPERATOR).text)
+        form = {"csrf_token": token, "amount": "1", "reason": "proxy test", "key": "proxy-1"}
+        forwarded = {"X-Forwarded-For": "203.0.113.9"}
+        client.post(f"/users/{CLERK_ID}/credits", data=form, auth=OPERATOR, headers=forwarded)
+    finally:
+        app.extensions[EXTENSION].close()
+    with session_factory() as session:
+        assert session.scalars(select(AuditEntry.address)).all() == ["203.0.113.9"]
