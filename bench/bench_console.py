@@ -4,8 +4,8 @@
 
 Fills a scratch database (its own, dropped at the end) with a year of deliveries, then times
 GET /inbox for each filter through the console app (Flask's test client: the query, the page,
-no network) and the query alone (`ops.queries.inbox_rows.inbox_page`), then the overview (/), and
-what migration 0009's indexes cost the receiver's INSERT. Figures: BENCHMARKS.md.
+no network) and the query alone (`ops.queries.inbox_rows.inbox_page`); then a user's page, the
+overview (/), and what migration 0009's indexes cost the receiver's INSERT. Figures: BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from ops.queries.inbox_rows import InboxQuery, inbox_page  # noqa: E402
 from tests.support.databases import scratch_environment  # noqa: E402
 
 USERS = 50_000
+BENCH_USER = "user_004242"  # 20 inbox rows name it
 LOGIN = ("bench", "bench-password")
 
 # One statement: a year of deliveries, ids in arrival order; 60 % Clerk, 40 % Asaas; 97 % processed.
@@ -96,10 +97,20 @@ def filters(engine: Any, schema: str) -> dict[str, dict[str, str]]:
         "type never seen (PAYMENT_REFUNDED)": {"type": "PAYMENT_REFUNDED"},
         "received in a 2-day window 6 months ago": window,
         "provider event id": {"event_id": event_id},
-        "Clerk user id in the payload": {"user": "user_004242"},
-        "user and status processed": {"user": "user_004242", "status": "processed"},
+        "Clerk user id in the payload": {"user": BENCH_USER},
+        "user and status processed": {"user": BENCH_USER, "status": "processed"},
         "status failed, source clerk, 2-day window": {"status": "failed", "source": "clerk", **window},
     }
+
+
+def add_user(sessions: Any, clerk_user_id: str) -> None:
+    """The User behind one of the data set's ids, with a balance (the trigger's ledger entry)."""
+    from models.app import CreditBalance, User
+
+    with sessions.begin() as session:
+        user = User(clerk_id=clerk_user_id, email=None, name="Bench")
+        user.credit_balance = CreditBalance(clerk_user_id=clerk_user_id, credits_remaining=100)
+        session.add(user)
 
 
 def as_query(params: dict[str, str]) -> InboxQuery:
@@ -192,6 +203,9 @@ def main() -> None:
             page_median, page_max = timed(args.runs, page)
             query_median, _ = timed(args.runs, query_only)
             print(f"{name:46s} {page_median:10.1f} / {page_max:7.1f} {query_median:10.1f} {shown}", flush=True)
+        add_user(sessions, BENCH_USER)
+        user_median, user_max = timed(args.runs, lambda: client.get(f"/users/{BENCH_USER}", auth=LOGIN))
+        print(f"{'user page (/users/<id>), its inbox rows included':46s} {user_median:10.1f} / {user_max:7.1f}")
         overview_median, overview_max = timed(max(3, args.runs // 3), lambda: client.get("/", auth=LOGIN))
         print(f"{'overview (/): counts every row, as `status` does':46s} {overview_median:10.1f} / {overview_max:7.1f}")
         insert_cost(database_url, settings.service_schema, rounds=5, per_round=2000)

@@ -84,7 +84,7 @@ def inbox_page(session: Session, query: InboxQuery) -> InboxPage:
 
     Keyset paging on the id (never OFFSET): a page costs the same however deep it is, and rows
     arriving meanwhile never shift a row onto two pages."""
-    conditions = _conditions(query)
+    conditions = conditions_of(query)
     key = _order_key(query)
     backwards = query.after_id is not None and query.before_id is None
     if backwards:
@@ -122,7 +122,7 @@ def _any_beyond(session: Session, conditions: list[ColumnElement[bool]], beyond:
     return session.scalar(select(exists().where(*conditions, beyond))) or False
 
 
-def _conditions(query: InboxQuery) -> list[ColumnElement[bool]]:
+def conditions_of(query: InboxQuery) -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = []
     if query.statuses:
         conditions.append(WebhookInbox.status.in_(query.statuses))

@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from models.billing import ProviderLink
 from models.inbox import WebhookInbox, record_delivery
 from ops.console.inbox_filters import parse_filters
-from ops.queries.inbox_rows import InboxQuery, _conditions, inbox_page
+from ops.queries.inbox_rows import InboxQuery, conditions_of, inbox_page
 from tests.ops.console.conftest import OPERATOR
 
 ANA, BIA = "user_ana", "user_bia"
@@ -217,7 +217,7 @@ def test_a_filtered_page_keeps_its_filters_in_the_paging_links(client, known):
 def test_each_filter_can_use_its_index(known, session_factory, params, index):
     """The query's expressions are the indexes' (migration 0009): with sequential scans and walks
     down the primary key ruled out, PostgreSQL reaches the rows through the filter's index."""
-    statement = select(WebhookInbox.id).where(*_conditions(_query(params))).order_by(WebhookInbox.id.desc()).limit(50)
+    statement = select(WebhookInbox.id).where(*conditions_of(_query(params))).order_by(WebhookInbox.id.desc()).limit(50)
     with session_factory() as session:
         sql = str(statement.compile(session.get_bind(), compile_kwargs={"literal_binds": True}))
         connection = session.connection()
