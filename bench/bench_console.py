@@ -2,7 +2,8 @@
 
     python bench/bench_console.py [--rows 1000000] [--runs 15]
 
-Fills a scratch database (its own, dropped at the end) with a year of deliveries, then times
+Fills a scratch database (its own, dropped at the end) with a year of deliveries and as many
+ledger entries, then times
 GET /inbox for each filter through the console app (Flask's test client: the query, the page,
 no network) and the query alone (`ops.queries.inbox_rows.inbox_page`); then a user's page, the
 overview (/), and what migration 0009's indexes cost the receiver's INSERT. Figures: BENCHMARKS.md.
@@ -71,13 +72,32 @@ CROSS JOIN LATERAL (SELECT CASE WHEN source = 'clerk' THEN
 """
 
 
+# As many ledger entries as inbox rows, spread over the same users (a user's page reads its own).
+FILL_LEDGER = """
+INSERT INTO {schema}.credit_ledger
+    (user_id, clerk_user_id, credit_balance_id, delta, balance_after, kind, idempotency_key, reference, created_at)
+SELECT 'u_' || clerk_user_id, clerk_user_id, 'cb_' || clerk_user_id, delta,
+       sum(delta) OVER (PARTITION BY clerk_user_id ORDER BY n), 'usage', 'bench:' || n, 'bench', at
+FROM (
+    SELECT n, 'user_' || lpad(((n::bigint * 7919) % {users})::text, 6, '0') AS clerk_user_id,
+           CASE WHEN n % 10 = 0 THEN 500 ELSE -5 END AS delta,
+           now() - interval '365 days' + (n * interval '365 days' / {rows}) AS at
+    FROM generate_series(1, {rows}) AS n
+) AS entries
+"""
+
+
 def fill(engine: Any, schema: str, rows: int) -> None:
     started = time.perf_counter()
     with engine.begin() as conn:
         conn.execute(text(FILL.format(schema=schema, users=USERS, rows=rows)))
+        conn.execute(text(FILL_LEDGER.format(schema=schema, users=USERS, rows=rows)))
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text(f"VACUUM ANALYZE {schema}.webhook_inbox"))
-    print(f"filled {rows:,} inbox rows in {time.perf_counter() - started:.0f} s", flush=True)
+        conn.execute(text(f"VACUUM ANALYZE {schema}.credit_ledger"))
+    print(
+        f"filled {rows:,} inbox rows and {rows:,} ledger entries in {time.perf_counter() - started:.0f} s", flush=True
+    )
 
 
 def filters(engine: Any, schema: str) -> dict[str, dict[str, str]]:
@@ -101,6 +121,19 @@ def filters(engine: Any, schema: str) -> dict[str, dict[str, str]]:
         "user and status processed": {"user": BENCH_USER, "status": "processed"},
         "status failed, source clerk, 2-day window": {"status": "failed", "source": "clerk", **window},
     }
+
+
+LEDGER_INDEXES = ("credit_ledger_clerk_user_id_idx", "credit_ledger_credit_balance_id_idx")
+
+
+def user_page(client: Any, engine: Any, schema: str, runs: int) -> None:
+    """A user's page with migration 0009's ledger indexes, then without them."""
+    for label in ("with the ledger indexes", "without them"):
+        median, worst = timed(runs, lambda: client.get(f"/users/{BENCH_USER}", auth=LOGIN))
+        print(f"{'user page (/users/<id>), ' + label:46s} {median:10.1f} / {worst:7.1f}", flush=True)
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            for index in LEDGER_INDEXES:
+                conn.execute(text(f"DROP INDEX IF EXISTS {schema}.{index}"))
 
 
 def add_user(sessions: Any, clerk_user_id: str) -> None:
@@ -204,8 +237,7 @@ def main() -> None:
             query_median, _ = timed(args.runs, query_only)
             print(f"{name:46s} {page_median:10.1f} / {page_max:7.1f} {query_median:10.1f} {shown}", flush=True)
         add_user(sessions, BENCH_USER)
-        user_median, user_max = timed(args.runs, lambda: client.get(f"/users/{BENCH_USER}", auth=LOGIN))
-        print(f"{'user page (/users/<id>), its inbox rows included':46s} {user_median:10.1f} / {user_max:7.1f}")
+        user_page(client, engine, settings.service_schema, args.runs)
         overview_median, overview_max = timed(max(3, args.runs // 3), lambda: client.get("/", auth=LOGIN))
         print(f"{'overview (/): counts every row, as `status` does':46s} {overview_median:10.1f} / {overview_max:7.1f}")
         insert_cost(database_url, settings.service_schema, rounds=5, per_round=2000)

@@ -1,9 +1,10 @@
-"""The operator's console: the audit log, and the inbox indexes its lists need.
+"""The operator's console: the audit log, and the indexes its pages need.
 
 `audit_log`: who did what, when, from where (the console's actions and the CLI's writes),
 append-only. Inbox indexes for the lists, newest first, filtered by status, type, arrival time
-and the user a payload names (GIN over `models.inbox.payload_names()`, fastupdate off: see there).
-Built CONCURRENTLY would need autocommit; on a large inbox run this migration off-peak.
+and the user a payload names (GIN over `models.inbox.payload_names()`, fastupdate off: see there);
+the ledger by user and by balance (a user's page). Not built CONCURRENTLY (that needs
+autocommit): on a large inbox run this migration off-peak.
 
 Revision ID: 0009
 Revises: 0008
@@ -78,6 +79,8 @@ def upgrade() -> None:
     )
     op.create_index("webhook_inbox_event_type_id_idx", "webhook_inbox", ["event_type", "id"], schema=schema)
     op.create_index("webhook_inbox_received_at_idx", "webhook_inbox", ["received_at"], schema=schema)
+    op.create_index("credit_ledger_clerk_user_id_idx", "credit_ledger", ["clerk_user_id", "id"], schema=schema)
+    op.create_index("credit_ledger_credit_balance_id_idx", "credit_ledger", ["credit_balance_id"], schema=schema)
     op.execute(
         f'CREATE INDEX webhook_inbox_payload_names_idx ON "{schema}".webhook_inbox '
         f"USING gin (({_PAYLOAD_NAMES})) WITH (fastupdate = off)"
@@ -93,5 +96,7 @@ def downgrade() -> None:
         "webhook_inbox_status_id_idx",
     ):
         op.drop_index(index, table_name="webhook_inbox", schema=schema)
+    op.drop_index("credit_ledger_credit_balance_id_idx", table_name="credit_ledger", schema=schema)
+    op.drop_index("credit_ledger_clerk_user_id_idx", table_name="credit_ledger", schema=schema)
     op.drop_table("audit_log", schema=schema)
     op.execute(f'DROP FUNCTION "{schema}".audit_log_refuse_change()')
