@@ -176,7 +176,6 @@ def insert_cost(database_url: str, schema: str, rounds: int, per_round: int) -> 
     with every index and one without the console's, rounds alternating between them."""
     from tests.support.databases import libpq_url
 
-    body = json.dumps({"type": "paymentAttempt.updated", "data": {"id": "pa_1", "payer": {"user_id": "user_1"}}})
     with psycopg.connect(libpq_url(database_url), autocommit=True) as conn:
         definitions = conn.execute(
             "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s AND tablename = 'webhook_inbox'",
@@ -198,17 +197,26 @@ def insert_cost(database_url: str, schema: str, rounds: int, per_round: int) -> 
                 )
                 started = time.perf_counter()
                 for n in range(per_round):
-                    conn.execute(sql, ("clerk", f"{round_number}-{n}", "x", body)).fetchone()
+                    conn.execute(
+                        sql, ("clerk", f"{round_number}-{n}", "x", _payment_attempt(round_number, n))
+                    ).fetchone()
                 found.append((time.perf_counter() - started) / per_round * 1e6)
     with_all, without = (statistics.median(found) for found in times.values())
     print(f"receiver INSERT: {with_all:.0f} us with the console's indexes, {without:.0f} us without", end=" ")
     print(f"(median of {rounds} alternating rounds of {per_round})")
 
 
+def _payment_attempt(round_number: int, n: int) -> str:
+    """A Clerk payment attempt of one of the data set's users (a new attempt id each time)."""
+    data = {"id": f"pa_{round_number}_{n}", "payer": {"user_id": f"user_{(n * 7919) % USERS:06d}"}}
+    return json.dumps({"type": "paymentAttempt.updated", "object": "event", "data": data})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--insert-rounds", type=int, default=9)
     args = parser.parse_args()
     with ExitStack() as stack:
         settings, _, database_url = scratch_environment(stack, CONSOLE_BASIC_AUTH=":".join(LOGIN), LOG_LEVEL="WARNING")
@@ -240,7 +248,7 @@ def main() -> None:
         user_page(client, engine, settings.service_schema, args.runs)
         overview_median, overview_max = timed(max(3, args.runs // 3), lambda: client.get("/", auth=LOGIN))
         print(f"{'overview (/): counts every row, as `status` does':46s} {overview_median:10.1f} / {overview_max:7.1f}")
-        insert_cost(database_url, settings.service_schema, rounds=5, per_round=2000)
+        insert_cost(database_url, settings.service_schema, rounds=args.insert_rounds, per_round=2000)
 
 
 if __name__ == "__main__":
