@@ -1,10 +1,7 @@
-"""The operator's console: the audit log, and the indexes its pages need.
-
-`audit_log`: who did what, when, from where (the console's actions and the CLI's writes),
-append-only. Inbox indexes for the lists, newest first, filtered by status, type, arrival time
-and the user a payload names (GIN over `models.inbox.payload_names()`, fastupdate off: see there);
-the ledger by user and by balance (a user's page). Not built CONCURRENTLY (that needs
-autocommit): on a large inbox run this migration off-peak.
+"""The operator's console: the audit log (append-only: who, when, what, from where), and the
+indexes its pages need. The inbox by status, type, arrival time and the user a payload names
+(GIN over `models.inbox.payload_names()`, fastupdate off: see there); the ledger by user and by
+balance. Not built CONCURRENTLY (that needs autocommit): on a large inbox, run it off-peak.
 
 Revision ID: 0009
 Revises: 0008
