@@ -65,10 +65,16 @@ class WebhookInbox(Base):
         ),
         # Serves replays, which look for a user's unmatched rows (migration 0003).
         Index("webhook_inbox_unmatched_idx", "id", postgresql_where=text("status = 'unmatched'")),
-        # The operator's lists, newest first (migration 0009): by status (the rows that wait are
-        # few; `processed` rows, most of the table, are found fast enough walking the primary
-        # key and never enter this index), by type, and by arrival time.
-        Index("webhook_inbox_status_id_idx", "status", "id", postgresql_where=text("status <> 'processed'")),
+        # The operator's lists, newest first (migration 0009): by status, for the statuses without
+        # an index of their own (pending and unmatched have theirs, above, which the pipeline's
+        # statements must keep using; `processed` rows, most of the table, are found fast enough
+        # walking the primary key), by type, and by arrival time.
+        Index(
+            "webhook_inbox_status_id_idx",
+            "status",
+            "id",
+            postgresql_where=text("status IN ('ignored', 'needs_attention', 'failed')"),
+        ),
         Index("webhook_inbox_event_type_id_idx", "event_type", "id"),
         Index("webhook_inbox_received_at_idx", "received_at"),
         {"schema": SERVICE_SCHEMA},

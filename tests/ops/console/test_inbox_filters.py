@@ -209,6 +209,8 @@ def test_a_filtered_page_keeps_its_filters_in_the_paging_links(client, known):
     [
         ({"user": ANA}, "webhook_inbox_payload_names_idx"),
         ({"status": "failed"}, "webhook_inbox_status_id_idx"),
+        ({"status": "unmatched"}, "webhook_inbox_unmatched_idx"),
+        ({"status": "pending"}, "webhook_inbox_pending_enqueued_at_idx"),
         ({"type": "PAYMENT_CONFIRMED"}, "webhook_inbox_event_type_id_idx"),
         ({"event_id": "evt_004&x"}, "webhook_inbox_source_external_id_key"),
         (FILTERS[7], "webhook_inbox_received_at_idx"),
