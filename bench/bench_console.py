@@ -112,6 +112,7 @@ def filters(engine: Any, schema: str) -> dict[str, dict[str, str]]:
         "a page deep in the table (before=middle id)": {"before": str(middle)},
         "status failed": {"status": "failed"},
         "status processed": {"status": "processed"},
+        "status pending or unmatched": {"status": ["pending", "unmatched"]},
         "source asaas, type PAYMENT_CONFIRMED": {"source": "asaas", "type": "PAYMENT_CONFIRMED"},
         "type subscription.active": {"type": "subscription.active"},
         "type never seen (PAYMENT_REFUNDED)": {"type": "PAYMENT_REFUNDED"},
