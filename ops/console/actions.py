@@ -41,8 +41,13 @@ def replay_row(inbox_id: int) -> WerkzeugResponse:
     if status == InboxStatus.PENDING:
         abort(409, description=f"Row {inbox_id} is pending: it waits for its run, there is nothing to replay.")
     done = replay(console.sessions, console.producer, _actor(), (inbox_id,))
-    if done.inbox_ids:
+    if done.inbox_ids and done.enqueued:
         flash(f"Replayed: row {inbox_id} is back to pending and enqueued (audit entry {done.audit_id}).")
+    elif done.inbox_ids:
+        flash(
+            f"Replayed: row {inbox_id} is back to pending, but Redis did not take its message: the sweeper "
+            f"sends it within SWEEP_PENDING_AFTER_SECONDS (audit entry {done.audit_id})."
+        )
     else:
         # The row became pending between the check and the replay (another replay, the sweeper).
         flash(f"Nothing replayed: row {inbox_id} is pending already (audit entry {done.audit_id}).")
