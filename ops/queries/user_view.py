@@ -12,7 +12,7 @@ from models.app import CreditBalance, Plan, StorageObject, UsageHistory, User
 from models.billing import UserPlan
 from models.inbox import InboxStatus, WebhookInbox
 from models.ledger import CreditLedgerEntry
-from ops.queries.inbox_rows import rows_naming_user
+from ops.queries.inbox_rows import id_for_rows_naming_a_user, rows_naming_user
 from ops.queries.sent_deliveries import SentDelivery, sent_deliveries
 
 # Rows that name the user and still wait for something (a person, a replay).
@@ -100,7 +100,7 @@ def user_view(
             session.scalars(
                 select(WebhookInbox)
                 .where(WebhookInbox.status.in_([s.value for s in _WAITING]), rows_naming_user(clerk_user_id))
-                .order_by(WebhookInbox.id)
+                .order_by(id_for_rows_naming_a_user())
                 .limit(recent)
             )
         ),

@@ -155,7 +155,8 @@ def test_nothing_a_client_sends_is_a_server_error(client, params, segment):
 
     assert client.get("/inbox", query_string=params, auth=OPERATOR).status_code in (200, 400)
     for path in (f"/inbox/{quote(segment, safe='')}", f"/users/{quote(segment, safe='')}"):
-        assert client.get(path, query_string=params, auth=OPERATOR).status_code in (200, 400, 404), path
+        # 308: Werkzeug merges a doubled slash ("/inbox//0") by redirecting.
+        assert client.get(path, query_string=params, auth=OPERATOR).status_code in (200, 308, 400, 404), path
 
 
 def test_replaying_a_row_that_is_missing_or_pending_is_refused(client, session_factory):
