@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -189,6 +190,11 @@ def main() -> None:
         "--worker-concurrency", type=int, default=1, help="pool processes (1: every task runs in the one that is read)"
     )
     parser.add_argument("--lock-file", type=Path, help="hold this flock for turns of batches (shared machines)")
+    parser.add_argument(
+        "--tracemalloc",
+        type=Path,
+        help="the worker's main process traces its allocations; what grew, by line, is written to this file",
+    )
     args = parser.parse_args()
     exit_on_sigterm()
     with ExitStack() as stack:
@@ -209,8 +215,17 @@ def main() -> None:
         stack.callback(receiver.stop)
         # One pool process reads every kind of event: the Procfile's worker, told to serve the
         # debits' queue too (in production the Procfile's `usage` process serves it).
+        extra = ""
+        if args.tracemalloc:
+            env["TRACE_MEMORY_FILE"] = str(args.tracemalloc.resolve())
+            extra = "--include=bench.trace_main_memory"
         worker = start_celery_worker(
-            producer, env, logs / "worker.log", concurrency=args.worker_concurrency, queues="webhooks,usage,maintenance"
+            producer,
+            env,
+            logs / "worker.log",
+            concurrency=args.worker_concurrency,
+            queues="webhooks,usage,maintenance",
+            extra_args=extra,
         )
         stack.callback(worker.stop)
         client = credits_client(producer.conf.broker_url)
@@ -224,6 +239,8 @@ def main() -> None:
                 while number is not None:
                     events = run_batch(number, port, factory, client, args.debits_per_batch)
                     readings.append(read(events, receiver, worker, started))
+                    if args.tracemalloc and events in (2 * BATCH, args.events):  # after the warm-up, at the end
+                        os.kill(worker.process.pid, signal.SIGUSR2)
                     print(f"  ... {readings[-1]}", file=sys.stderr, flush=True)
                     if time.monotonic() - turn_started > LOCK_TURN_SECONDS:
                         break

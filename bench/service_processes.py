@@ -124,7 +124,13 @@ def start_receiver(env: dict[str, str], port: int, web_workers: int, log: Path) 
 
 
 def start_celery_worker(
-    producer: Celery, env: dict[str, str], log: Path, concurrency: int, queues: str | None = None, name: str = "worker"
+    producer: Celery,
+    env: dict[str, str],
+    log: Path,
+    concurrency: int,
+    queues: str | None = None,
+    name: str = "worker",
+    extra_args: str = "",
 ) -> ServiceProcess:
     """Procfile process `name` (a `celery worker`) with `concurrency` pool processes (the Procfile
     reads WORKER_CONCURRENCY for `worker`, USAGE_CONCURRENCY for `usage`), its own hostname, and
@@ -133,6 +139,7 @@ def start_celery_worker(
     extra = f"--hostname={hostname} --without-gossip --without-mingle"
     if queues is not None:
         extra += f" --queues={queues}"  # the last --queues on the command line wins
+    extra += f" {extra_args}" if extra_args else ""
     processes = {"WORKER_CONCURRENCY": str(concurrency), "USAGE_CONCURRENCY": str(concurrency)}
     worker = start_procfile(name, {**env, **processes}, log, extra_args=extra)
     deadline = time.monotonic() + 60

@@ -51,6 +51,10 @@ class CreditLedgerEntry(Base):
         ),
         Index("credit_ledger_idempotency_key_key", "idempotency_key", unique=True),
         Index("credit_ledger_user_id_idx", "user_id"),
+        # One user's ledger (`user show`, the console's user page: the page, its running sum, the
+        # chart) and one balance's sum, without reading the whole ledger (migration 0010).
+        Index("credit_ledger_clerk_user_id_idx", "clerk_user_id", "id"),
+        Index("credit_ledger_credit_balance_id_idx", "credit_balance_id"),
         {"schema": SERVICE_SCHEMA},
     )
 

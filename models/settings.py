@@ -79,6 +79,37 @@ class SupportCreditSettings(BaseSettings):
     support_credits_max_amount: int = Field(default=100_000, gt=0, le=2_147_483_647)
 
 
+class ConsoleSettings(BaseSettings):
+    """What the operator's console (the Procfile's `console`) reads besides the database and Redis."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    # `user:password`, comma-separated: who may open the console. Required: it never runs open.
+    console_basic_auth: SecretStr
+    # The users (names from CONSOLE_BASIC_AUTH) who may act: replay, prune, support credits.
+    console_operators: str = ""
+    # Signs the CSRF tokens of the console's forms. Unset: one made when the console starts
+    # (every gunicorn worker inherits it), so a restart asks people to reload their pages.
+    console_secret_key: SecretStr | None = None
+    # Proxies in front of the console whose X-Forwarded-For entries are trusted: the audit log
+    # then records the client's address, not the proxy's (0: the header is ignored).
+    console_trusted_proxy_count: int = Field(default=0, ge=0, le=10)
+
+    @field_validator("console_basic_auth")
+    @classmethod
+    def _logins(cls, value: SecretStr) -> SecretStr:
+        parse_logins(value.get_secret_value())  # a ValueError names the entry, never a password
+        return value
+
+    @cached_property
+    def logins(self) -> dict[str, str]:
+        return parse_logins(self.console_basic_auth.get_secret_value())
+
+    @cached_property
+    def operators(self) -> frozenset[str]:
+        return frozenset(name.strip() for name in self.console_operators.split(",") if name.strip())
+
+
 class Settings(DatabaseSettings, WebhookSecrets):
     """Everything a service process (receiver, worker, beat) reads."""
 
@@ -152,6 +183,24 @@ def parse_service_keys(value: str) -> dict[str, list[str]]:
     return keys
 
 
+def parse_logins(value: str) -> dict[str, str]:
+    """`user:password,user2:password2` -> {"user": "password", ...}. Raises ValueError naming the
+    position of an entry that is not `user:password`, or a user named twice (never a password)."""
+    logins: dict[str, str] = {}
+    for position, entry in enumerate((part.strip() for part in value.split(",")), start=1):
+        if not entry:
+            continue
+        user, separator, password = entry.partition(":")
+        if not separator or not user.strip() or not password:
+            raise ValueError(f"entry {position} is not user:password")
+        if user.strip() in logins:
+            raise ValueError(f"entry {position} names a user already listed")
+        logins[user.strip()] = password
+    if not logins:
+        raise ValueError("names no user:password")
+    return logins
+
+
 def _split_secret(value: SecretStr | None) -> list[str]:
     if value is None:
         return []
@@ -178,6 +227,17 @@ def load_support_credit_settings() -> SupportCreditSettings:
         return SupportCreditSettings()
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+
+
+def load_console_settings() -> ConsoleSettings:
+    try:
+        settings = ConsoleSettings()
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    unknown = sorted(settings.operators - settings.logins.keys())
+    if unknown:
+        raise ConfigError(f"configuration error: CONSOLE_OPERATORS names {unknown}, not users of CONSOLE_BASIC_AUTH")
+    return settings
 
 
 def load_database_settings() -> DatabaseSettings:

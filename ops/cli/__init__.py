@@ -13,6 +13,7 @@ import click
 
 from models.logs import configure_logging
 from ops.cli import (
+    audit_command,
     check_command,
     credits_commands,
     db_commands,
@@ -84,6 +85,7 @@ for module in (
     metrics_command,
     db_commands,
     run_command,
+    audit_command,
 ):
     for command in module.COMMANDS:
         main.add_command(command)

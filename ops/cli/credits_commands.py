@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import getpass
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import click
 
+from ops.audit import login_name
 from ops.cli.context import CliContext, pass_context
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ _options = [
         required=True,
         help="Idempotency key, e.g. the support ticket: the same key applies once (surrounding spaces ignored).",
     ),
-    click.option("--operator", default=getpass.getuser, show_default="your login", help="Who is doing it."),
+    click.option("--operator", default=login_name, show_default="your login", help="Who is doing it."),
 ]
 
 
@@ -99,30 +99,18 @@ def _apply(
     max_amount: int,
     allow_negative: bool,
 ) -> None:
-    from ops.support_credits import SupportCreditError, change_support_credits
-    from worker.errors import LedgerKeyConflict
+    from ops.actions.support import SupportRequest, change_credits
+    from ops.audit import Actor
+    from ops.support_credits import SupportCreditError
 
-    sessions = cli.sessions()
-    for _ in range(2):  # a concurrent run with the same key: the second pass finds its entry
-        try:
-            with sessions.begin() as session:
-                change = change_support_credits(
-                    session,
-                    clerk_user_id=clerk_user_id,
-                    amount=amount,
-                    reason=reason,
-                    key=key,
-                    operator=operator,
-                    max_amount=max_amount,
-                    allow_negative=allow_negative,
-                )
-            break
-        except SupportCreditError as exc:
-            raise click.ClickException(str(exc)) from None
-        except LedgerKeyConflict:
-            continue
-    else:
-        raise click.ClickException(f"key {key!r} is being used by another change right now: try again")
+    command = click.get_current_context().command.name
+    request = SupportRequest(clerk_user_id, amount, reason, key, allow_negative)
+    try:
+        change = change_credits(
+            cli.sessions(), Actor.cli(operator), request, max_amount=max_amount, action=f"credits.{command}"
+        )
+    except SupportCreditError as exc:
+        raise click.ClickException(str(exc)) from None
     _report(change, clerk_user_id)
 
 

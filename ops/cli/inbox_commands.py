@@ -44,6 +44,9 @@ def status(cli: CliContext, as_json: bool) -> None:
 @click.option("--type", "event_types", multiple=True, help="Event type, e.g. PAYMENT_CONFIRMED (repeatable).")
 @click.option("--user", "clerk_user_id", help="Rows that name this Clerk user id (user events and billing events).")
 @click.option("--since", type=MOMENT, help="Received since: 2h, 7d, or an ISO date/time (UTC).")
+@click.option("--until", type=MOMENT, help="Received before: 2h (ago), or an ISO date/time (UTC).")
+@click.option("--event-id", "external_id", help="The provider's event id (svix-id, Asaas `id`).")
+@click.option("--before", "before_id", type=click.IntRange(1), help="Rows older than this id (the next page).")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
 @json_option
 @pass_context
@@ -54,13 +57,27 @@ def list_rows(
     event_types: tuple[str, ...],
     clerk_user_id: str | None,
     since: datetime | None,
+    until: datetime | None,
+    external_id: str | None,
+    before_id: int | None,
     limit: int,
     as_json: bool,
 ) -> None:
-    """List inbox rows, newest first."""
+    """List inbox rows, newest first (the console's /inbox, as a table). Page on with
+    --before, the last id shown."""
     from ops.queries.inbox_rows import InboxQuery, list_rows
 
-    query = InboxQuery(statuses, sources, event_types, clerk_user_id, since, limit)
+    query = InboxQuery(
+        statuses=statuses,
+        sources=sources,
+        event_types=event_types,
+        clerk_user_id=clerk_user_id,
+        since=since,
+        until=until,
+        external_id=external_id,
+        limit=limit,
+        before_id=before_id,
+    )
     with cli.sessions()() as session:
         rows = list_rows(session, query)
     if as_json:
@@ -180,20 +197,13 @@ def replay(cli: CliContext, inbox_ids: tuple[int, ...], statuses: tuple[str, ...
     Processing is idempotent: a replayed row changes nothing that was already applied. Fix the
     cause first (a missing Plan, a missing user): a replay runs the same rules again.
     """
-    from ops.queries.inbox_rows import ids_with_status
-    from worker.inbox.replay import requeue
-    from worker.task_base import send_follow_ups
+    from ops.actions.replay import replay as replay_rows
+    from ops.audit import Actor
 
     if not inbox_ids and not statuses:
         raise click.UsageError("name inbox ids or --status")
-    app = cli.celery_app()
-    with cli.sessions()() as session:
-        with session.begin():
-            replayed = requeue(session, list(inbox_ids), include_processed=True)
-            if statuses:
-                replayed += requeue(session, ids_with_status(session, statuses, since))
-        sent = send_follow_ups(session, app)
-    click.echo(f"replayed {len(replayed)} row(s), enqueued {sent}: {replayed}")
+    done = replay_rows(cli.sessions(), cli.celery_app(), Actor.cli(), inbox_ids, statuses, since)
+    click.echo(f"replayed {len(done.inbox_ids)} row(s), enqueued {done.enqueued}: {done.inbox_ids}")
 
 
 @inbox.command()
@@ -207,7 +217,9 @@ def prune(cli: CliContext, older_than: timedelta, batch_size: int, dry_run: bool
     (`unmatched`, `needs_attention`, `failed`) are kept whatever their age; reconcile reads the
     ledger and payment state, never the inbox. At least 14 days: providers re-send for that long.
     """
-    from ops.queries.inbox_rows import MIN_RETENTION, count_prunable, prune_batch
+    from ops.actions.retention import prune as prune_rows
+    from ops.audit import Actor
+    from ops.queries.inbox_rows import MIN_RETENTION, count_prunable
 
     if older_than < MIN_RETENTION:
         raise click.BadParameter(
@@ -219,17 +231,10 @@ def prune(cli: CliContext, older_than: timedelta, batch_size: int, dry_run: bool
     if dry_run or total == 0:
         click.echo(f"{total} row(s) would be deleted" if dry_run else "nothing to prune")
         return
-    deleted = 0
     progress_bar = click.progressbar(length=total, label="pruning", file=sys.stderr)
     with progress_bar as progress:
-        while True:
-            with sessions.begin() as session:
-                batch = prune_batch(session, older_than, batch_size)
-            deleted += batch
-            progress.update(batch)
-            if batch < batch_size:
-                break
-    click.echo(f"deleted {deleted} row(s) that ended before {datetime.now(UTC) - older_than:%Y-%m-%d %H:%M} UTC")
+        done = prune_rows(sessions, Actor.cli(), older_than, batch_size, on_batch=progress.update)
+    click.echo(f"deleted {done.deleted} row(s) that ended before {datetime.now(UTC) - older_than:%Y-%m-%d %H:%M} UTC")
 
 
 def _row_summary(row: WebhookInbox) -> dict[str, object]:

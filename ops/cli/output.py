@@ -10,6 +10,10 @@ from typing import Any
 
 import click
 
+from ops.human import age
+
+__all__ = ["age", "cell", "json_option", "print_json", "print_table", "shorten", "to_jsonable"]
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
@@ -46,17 +50,6 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, empty:
     click.echo("  ".join(header.ljust(width) for header, width in zip(headers, widths, strict=True)).rstrip())
     for row in texts:
         click.echo("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip())
-
-
-def age(seconds: float | None) -> str:
-    """'3d', '4h', '12m', '40s': how long, for a person."""
-    if seconds is None:
-        return "-"
-    whole = int(seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if whole >= size:
-            return f"{whole // size}{unit}"
-    return f"{max(whole, 0)}s"
 
 
 def shorten(text: str | None, width: int = 70) -> str | None:

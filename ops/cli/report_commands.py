@@ -36,12 +36,13 @@ def users_by_day(cli: CliContext, since: datetime | None, as_json: bool) -> None
 
 @report.command()
 @since_option
+@click.option("--user", "clerk_user_id", help="Only this Clerk user's usage.")
 @json_option
 @pass_context
-def operations(cli: CliContext, since: datetime | None, as_json: bool) -> None:
+def operations(cli: CliContext, since: datetime | None, clerk_user_id: str | None, as_json: bool) -> None:
     """Top operations: uses, credits, average credits per use, credits refunded."""
     with cli.sessions()() as session:
-        rows = reports.operations(session, since)
+        rows = reports.operations(session, since, clerk_user_id)
     if as_json:
         print_json(
             [

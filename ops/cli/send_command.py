@@ -19,8 +19,8 @@ import click
 from models.settings import load_webhook_secrets
 from ops import sample_deliveries as samples
 from ops.cli.context import CliContext, pass_context
-from ops.cli.status_command import DEFAULT_RECEIVER_URL
 from ops.local.local_env import SECRETS_ENV
+from ops.queries.status import DEFAULT_RECEIVER_URL
 
 _T = TypeVar("_T")
 

@@ -6,13 +6,11 @@ import os
 
 import click
 
-from models.connectivity import ServerUnreachable, check_redis, masked_url
-from models.settings import ConfigError, load_settings
+from models.connectivity import masked_url
+from models.settings import load_settings
 from ops.cli.context import CliContext, pass_context
 from ops.cli.output import age, json_option, print_json, print_table
 from ops.queries.status import Server, Status
-
-DEFAULT_RECEIVER_URL = "http://127.0.0.1:5000"
 
 
 @click.command()
@@ -26,24 +24,19 @@ def status(cli: CliContext, as_json: bool) -> None:
     2 when a server does not answer (PostgreSQL: one line, nothing else to show); 1 when the
     database is behind the code's migrations.
     """
-    from ops.queries.status import inbox_counts, migration_state
+    from ops.queries.queues import queue_names
+    from ops.queries.status import redis_state, status_report
 
     database = cli.database_settings()
     servers = [
         Server("PostgreSQL", cli.local.origin("DATABASE_URL"), masked_url(os.environ.get("DATABASE_URL", "")), "ok")
     ]
-    redis_server, queues = _redis(cli)
+    redis_server, queues = redis_state(
+        os.environ.get("REDIS_URL"), cli.local.origin("REDIS_URL"), lambda: queue_names(load_settings())
+    )
     servers.append(redis_server)
     with cli.sessions()() as session:
-        migration = migration_state(session, database.service_schema)
-        report = Status(
-            servers=servers,
-            endpoints=_endpoints(),
-            migration=migration,
-            queues=queues,
-            # A database never migrated has no inbox to count.
-            inbox=inbox_counts(session) if migration.database is not None else [],
-        )
+        report = status_report(session, database.service_schema, servers, queues)
     if as_json:
         print_json(report.as_json())
     else:
@@ -52,42 +45,6 @@ def status(cli: CliContext, as_json: bool) -> None:
         raise SystemExit(2)
     if not report.migration.up_to_date:
         raise SystemExit(1)
-
-
-def _redis(cli: CliContext) -> tuple[Server, dict[str, int] | None]:
-    variable = cli.local.origin("REDIS_URL")
-    url = os.environ.get("REDIS_URL")
-    if not url:
-        return Server("Redis", variable, None, "not set"), None
-    try:
-        check_redis(url, variable)
-        settings = load_settings()
-    except ServerUnreachable as exc:
-        return Server("Redis", variable, masked_url(url), f"unreachable: {exc.reason}"), None
-    except ConfigError as exc:
-        return Server("Redis", variable, None, str(exc)), None
-    import redis
-
-    from ops.queries.queues import queue_lengths, queue_names
-
-    client = redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=5)
-    try:
-        return Server("Redis", variable, masked_url(url), "ok"), queue_lengths(client, queue_names(settings))
-    finally:
-        client.close()
-
-
-def _endpoints() -> dict[str, str]:
-    """Where the processes listen (what `run` wrote in .local/run.env, else the defaults)."""
-    flower = f"http://{os.environ.get('FLOWER_ADDRESS', '127.0.0.1')}:{os.environ.get('FLOWER_PORT', '5555')}"
-    metrics = (
-        f"http://{os.environ.get('OPS_METRICS_ADDRESS', '127.0.0.1')}:{os.environ.get('OPS_METRICS_PORT', '9808')}"
-    )
-    return {
-        "receiver": os.environ.get("RECEIVER_URL", DEFAULT_RECEIVER_URL),
-        "flower": os.environ.get("FLOWER_URL", flower),
-        "metrics": os.environ.get("OPS_METRICS_URL", metrics + "/metrics"),
-    }
 
 
 def _print(report: Status) -> None:

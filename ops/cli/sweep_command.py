@@ -14,6 +14,7 @@ def sweep(cli: CliContext) -> None:
 
     Harmless to run at any time: processing is idempotent.
     """
+    from ops.audit import Actor, record
     from worker.inbox.queue_probe import oldest_waiting_inbox_id
     from worker.inbox.sweep import sweep as sweep_once
     from worker.task_base import send_follow_ups
@@ -24,6 +25,14 @@ def sweep(cli: CliContext) -> None:
     with cli.sessions()() as session:
         with session.begin():
             ids = sweep_once(session, settings, oldest_waiting_id=waiting)
+            record(
+                session,
+                Actor.cli(),
+                "inbox.sweep",
+                target="inbox",
+                outcome=f"re-enqueued {len(ids)} pending row(s)",
+                details={"inbox_ids": ids},
+            )
         sent = send_follow_ups(session, app)
     click.echo(f"swept {len(ids)} pending row(s), enqueued {sent}" + (f": {ids}" if ids else ""))
 

@@ -75,7 +75,7 @@ def _print_ledger(view: UserView, page: int, per_page: int) -> None:
     click.echo(f"\nledger (page {page} of {pages}, {view.ledger_entries} entries, newest first):")
     sent = view.entries_sent_by_send
     print_table(
-        ["entry", "when", "kind", "delta", "balance after", "sent by", "reference"],
+        ["entry", "when", "kind", "delta", "balance after", "ledger sum", "sent by", "reference"],
         [
             [
                 e.id,
@@ -83,6 +83,7 @@ def _print_ledger(view: UserView, page: int, per_page: int) -> None:
                 e.kind,
                 f"{e.delta:+d}",
                 e.balance_after,
+                view.running_balance[e.id],
                 _SEND if e.id in sent else "",
                 shorten(e.reference, 80),
             ]
@@ -136,6 +137,7 @@ def _as_json(view: UserView) -> dict[str, object]:
                 "kind": e.kind,
                 "delta": e.delta,
                 "balance_after": e.balance_after,
+                "ledger_sum": view.running_balance[e.id],
                 "idempotency_key": e.idempotency_key,
                 "reference": e.reference,
                 "sent_by_send": e.id in view.entries_sent_by_send,

@@ -20,6 +20,7 @@ from ops.local.servers import LocalPostgres, LocalRedis, PostgresPrograms
 EmbeddedServer = LocalPostgres | LocalRedis
 
 LOCAL_BIND_HOST = "127.0.0.1"
+LOCAL_OPERATOR = "ops"  # the console's local login, an operator
 
 
 def start_missing_servers(data_dir: Path, started: list[EmbeddedServer]) -> None:
@@ -42,8 +43,8 @@ def server_name(server: EmbeddedServer) -> str:
 
 
 def ensure_local_secrets(data_dir: Path) -> Path | None:
-    """Give a local run webhook secrets, the ingest signing key and Flower credentials of its own
-    when they are not set.
+    """Give a local run webhook secrets, the ingest signing key, a usage service key, and Flower's
+    and the console's logins of its own when they are not set (the console's login is an operator).
 
     They are kept in DATA_DIR/local-secrets.env (mode 600) and never printed: point a local
     sender (or the tests' signer) at that file.
@@ -52,6 +53,7 @@ def ensure_local_secrets(data_dir: Path) -> Path | None:
         "CLERK_WEBHOOK_SIGNING_SECRET": lambda: "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode(),
         "ASAAS_WEBHOOK_TOKEN": lambda: secrets.token_urlsafe(24),
         "FLOWER_BASIC_AUTH": lambda: f"ops:{secrets.token_urlsafe(12)}",
+        "CONSOLE_BASIC_AUTH": lambda: f"{LOCAL_OPERATOR}:{secrets.token_urlsafe(12)}",
         "INGEST_SIGNING_KEY": lambda: secrets.token_urlsafe(32),
         # The services allowed to send usage tasks: one, `local` (CREDITS_SERVICE=local and its key
         # for a client run beside it).
@@ -75,6 +77,9 @@ def ensure_local_secrets(data_dir: Path) -> Path | None:
         name, _, value = line.partition("=")
         if name in wanted and not os.environ.get(name):
             os.environ[name] = value
+            if name == "CONSOLE_BASIC_AUTH":
+                # The local login may act in the console (replay, prune, support credits).
+                os.environ.setdefault("CONSOLE_OPERATORS", LOCAL_OPERATOR)
     click.echo(f"secrets not set: using the local ones in {path}", err=True)
     return path
 
@@ -86,7 +91,13 @@ def endpoints() -> dict[str, str]:
     metrics = (
         f"http://{os.environ.get('OPS_METRICS_ADDRESS', '127.0.0.1')}:{os.environ.get('OPS_METRICS_PORT', '9808')}"
     )
-    return {"RECEIVER_URL": f"http://127.0.0.1:{port}", "FLOWER_URL": flower, "OPS_METRICS_URL": f"{metrics}/metrics"}
+    console = f"http://{os.environ.get('CONSOLE_ADDRESS', '127.0.0.1')}:{os.environ.get('CONSOLE_PORT', '5556')}"
+    return {
+        "RECEIVER_URL": f"http://127.0.0.1:{port}",
+        "FLOWER_URL": flower,
+        "OPS_METRICS_URL": f"{metrics}/metrics",
+        "CONSOLE_URL": console,
+    }
 
 
 def share_with_commands(data_dir: Path, started: list[EmbeddedServer]) -> Path:
@@ -116,6 +127,8 @@ def print_where_to_look(secrets_file: Path | None, started: list[EmbeddedServer]
     click.echo(f"receiver metrics: http://{receiver_metrics}/metrics", err=True)
     click.echo(f"Flower: {where['FLOWER_URL']} (log in with the user:password of {login})", err=True)
     click.echo(f"metrics for alerts: {where['OPS_METRICS_URL']}", err=True)
+    console_login = f"CONSOLE_BASIC_AUTH in {secrets_file}" if secrets_file else "CONSOLE_BASIC_AUTH"
+    click.echo(f"console: {where['CONSOLE_URL']} (log in with the user:password of {console_login})", err=True)
     click.echo("in another terminal, from this folder: pedro-webhooks status (it reads .local/run.env)", err=True)
 
 

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from messaging.celery_config import REFUSED_USAGE_MESSAGES
 from models.inbox import InboxStatus, Source
 from models.usage import CreditHold, HoldState, UsageRequest
-from ops.queries.inbox_rows import counts_by_status
+from ops.queries.inbox_rows import StatusCount, counts_by_status
 from ops.queries.queues import queue_lengths
 
 log = logging.getLogger(__name__)
@@ -50,39 +50,54 @@ class OpsCollector(Collector):
         yield from self._queue_gauges()
 
     def _database_gauges(self) -> Iterator[GaugeMetricFamily]:
-        up = GaugeMetricFamily(f"{PREFIX}_database_up", "1 when this scrape could read PostgreSQL.")
         try:
             with Session(self._engine) as session, session.begin():
-                families = [*_inbox_gauges(session), _usage_gauge(session), *_hold_gauges(session)]
+                families = [
+                    *inbox_gauges(counts_by_status(session), datetime.now(UTC)),
+                    _usage_gauge(session),
+                    *_hold_gauges(session),
+                ]
         except (DBAPIError, PoolTimeoutError) as exc:
             log.warning("metrics.database_unreachable error=%s", type(exc).__name__)
-            up.add_metric([], 0)
-            yield up
+            yield up_gauge("database", False)
             return
-        up.add_metric([], 1)
-        yield up
+        yield up_gauge("database", True)
         yield from families
 
     def _queue_gauges(self) -> Iterator[GaugeMetricFamily]:
-        up = GaugeMetricFamily(f"{PREFIX}_redis_up", "1 when this scrape could read the Redis broker.")
         try:
             lengths = queue_lengths(self._redis, self._queues)
             refused = self._redis.hgetall(REFUSED_USAGE_MESSAGES)
         except RedisError as exc:
             log.warning("metrics.redis_unreachable error=%s", type(exc).__name__)
-            up.add_metric([], 0)
-            yield up
+            yield up_gauge("redis", False)
             return
-        up.add_metric([], 1)
-        yield up
-        gauge = GaugeMetricFamily(f"{PREFIX}_queue_length", "Messages waiting in a Celery queue.", labels=["queue"])
-        for name, length in lengths.items():
-            gauge.add_metric([name], length)
-        yield gauge
+        yield up_gauge("redis", True)
+        yield queue_gauge(lengths)
         yield _refused_gauge(refused)
 
 
-def _inbox_gauges(session: Session) -> list[GaugeMetricFamily]:
+_UP_HELP = {
+    "database": "1 when this scrape could read PostgreSQL.",
+    "redis": "1 when this scrape could read the Redis broker.",
+}
+
+
+def up_gauge(server: str, up: bool) -> GaugeMetricFamily:
+    gauge = GaugeMetricFamily(f"{PREFIX}_{server}_up", _UP_HELP[server])
+    gauge.add_metric([], 1 if up else 0)
+    return gauge
+
+
+def queue_gauge(lengths: dict[str, int]) -> GaugeMetricFamily:
+    gauge = GaugeMetricFamily(f"{PREFIX}_queue_length", "Messages waiting in a Celery queue.", labels=["queue"])
+    for name, length in lengths.items():
+        gauge.add_metric([name], length)
+    return gauge
+
+
+def inbox_gauges(counts: list[StatusCount], now: datetime) -> list[GaugeMetricFamily]:
+    """The inbox's gauges from `counts_by_status` (the console's overview reads them too)."""
     rows = GaugeMetricFamily(
         f"{PREFIX}_inbox_rows", "Webhook inbox rows by source and status.", labels=["source", "status"]
     )
@@ -91,11 +106,10 @@ def _inbox_gauges(session: Session) -> list[GaugeMetricFamily]:
         "Age of the oldest inbox row of a status that waits (pending, unmatched, needs_attention, failed).",
         labels=["source", "status"],
     )
-    now = datetime.now(UTC)
-    counts = {(count.source, count.status): count for count in counts_by_status(session)}
+    by_key = {(count.source, count.status): count for count in counts}
     for source in Source:
         for status in InboxStatus:
-            count = counts.get((source.value, status.value))
+            count = by_key.get((source.value, status.value))
             rows.add_metric([source.value, status.value], count.count if count else 0)
             if status in AGED_STATUSES:
                 oldest = count.oldest_received_at if count else None

@@ -42,8 +42,8 @@ class OperationUse:
     refunded: int  # credits given back by refunds of this operation
 
 
-def operations(session: Session, since: datetime | None = None) -> list[OperationUse]:
-    """The most used operations first."""
+def operations(session: Session, since: datetime | None = None, clerk_user_id: str | None = None) -> list[OperationUse]:
+    """The most used operations first (of one user, when given)."""
     debit = UsageHistory.credits_used > 0
     uses = func.count().filter(debit)
     statement = (
@@ -59,6 +59,10 @@ def operations(session: Session, since: datetime | None = None) -> list[Operatio
     )
     if since is not None:
         statement = statement.where(UsageHistory.timestamp >= since.replace(tzinfo=None))
+    if clerk_user_id is not None:
+        statement = statement.where(
+            UsageHistory.user_id == select(User.id).where(User.clerk_id == clerk_user_id).scalar_subquery()
+        )
     return [
         OperationUse(operation.value, count, int(credits), average or Decimal(0), int(refunded))
         for operation, count, credits, average, refunded in session.execute(statement).all()

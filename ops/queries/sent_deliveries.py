@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from models.inbox import WebhookInbox
 from models.ledger import CreditLedgerEntry
-from ops.queries.inbox_rows import effects_of, rows_naming_user
+from ops.queries.inbox_rows import effects_of, id_for_rows_naming_a_user, rows_naming_user
 from ops.sample_deliveries import SENT_BY_FIELD
 
 
@@ -48,7 +48,8 @@ def sent_deliveries(session: Session, clerk_user_id: str | None = None) -> list[
     """Every marked delivery (those naming the user, when given), oldest first, with its entries
     (only the user's, when given)."""
     conditions = [sent_by_send()] if clerk_user_id is None else [sent_by_send(), rows_naming_user(clerk_user_id)]
-    rows = session.scalars(select(WebhookInbox).where(*conditions).order_by(WebhookInbox.id))
+    order = WebhookInbox.id if clerk_user_id is None else id_for_rows_naming_a_user()
+    rows = session.scalars(select(WebhookInbox).where(*conditions).order_by(order))
     return [_with_entries(session, row, clerk_user_id) for row in rows]
 
 

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
 from sqlalchemy.orm import Session
 
 from models import migrate
+from models.connectivity import ServerUnreachable, check_redis, masked_url
 from models.inbox import InboxStatus
+from models.settings import ConfigError
 from ops.queries.inbox_rows import StatusCount, counts_by_status
+from ops.queries.queues import queue_lengths
+
+DEFAULT_RECEIVER_URL = "http://127.0.0.1:5000"
 
 
 @dataclass(frozen=True)
@@ -75,3 +83,52 @@ def migration_state(session: Session, service_schema: str) -> Migration:
 
 def inbox_counts(session: Session) -> list[StatusCount]:
     return counts_by_status(session)
+
+
+def redis_state(
+    url: str | None, origin: str, queue_names: Callable[[], list[str]]
+) -> tuple[Server, dict[str, int] | None]:
+    """Redis as `status` shows it, and the queue lengths (None when it cannot be read)."""
+    if not url:
+        return Server("Redis", origin, None, "not set"), None
+    try:
+        check_redis(url, origin)
+        names = queue_names()
+    except ServerUnreachable as exc:
+        return Server("Redis", origin, masked_url(url), f"unreachable: {exc.reason}"), None
+    except ConfigError as exc:
+        return Server("Redis", origin, None, str(exc)), None
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        return Server("Redis", origin, masked_url(url), "ok"), queue_lengths(client, names)
+    finally:
+        client.close()
+
+
+def endpoints() -> dict[str, str]:
+    """Where the processes listen (what `run` wrote in .local/run.env, else the defaults)."""
+
+    def at(address: str, port: str, default_port: int) -> str:
+        return f"http://{os.environ.get(address, '127.0.0.1')}:{os.environ.get(port, str(default_port))}"
+
+    return {
+        "receiver": os.environ.get("RECEIVER_URL", DEFAULT_RECEIVER_URL),
+        "flower": os.environ.get("FLOWER_URL", at("FLOWER_ADDRESS", "FLOWER_PORT", 5555)),
+        "metrics": os.environ.get("OPS_METRICS_URL", at("OPS_METRICS_ADDRESS", "OPS_METRICS_PORT", 9808) + "/metrics"),
+        "console": os.environ.get("CONSOLE_URL", at("CONSOLE_ADDRESS", "CONSOLE_PORT", 5556)),
+    }
+
+
+def status_report(
+    session: Session, service_schema: str, servers: list[Server], queues: dict[str, int] | None
+) -> Status:
+    """Everything `status` shows, PostgreSQL answering (the session)."""
+    migration = migration_state(session, service_schema)
+    return Status(
+        servers=servers,
+        endpoints=endpoints(),
+        migration=migration,
+        queues=queues,
+        # A database never migrated has no inbox to count.
+        inbox=inbox_counts(session) if migration.database is not None else [],
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -12,7 +13,7 @@ from models.billing import UserPlan
 from models.inbox import InboxStatus, WebhookInbox
 from models.ledger import CreditLedgerEntry
 from models.usage import CreditHold, HoldState
-from ops.queries.inbox_rows import rows_naming_user
+from ops.queries.inbox_rows import id_for_rows_naming_a_user, rows_naming_user
 from ops.queries.sent_deliveries import SentDelivery, sent_deliveries
 
 # Rows that name the user and still wait for something (a person, a replay).
@@ -35,6 +36,9 @@ class UserView:
     plan_state: UserPlan | None
     ledger: list[CreditLedgerEntry]
     ledger_entries: int  # in all (the page shows `ledger`)
+    # entry id -> the sum of the user's ledger up to and including it: equal to the entry's
+    # balance_after unless something changed the balance behind the ledger's back.
+    running_balance: dict[int, int]
     usage: list[UsageHistory]
     storage: list[StorageObject]
     storage_summary: StorageSummary
@@ -72,21 +76,15 @@ def user_view(
         ledger_sum = session.scalar(select(func.coalesce(func.sum(CreditLedgerEntry.delta), 0)).where(by_balance)) or 0
     plan_state = session.get(UserPlan, clerk_user_id)
     plan = session.get(Plan, plan_state.plan_id) if plan_state is not None and plan_state.plan_id else None
+    ledger, running_balance = _ledger_page(session, clerk_user_id, page, per_page)
     return UserView(
         user=user,
         balance=balance,
         ledger_sum=ledger_sum,
         plan=plan,
         plan_state=plan_state,
-        ledger=list(
-            session.scalars(
-                select(CreditLedgerEntry)
-                .where(by_user)
-                .order_by(CreditLedgerEntry.id.desc())
-                .offset((page - 1) * per_page)
-                .limit(per_page)
-            )
-        ),
+        ledger=ledger,
+        running_balance=running_balance,
         ledger_entries=session.scalar(select(func.count()).where(by_user)) or 0,
         usage=list(
             session.scalars(
@@ -109,7 +107,7 @@ def user_view(
             session.scalars(
                 select(WebhookInbox)
                 .where(WebhookInbox.status.in_([s.value for s in _WAITING]), rows_naming_user(clerk_user_id))
-                .order_by(WebhookInbox.id)
+                .order_by(id_for_rows_naming_a_user())
                 .limit(recent)
             )
         ),
@@ -126,6 +124,42 @@ def open_holds(session: Session, clerk_user_id: str) -> list[CreditHold]:
             .order_by(CreditHold.created_at, CreditHold.hold_key)
         )
     )
+
+
+def _ledger_page(
+    session: Session, clerk_user_id: str, page: int, per_page: int
+) -> tuple[list[CreditLedgerEntry], dict[int, int]]:
+    """One page of the ledger, newest first, with each entry's running sum (the window runs over
+    every entry of the user, then the page is cut)."""
+    running = func.sum(CreditLedgerEntry.delta).over(order_by=CreditLedgerEntry.id).label("running")
+    every = select(CreditLedgerEntry.id, running).where(CreditLedgerEntry.clerk_user_id == clerk_user_id).subquery()
+    rows = session.execute(
+        select(CreditLedgerEntry, every.c.running)
+        .join(every, every.c.id == CreditLedgerEntry.id)
+        .order_by(CreditLedgerEntry.id.desc())
+        .offset((page - 1) * per_page)
+        .limit(per_page)
+    ).all()
+    return [entry for entry, _ in rows], {entry.id: int(total) for entry, total in rows}
+
+
+@dataclass(frozen=True)
+class BalancePoint:
+    at: datetime
+    balance: int  # the entry's balance_after
+
+
+def balance_history(session: Session, clerk_user_id: str, *, limit: int = 5000) -> list[BalancePoint]:
+    """The balance after each of the user's latest `limit` ledger entries, oldest first (a chart)."""
+    latest = (
+        select(CreditLedgerEntry.id, CreditLedgerEntry.created_at, CreditLedgerEntry.balance_after)
+        .where(CreditLedgerEntry.clerk_user_id == clerk_user_id)
+        .order_by(CreditLedgerEntry.id.desc())
+        .limit(limit)
+        .subquery()
+    )
+    rows = session.execute(select(latest.c.created_at, latest.c.balance_after).order_by(latest.c.id)).all()
+    return [BalancePoint(at, balance) for at, balance in rows]
 
 
 def _storage_summary(session: Session, user_id: str) -> StorageSummary:

@@ -60,6 +60,26 @@ def _assert_flower_requires_the_local_credentials(port: str, data_dir) -> None:
     assert httpx.get(url, auth=(user, password), timeout=5).status_code == 200
 
 
+def _assert_the_console_requires_the_local_credentials(port: str, data_dir: Path, log: Path) -> None:
+    """`run` prints the console's URL, and its local login (an operator) opens it."""
+    secrets = dict(line.split("=", 1) for line in (data_dir / "local-secrets.env").read_text().splitlines())
+    user, password = secrets["CONSOLE_BASIC_AUTH"].split(":", 1)
+    url = f"http://127.0.0.1:{port}"
+    assert f"console: {url} (log in with the user:password of CONSOLE_BASIC_AUTH in" in log.read_text()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            anonymous = httpx.get(url, timeout=2)
+            break
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+    assert anonymous.status_code == 401
+    page = httpx.get(url, auth=(user, password), timeout=10)
+    assert page.status_code == 200 and f"{user} (operator)" in page.text
+
+
 def _assert_receiver_ready(port: str) -> None:
     deadline = time.monotonic() + 30
     while True:
@@ -86,6 +106,8 @@ def _run_env(**changes: str) -> dict[str, str]:
             "FLOWER_BASIC_AUTH",
             "INGEST_SIGNING_KEY",
             "USAGE_SERVICE_KEYS",
+            "CONSOLE_BASIC_AUTH",
+            "CONSOLE_OPERATORS",
         )
     }
     # Free ports: Flower's, the receiver's metrics, the metrics exporter's, and honcho's base port
@@ -95,6 +117,7 @@ def _run_env(**changes: str) -> dict[str, str]:
         "PORT": str(free_port()),
         "RECEIVER_METRICS_PORT": str(free_port()),
         "OPS_METRICS_PORT": str(free_port()),
+        "CONSOLE_PORT": str(free_port()),
     }
     return {**env, **ports, **changes}
 
@@ -196,6 +219,7 @@ def test_run_starts_embedded_servers_and_leaves_nothing_behind(data_dir, tmp_pat
     (data_dir / "run.env").write_text(f"DATABASE_URL=postgresql://postgres@127.0.0.1:{free_port()}/gone\n")
     with _running(env, data_dir, log) as run:
         _assert_flower_requires_the_local_credentials(env["FLOWER_PORT"], data_dir)
+        _assert_the_console_requires_the_local_credentials(env["CONSOLE_PORT"], data_dir, log)
         assert "started embedded PostgreSQL" in log.read_text() and "started embedded Redis" in log.read_text()
         postmasters = _postmasters(data_dir)
         assert postmasters, "the embedded PostgreSQL is not running"
@@ -215,6 +239,7 @@ def test_run_starts_embedded_servers_and_leaves_nothing_behind(data_dir, tmp_pat
         "FLOWER_BASIC_AUTH",
         "INGEST_SIGNING_KEY",
         "USAGE_SERVICE_KEYS",
+        "CONSOLE_BASIC_AUTH",
     }
     for secret in local.values():
         assert secret not in log.read_text()
