@@ -122,6 +122,24 @@ RULES: tuple[ThresholdRule | BlindRule, ...] = (
         1000,
         "{group} holds over 1000 messages: are the workers up?",
     ),
+    ThresholdRule(
+        "HoldsNotExpiring",
+        "overdue_holds",
+        {},
+        None,
+        max,
+        0,
+        "credit holds past their expiry stay open: is beat running, and a worker on maintenance?",
+    ),
+    ThresholdRule(
+        "UsageMessagesRefused",
+        "refused_usage_messages",
+        {},
+        None,
+        sum,
+        0,
+        "usage messages with bad signatures reached the broker: check USAGE_SERVICE_KEYS and who writes to Redis",
+    ),
     BlindRule("OpsExporterBlind", "the metrics exporter cannot read PostgreSQL or Redis"),
 )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
@@ -55,7 +56,7 @@ class OpsCollector(Collector):
                 families = [
                     *inbox_gauges(counts_by_status(session), datetime.now(UTC)),
                     _usage_gauge(session),
-                    *_hold_gauges(session),
+                    *hold_gauges(open_holds_summary(session), datetime.now(UTC)),
                 ]
         except (DBAPIError, PoolTimeoutError) as exc:
             log.warning("metrics.database_unreachable error=%s", type(exc).__name__)
@@ -74,7 +75,7 @@ class OpsCollector(Collector):
             return
         yield up_gauge("redis", True)
         yield queue_gauge(lengths)
-        yield _refused_gauge(refused)
+        yield refused_gauge(refused)
 
 
 _UP_HELP = {
@@ -131,25 +132,36 @@ def _usage_gauge(session: Session) -> GaugeMetricFamily:
     return gauge
 
 
-def _hold_gauges(session: Session) -> list[GaugeMetricFamily]:
-    """The credit holds still open: how many, the credits they hold, the oldest one's age, and
-    how many are past their `expires_at` (more than a few means `holds.expire` is not running)."""
-    is_open = CreditHold.state == HoldState.OPEN.value
+@dataclass(frozen=True)
+class OpenHolds:
+    count: int
+    credits: int
+    oldest_created_at: datetime | None
+    overdue: int
+
+
+def open_holds_summary(session: Session) -> OpenHolds:
+    """The credit holds still open: how many, the credits they hold, the oldest, and how many are
+    past their `expires_at` (more than a few means `holds.expire` is not running)."""
     count, held, oldest, overdue = session.execute(
         select(
             func.count(),
             func.coalesce(func.sum(CreditHold.credits), 0),
             func.min(CreditHold.created_at),
             func.count().filter(CreditHold.expires_at < func.clock_timestamp()),
-        ).where(is_open)
+        ).where(CreditHold.state == HoldState.OPEN.value)
     ).one()
-    age = (datetime.now(UTC) - oldest).total_seconds() if oldest else 0
+    return OpenHolds(count, held, oldest, overdue)
+
+
+def hold_gauges(holds: OpenHolds, now: datetime) -> list[GaugeMetricFamily]:
+    age = (now - holds.oldest_created_at).total_seconds() if holds.oldest_created_at else 0
     gauges = []
     for name, text_, value in (
-        ("open_holds", "Credit holds not captured, released or expired yet.", count),
-        ("held_credits", "Credits the open holds keep out of the balances.", held),
+        ("open_holds", "Credit holds not captured, released or expired yet.", holds.count),
+        ("held_credits", "Credits the open holds keep out of the balances.", holds.credits),
         ("open_hold_oldest_age_seconds", "Age of the oldest open credit hold (0 when none).", age),
-        ("overdue_holds", "Open credit holds past their expires_at (holds.expire releases them).", overdue),
+        ("overdue_holds", "Open credit holds past their expires_at (holds.expire releases them).", holds.overdue),
     ):
         gauge = GaugeMetricFamily(f"{PREFIX}_{name}", text_)
         gauge.add_metric([], value)
@@ -173,7 +185,7 @@ def make_exporter(registry: CollectorRegistry, address: str, port: int) -> WSGIS
     return make_server(address, port, make_wsgi_app(registry), ThreadingWSGIServer, handler_class=_QuietHandler)
 
 
-def _refused_gauge(counts: dict[Any, Any]) -> GaugeMetricFamily:
+def refused_gauge(counts: dict[Any, Any]) -> GaugeMetricFamily:
     """Usage messages the workers refused (their signature did not verify), by the service they
     named, since Redis last started empty: anything above 0 is someone writing to the broker."""
     gauge = GaugeMetricFamily(

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from ops.queries.alerts import RULES, BlindRule, ThresholdRule, firing_alerts
 from ops.queries.inbox_rows import StatusCount
-from ops.queries.metrics import inbox_gauges, queue_gauge, up_gauge
+from ops.queries.metrics import OpenHolds, hold_gauges, inbox_gauges, queue_gauge, refused_gauge, up_gauge
 from tests.support.servers import PROJECT_ROOT
 
 OPERATING = (PROJECT_ROOT / "docs" / "operating.md").read_text()
@@ -33,14 +33,25 @@ def test_the_rules_are_the_documented_ones():
             assert isinstance(rule, BlindRule) and "_up == 0" in expr
 
 
-def _gauges(counts: list[StatusCount], queues: dict[str, int] | None, database: bool = True):
-    families = [up_gauge("database", database), *inbox_gauges(counts, NOW), up_gauge("redis", queues is not None)]
-    return [*families, queue_gauge(queues)] if queues is not None else families
+NO_HOLDS = OpenHolds(0, 0, None, 0)
+
+
+def _gauges(
+    counts: list[StatusCount],
+    queues: dict[str, int] | None,
+    holds: OpenHolds = NO_HOLDS,
+    refused: dict[str, int] | None = None,
+):
+    families = [up_gauge("database", True), *inbox_gauges(counts, NOW), *hold_gauges(holds, NOW)]
+    if queues is None:
+        return [*families, up_gauge("redis", False)]
+    return [*families, up_gauge("redis", True), queue_gauge(queues), refused_gauge(refused or {})]
 
 
 def test_a_quiet_service_fires_nothing():
     counts = [StatusCount("clerk", "processed", 10, NOW - timedelta(days=3))]
-    assert firing_alerts(_gauges(counts, {"webhooks": 0, "usage": 2})) == []
+    holds = OpenHolds(count=3, credits=120, oldest_created_at=NOW - timedelta(minutes=2), overdue=0)
+    assert firing_alerts(_gauges(counts, {"webhooks": 0, "usage": 2}, holds, {"web": 0})) == []
 
 
 def test_each_condition_fires_its_alert():
@@ -51,7 +62,9 @@ def test_each_condition_fires_its_alert():
         StatusCount("asaas", "needs_attention", 1, NOW),
         StatusCount("asaas", "unmatched", 1, NOW - timedelta(hours=2)),
     ]
-    fired = {(a.name, a.summary) for a in firing_alerts(_gauges(counts, {"webhooks": 1001, "usage": 0}))}
+    holds = OpenHolds(count=3, credits=120, oldest_created_at=NOW - timedelta(hours=2), overdue=1)
+    gauges = _gauges(counts, {"webhooks": 1001, "usage": 0}, holds, {"web": 0, "batch": 2})
+    fired = {(a.name, a.summary) for a in firing_alerts(gauges)}
     assert fired == {
         ("WebhookBacklogOld", "a asaas delivery has waited over 5 minutes: pedro-webhooks status"),
         ("WebhookDeadLetters", "failed inbox rows: pedro-webhooks inbox list --status failed"),
@@ -61,5 +74,10 @@ def test_each_condition_fires_its_alert():
             "an event has waited over an hour for its user: pedro-webhooks inbox list --status unmatched",
         ),
         ("CeleryQueueLong", "webhooks holds over 1000 messages: are the workers up?"),
+        ("HoldsNotExpiring", "credit holds past their expiry stay open: is beat running, and a worker on maintenance?"),
+        (
+            "UsageMessagesRefused",
+            "usage messages with bad signatures reached the broker: check USAGE_SERVICE_KEYS and who writes to Redis",
+        ),
     }
     assert [a.name for a in firing_alerts(_gauges([], None))] == ["OpsExporterBlind"]
