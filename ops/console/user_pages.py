@@ -1,6 +1,6 @@
-"""`/users/<clerk_id>`: the balance and whether the ledger explains it, the plan, storage, the
-ledger with its running sum (paged), a chart of the balance over time, and usage by operation.
-The queries are the CLI's `user show` and `report operations --user`."""
+"""`/users/<clerk_id>`: the balance and whether the ledger explains it, its open credit holds,
+the plan, storage, the ledger with its running sum (paged), a chart of the balance over time,
+and usage by operation. The queries are the CLI's `user show` and `report operations --user`."""
 
 from __future__ import annotations
 
@@ -47,4 +47,5 @@ def user_page(clerk_user_id: str) -> str:
             usage=operations(session, since=datetime.now(UTC) - USAGE_WINDOW, clerk_user_id=wanted),
             usage_days=USAGE_WINDOW.days,
             max_amount=resources().max_support_amount,
+            now=datetime.now(UTC),
         )
