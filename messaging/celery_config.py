@@ -23,6 +23,9 @@ MAINTENANCE_QUEUE = "maintenance"
 PROCESS_WEBHOOK_TASK = "webhooks.process"
 INGEST_WEBHOOK_TASK = "webhooks.ingest"
 SWEEP_INBOX_TASK = "inbox.sweep"
+# Moves deliveries the receiver queued while PostgreSQL was down from the fallback store
+# (messaging/fallback_store.py) into the inbox (beat, and the receiver's nudge).
+DRAIN_FALLBACK_TASK = "inbox.drain_fallback"
 # What services send (signed: docs/usage-api.md), on the `usage` queue.
 DEBIT_TASK = "usage.debit"
 REFUND_TASK = "usage.refund"
@@ -96,6 +99,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 # sweeps never pile up behind one another.
                 "options": {"expires": sweep_expiry_seconds(settings)},
             },
+            "fallback-drain": {
+                "task": DRAIN_FALLBACK_TASK,
+                "schedule": settings.fallback_drain_interval_seconds,
+                "options": {"expires": drain_expiry_seconds(settings)},
+            },
             "holds-expire": {
                 "task": EXPIRE_HOLDS_TASK,
                 "schedule": settings.sweep_interval_seconds,
@@ -109,6 +117,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 def sweep_expiry_seconds(settings: Settings) -> float:
     return max(settings.sweep_interval_seconds * 0.9, 0.5)
+
+
+def drain_expiry_seconds(settings: Settings) -> float:
+    """A drain (beat's or a nudge) not started within this long is dropped: the next is due."""
+    return max(settings.fallback_drain_interval_seconds * 0.9, 0.5)
 
 
 def create_producer(settings: Settings) -> Celery:

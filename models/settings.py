@@ -131,6 +131,10 @@ class Settings(DatabaseSettings, WebhookSecrets):
     body_read_timeout_seconds: float = Field(default=10.0, gt=0)
     sweep_interval_seconds: float = Field(default=30.0, gt=0)
     sweep_pending_after_seconds: float = Field(default=60.0, gt=0)
+    # How often beat sends the fallback store's drain (the receiver also nudges it).
+    fallback_drain_interval_seconds: float = Field(default=5.0, gt=0)
+    # How long an entry a drain took may stay unacknowledged before another drain reclaims it.
+    fallback_claim_idle_seconds: float = Field(default=60.0, gt=0)
     # The longest a credit hold may last (`usage.hold`'s `expires_in`).
     hold_max_seconds: float = Field(default=24 * 3600.0, gt=0)
 

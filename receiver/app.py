@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from celery_ext.redis_transport import TaskMessageWriter
+from messaging.fallback_store import FallbackStore
 from messaging.ingest_message import IngestSigner
 from models.db import make_engine
 from models.inbox import Source
@@ -95,7 +96,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings=settings,
         clerk=clerk,
         asaas=asaas,
-        inbox=Inbox(engine, producer, messages, signer, durability),
+        # The fallback store shares the probes' client: short timeouts, so a Redis that hangs
+        # costs a provider a 503 in about a second, not a gunicorn timeout.
+        inbox=Inbox(engine, producer, messages, signer, durability, FallbackStore(probes), settings),
         readiness=Readiness(engine, probes),
         durability=durability,
         metrics=Metrics(),

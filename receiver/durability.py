@@ -1,13 +1,13 @@
 """Is the broker a durable place for a delivery? Only then may the PostgreSQL-down fallback answer
 200 (a provider that gets 200 never sends the delivery again).
 
-Redis keeps a queued message across a restart or a crash only with its append-only file
-(`appendonly yes`, fsynced at least every second), and keeps it at all under memory pressure
-only when it never evicts keys (`maxmemory-policy noeviction`). RDB snapshots (`save`) alone
-lose everything written since the last snapshot: not durable. The receiver reads these settings
-with CONFIG GET at start-up, on every /readyz and before each fallback. A managed Redis may
-refuse CONFIG: then nothing can be known and the fallback answers 503, unless the operator
-vouches for the server's persistence with REDIS_DURABLE=yes (REDIS_DURABLE=no: never queue).
+Redis keeps a queued delivery across a crash only with its append-only file fsynced before it
+answers each write (`appendonly yes`, `appendfsync always`: `everysec` may lose the last second
+of deliveries already answered 200), and keeps it at all under memory pressure only when it never
+evicts keys (`maxmemory-policy noeviction`). RDB snapshots alone are not durable. Read with
+CONFIG GET at start-up, on every /readyz and before each fallback. A managed Redis may refuse
+CONFIG: then the fallback answers 503, unless the operator vouches for the server's persistence
+with REDIS_DURABLE=yes (REDIS_DURABLE=no: never queue).
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from models.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# What the append-only file must be fsynced with: "no" leaves it to the kernel (~30 s of writes).
-_SAFE_FSYNC = ("everysec", "always")
+# How the append-only file must be fsynced: before Redis answers the write. "everysec" loses up to
+# a second of writes in a crash; "no" leaves it to the kernel (~30 s of writes).
+_SAFE_FSYNC = ("always",)
 _SETTINGS = ("appendonly", "appendfsync", "save", "maxmemory-policy")
 
 
@@ -78,7 +79,7 @@ def _judge(values: dict[str, str]) -> Durability:
             + (f" (RDB snapshots only, save '{snapshots}')" if snapshots else " and nothing is saved")
         )
     elif values.get("appendfsync") not in _SAFE_FSYNC:
-        problems.append(f"appendfsync is {values.get('appendfsync', 'unknown')} (everysec or always needed)")
+        problems.append(f"appendfsync is {values.get('appendfsync', 'unknown')} (always needed)")
     if values.get("maxmemory-policy") != "noeviction":
         problems.append(f"maxmemory-policy is {values.get('maxmemory-policy', 'unknown')}: it may evict messages")
     if problems:

@@ -1,9 +1,10 @@
 """From raw bytes to a stored, enqueued delivery: size limit, JSON parsing, inbox, queue.
 
 The promise to a provider is "200 means we have it": an answer of 200 is given only once the
-delivery is in PostgreSQL (the inbox) or, with PostgreSQL down, in a Redis that persists it (a
-`webhooks.ingest` message whose task stores it first; see receiver/durability.py). Anything
-else is an error the provider retries.
+delivery is in PostgreSQL (the inbox) or, with PostgreSQL down, in a Redis that persists every
+write (receiver/durability.py): an entry of the fallback store (messaging/fallback_store.py),
+which the workers remove only once it is in the inbox. Anything else is an error the provider
+retries.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import logging
 import math
 import socket
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +28,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import ClientDisconnected
 
 from celery_ext.redis_transport import TaskMessageWriter
-from messaging.celery_config import INGEST_WEBHOOK_TASK, PROCESS_WEBHOOK_TASK, create_producer
+from messaging.celery_config import DRAIN_FALLBACK_TASK, PROCESS_WEBHOOK_TASK, create_producer, drain_expiry_seconds
+from messaging.fallback_store import FallbackStore
 from messaging.ingest_message import IngestSigner
 from models.db import once_more_if_disconnected
 from models.inbox import DeliveryRecorder, Source
@@ -259,6 +260,8 @@ class Inbox:
         messages: TaskMessageWriter,
         signer: IngestSigner,
         durability: RedisDurability,
+        fallback: FallbackStore,
+        settings: Settings,
     ) -> None:
         self._recorder = DeliveryRecorder(engine)
         # Built once: a process answers one request at a time, and tenacity starts every loop
@@ -268,6 +271,9 @@ class Inbox:
         self._messages = messages
         self._signer = signer
         self._durability = durability
+        self._fallback = fallback
+        self._nudge_seconds = settings.fallback_drain_interval_seconds
+        self._nudge_expires = drain_expiry_seconds(settings)
 
     def accept(self, delivery: Delivery) -> Outcome:
         try:
@@ -317,6 +323,7 @@ class Inbox:
         raise AssertionError("unreachable: tenacity re-raises the last failure")
 
     def _queue_for_ingest(self, delivery: Delivery) -> Outcome:
+        # Read now, not at start-up: an operator may have changed Redis's persistence since.
         broker = self._durability.check()
         if not broker.durable:
             # A Redis restart would lose it after we said 200: the provider must keep it instead.
@@ -325,15 +332,24 @@ class Inbox:
             )
             raise Rejected(503, "unavailable", "the delivery could not be stored; retry later")
         try:
-            # Signed: a worker stores only what the receiver verified, never a message someone
+            # Signed: a worker stores only what the receiver verified, never an entry someone
             # else with access to Redis put there.
-            task_id = str(uuid.uuid4())
-            self._send(INGEST_WEBHOOK_TASK, self._signer.message(task_id, delivery.task_kwargs()), task_id=task_id)
+            nudge = self._fallback.add(self._signer.entry(delivery.task_kwargs()), self._nudge_seconds)
         except BROKER_ERRORS as exc:
             log.error("webhook.unavailable source=%s error=%s", delivery.source, type(exc).__name__)
             # Stored nowhere: the provider must keep it and retry.
             raise Rejected(503, "unavailable", "the delivery could not be stored or queued; retry later") from None
+        if nudge:
+            self._nudge_drain()
         return Outcome("queued")
+
+    def _nudge_drain(self) -> None:
+        """Ask a worker to drain now, so a PostgreSQL that is back gets the delivery promptly.
+        Only a hint: the entry is kept whatever happens here, and beat drains on a schedule."""
+        try:
+            self._send(DRAIN_FALLBACK_TASK, {}, expires=self._nudge_expires)
+        except BROKER_ERRORS as exc:
+            log.warning("webhook.drain_nudge_failed error=%s", type(exc).__name__)
 
     def _send(self, task_name: str, kwargs: dict[str, Any], **options: Any) -> None:
         # By name: the receiver never imports worker code. `ignore_result`: nobody here waits

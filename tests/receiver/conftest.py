@@ -51,9 +51,9 @@ def queue(redis_client: redis.Redis) -> Callable[[], list[QueuedTask]]:
 
 @pytest.fixture(scope="session")
 def durable_redis_url() -> Iterator[str]:
-    """A Redis of the run's own configured as production needs it (append-only file fsynced every
-    second, never evicting): the only kind of broker a delivery may wait in."""
-    with private_redis(appendonly="yes", appendfsync="everysec", maxmemory_policy="noeviction") as url:
+    """A Redis of the run's own configured as production needs it (append-only file fsynced before
+    each write is answered, never evicting): the only kind of broker a delivery may wait in."""
+    with private_redis(appendonly="yes", appendfsync="always", maxmemory_policy="noeviction") as url:
         yield url
 
 

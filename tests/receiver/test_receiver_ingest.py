@@ -11,15 +11,16 @@ from collections.abc import Callable
 
 import pytest
 
+from messaging.fallback_store import STREAM as FALLBACK_STREAM
 from messaging.ingest_message import IngestSigner
 from tests.conftest import INGEST_TEST_KEY
 from tests.support.receiver_support import (
     CountingStream,
-    QueuedTask,
     asaas_headers,
     clerk_headers,
     down_database_url,
     down_redis_url,
+    fallback_entries,
     inbox_rows,
     json_body,
     payload_bytes,
@@ -112,9 +113,11 @@ def test_a_body_shorter_than_its_content_length_is_a_400(app, session_factory, q
     assert inbox_rows(session_factory) == [] and queue() == []
 
 
-def _signed_delivery(task: QueuedTask) -> dict:
-    assert task.task == "webhooks.ingest" and set(task.kwargs) == {"service", "request", "signature"}, task
-    return IngestSigner([INGEST_TEST_KEY]).open(task.id, task.kwargs)
+def _signed_delivery(client) -> dict:
+    """The one delivery in the fallback store, opened as a worker opens it (signature checked)."""
+    [entry] = fallback_entries(client)
+    assert set(entry) == {"delivery_id", "service", "request", "signature"}, entry
+    return IngestSigner([INGEST_TEST_KEY]).open_entry(entry)
 
 
 class TestPostgresqlDown:
@@ -132,31 +135,55 @@ class TestPostgresqlDown:
 
         assert response.status_code == 200
         assert response.json == {"status": "queued"}
-        # The `webhooks.ingest` task stores it first (deduplicated on the same key), then
-        # processes it: the message carries everything the inbox row would have, signed.
-        [task] = queued_tasks(durable_redis)
-        assert _signed_delivery(task) == {
+        # The drain stores it first (deduplicated on the same key), then processes it: the
+        # entry carries everything the inbox row would have, signed.
+        assert _signed_delivery(durable_redis) == {
             "source": "clerk",
             "external_id": headers["svix-id"],
             "event_type": "user.created",
             "payload": json.loads(body),
         }
         assert inbox_rows(session_factory) == []
+        assert queued_tasks(durable_redis) == []  # nothing on `webhooks`: no Celery message holds it
 
     def test_an_asaas_delivery_is_queued_for_ingestion(self, down_app, session_factory, durable_redis):
         body = payload_bytes("asaas/PAYMENT_CONFIRMED")
         response = down_app.test_client().post("/webhooks/asaas", data=body, headers=asaas_headers())
         assert response.status_code == 200
         assert response.json == {"status": "queued"}
-        [task] = queued_tasks(durable_redis)
-        assert _signed_delivery(task)["external_id"] == "evt_05b708f961d739ea7eba7e4db318f621&368604919"
+        assert _signed_delivery(durable_redis)["external_id"] == "evt_05b708f961d739ea7eba7e4db318f621&368604919"
+
+    def test_the_store_keeps_every_entry_with_no_expiry_and_no_trim(self, down_app, session_factory, durable_redis):
+        """Nothing but a drain that committed removes an entry: no TTL, no MAXLEN/MINID on XADD
+        (a trim drops the oldest deliveries, answered 200, once the stream is long enough)."""
+        filler = {f"{n}-1": {"filler": "x"} for n in range(1, 2001)}
+        pipeline = durable_redis.pipeline(transaction=False)
+        for entry_id, fields in filler.items():
+            pipeline.xadd(FALLBACK_STREAM, fields, id=entry_id)
+        pipeline.execute()
+        body = payload_bytes("asaas/PAYMENT_CONFIRMED")
+        with durable_redis.monitor() as monitor:
+            assert down_app.test_client().post("/webhooks/asaas", data=body, headers=asaas_headers()).status_code == 200
+            xadd = next(command["command"] for command in monitor.listen() if command["command"].startswith("XADD"))
+        assert xadd.split()[:2] == ["XADD", FALLBACK_STREAM] and not {"MAXLEN", "MINID"} & set(xadd.upper().split())
+        assert durable_redis.ttl(FALLBACK_STREAM) == -1
+        assert durable_redis.xlen(FALLBACK_STREAM) == len(filler) + 1
+        assert durable_redis.xrange(FALLBACK_STREAM, count=1)[0][0] == b"1-1"
+
+    def test_the_workers_are_nudged_once_per_drain_interval(self, down_app, session_factory, durable_redis):
+        client = down_app.test_client()
+        for _ in range(3):
+            body = payload_bytes("asaas/PAYMENT_CONFIRMED")
+            assert client.post("/webhooks/asaas", data=body, headers=asaas_headers()).status_code == 200
+        assert [task.task for task in queued_tasks(durable_redis, "maintenance")] == ["inbox.drain_fallback"]
+        assert durable_redis.xlen(FALLBACK_STREAM) == 3
 
     def test_an_unauthenticated_delivery_is_not_queued(self, down_app, session_factory, durable_redis):
         body = payload_bytes("asaas/PAYMENT_CONFIRMED")
         assert (
             down_app.test_client().post("/webhooks/asaas", data=body, headers=asaas_headers("wrong")).status_code == 401
         )
-        assert queued_tasks(durable_redis) == []
+        assert queued_tasks(durable_redis) == [] and fallback_entries(durable_redis) == []
 
 
 class TestRedisDown:

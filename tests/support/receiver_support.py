@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from svix.webhooks import Webhook
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
+from messaging.fallback_store import STREAM as FALLBACK_STREAM
 from models.inbox import WebhookInbox
 from models.settings import Settings
 from receiver.app import EXTENSION, create_app
@@ -96,6 +97,13 @@ def queued_tasks(client: redis.Redis, queue: str = QUEUE) -> list[QueuedTask]:
         args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
         tasks.append(QueuedTask(envelope["headers"]["task"], args, kwargs, envelope["headers"]["id"]))
     return tasks
+
+
+def fallback_entries(client: redis.Redis) -> list[dict[str, str]]:
+    """The fallback store's entries (messaging/fallback_store.py), oldest first, as text fields."""
+    return [
+        {key.decode(): value.decode() for key, value in fields.items()} for _, fields in client.xrange(FALLBACK_STREAM)
+    ]
 
 
 def unused_port() -> int:

@@ -1,5 +1,6 @@
-"""The pipeline's Celery tasks: process one inbox row, store a delivery the receiver could not,
-sweep. Each is one transaction (`TransactionalTask`) and only delegates."""
+"""The pipeline's Celery tasks: process one inbox row, drain the fallback store into the inbox,
+sweep. Each only delegates; all but the drain (one transaction per entry) are one transaction
+(`TransactionalTask`)."""
 
 from __future__ import annotations
 
@@ -12,17 +13,19 @@ from typing import Any, ParamSpec, TypedDict, TypeVar
 from sqlalchemy.orm import Session
 
 from messaging.celery_config import (
+    DRAIN_FALLBACK_TASK,
     INGEST_WEBHOOK_TASK,
     PROCESS_RETRY_BACKOFF_MAX,
     PROCESS_WEBHOOK_TASK,
     SWEEP_INBOX_TASK,
 )
+from messaging.ingest_message import IngestSigner
 from models.inbox import record_delivery
 from models.settings import process_settings
 from worker import database
 from worker.celery_app import app
 from worker.errors import TRANSIENT_ERRORS
-from worker.inbox import runs
+from worker.inbox import fallback_drain, runs
 from worker.inbox.processing import apply_row, claim_row
 from worker.inbox.queue_probe import oldest_waiting_inbox_id
 from worker.inbox.signed_ingest import open_delivery
@@ -120,11 +123,29 @@ def process_webhook(task: InboxTask[..., dict[str, Any]], inbox_id: int) -> dict
     return apply_row(task.session, started)
 
 
+@app.task(name=DRAIN_FALLBACK_TASK, bind=True)
+def drain_fallback(task: Any) -> dict[str, int]:
+    """Store what the receiver queued in the fallback store while PostgreSQL was down, then
+    process each like any other delivery (worker/inbox/fallback_drain.py)."""
+    settings = process_settings()
+    drained = fallback_drain.drain(
+        fallback_drain.store_for_process(settings),
+        IngestSigner(settings.ingest_signing_keys),
+        database.session_factory(),
+        lambda inbox_id: app.signature(PROCESS_WEBHOOK_TASK, kwargs={"inbox_id": inbox_id}).apply_async(),
+        settings.fallback_claim_idle_seconds,
+    )
+    return drained.summary()
+
+
+# Kept only to drain the `webhooks.ingest` messages a receiver older than the fallback store
+# queued: without a consumer Celery would discard them, and each holds a delivery answered 200.
+# Nothing sends it any more; remove it once no such message can be left in a deployment.
 # The delivery lives only in this message until it is stored: keep trying (max_retries=None).
 @app.task(name=INGEST_WEBHOOK_TASK, base=TransactionalTask, bind=True, max_retries=None, **RETRY_TRANSIENT_ERRORS)
 def ingest_webhook(task: TransactionalTask[..., dict[str, Any]], **message: Any) -> dict[str, Any]:
-    """Store a verified delivery the receiver could not store (PostgreSQL was down), then
-    process it like any other. Only a message the receiver signed is stored."""
+    """Store a verified delivery an older receiver queued as a Celery message (PostgreSQL was
+    down), then process it like any other. Only a message the receiver signed is stored."""
     delivery = open_delivery(task.request.id or "", message)
     if delivery is None:
         return {"status": "refused"}
