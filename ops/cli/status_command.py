@@ -25,7 +25,7 @@ def status(cli: CliContext, as_json: bool) -> None:
     database is behind the code's migrations.
     """
     from ops.queries.queues import queue_names
-    from ops.queries.status import redis_state, status_report
+    from ops.queries.status import fallback_state, redis_state, status_report
 
     database = cli.database_settings()
     servers = [
@@ -35,8 +35,9 @@ def status(cli: CliContext, as_json: bool) -> None:
         os.environ.get("REDIS_URL"), cli.local.origin("REDIS_URL"), lambda: queue_names(load_settings())
     )
     servers.append(redis_server)
+    fallback = fallback_state(os.environ["REDIS_URL"]) if redis_server.state == "ok" else None
     with cli.sessions()() as session:
-        report = status_report(session, database.service_schema, servers, queues)
+        report = status_report(session, database.service_schema, servers, queues, fallback)
     if as_json:
         print_json(report.as_json())
     else:
@@ -61,6 +62,13 @@ def _print(report: Status) -> None:
         click.echo("queues: unknown (Redis)")
     else:
         click.echo("queues: " + ", ".join(f"{name} {length}" for name, length in report.queues.items()))
+    if report.fallback is not None:
+        oldest = report.fallback.oldest_age_seconds
+        click.echo(
+            f"fallback store: {report.fallback.entries} waiting"
+            + ("" if oldest is None else f", oldest {age(oldest)}")
+            + " (deliveries queued while PostgreSQL was down)"
+        )
     ages = report.oldest_pending_age_seconds()
     click.echo("inbox:")
     print_table(

@@ -31,7 +31,7 @@ from messaging.celery_config import REFUSED_USAGE_MESSAGES
 from models.inbox import InboxStatus, Source
 from models.usage import CreditHold, HoldState, UsageRequest
 from ops.queries.inbox_rows import StatusCount, counts_by_status
-from ops.queries.queues import queue_lengths
+from ops.queries.queues import FallbackBacklog, fallback_backlog, queue_lengths
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class OpsCollector(Collector):
         try:
             lengths = queue_lengths(self._redis, self._queues)
             refused = self._redis.hgetall(REFUSED_USAGE_MESSAGES)
+            fallback = fallback_backlog(self._redis)
         except RedisError as exc:
             log.warning("metrics.redis_unreachable error=%s", type(exc).__name__)
             yield up_gauge("redis", False)
@@ -76,6 +77,7 @@ class OpsCollector(Collector):
         yield up_gauge("redis", True)
         yield queue_gauge(lengths)
         yield refused_gauge(refused)
+        yield from fallback_gauges(fallback)
 
 
 _UP_HELP = {
@@ -95,6 +97,20 @@ def queue_gauge(lengths: dict[str, int]) -> GaugeMetricFamily:
     for name, length in lengths.items():
         gauge.add_metric([name], length)
     return gauge
+
+
+def fallback_gauges(backlog: FallbackBacklog) -> list[GaugeMetricFamily]:
+    """The deliveries waiting in the fallback store (PostgreSQL was down) and the oldest's age
+    (0 when none waits)."""
+    entries = GaugeMetricFamily(
+        f"{PREFIX}_fallback_entries", "Deliveries answered 200 that wait in the fallback store for PostgreSQL."
+    )
+    entries.add_metric([], backlog.entries)
+    age = GaugeMetricFamily(
+        f"{PREFIX}_fallback_oldest_age_seconds", "Age of the oldest delivery waiting in the fallback store."
+    )
+    age.add_metric([], backlog.oldest_age_seconds or 0.0)
+    return [entries, age]
 
 
 def inbox_gauges(counts: list[StatusCount], now: datetime) -> list[GaugeMetricFamily]:

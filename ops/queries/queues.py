@@ -1,11 +1,15 @@
-"""How many messages wait in each Celery queue, read from the Redis broker (every priority list)."""
+"""How many messages wait in each Celery queue, read from the Redis broker (every priority list),
+and how many deliveries wait in the fallback store (queued while PostgreSQL was down)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import redis
 
 from celery_ext.redis_transport import queue_lists
 from messaging.celery_config import celery_config
+from messaging.fallback_store import FallbackStore
 from models.settings import Settings
 
 
@@ -22,3 +26,14 @@ def queue_lengths(client: redis.Redis, names: list[str]) -> dict[str, int]:
             pipeline.llen(key)
     counts = iter(pipeline.execute())
     return {name: sum(next(counts) for _ in lists[name]) for name in names}
+
+
+@dataclass(frozen=True)
+class FallbackBacklog:
+    entries: int
+    oldest_age_seconds: float | None  # None: nothing waits
+
+
+def fallback_backlog(client: redis.Redis) -> FallbackBacklog:
+    store = FallbackStore(client)
+    return FallbackBacklog(store.length(), store.oldest_age_seconds())

@@ -16,7 +16,7 @@ from models.connectivity import ServerUnreachable, check_redis, masked_url
 from models.inbox import InboxStatus
 from models.settings import ConfigError
 from ops.queries.inbox_rows import StatusCount, counts_by_status
-from ops.queries.queues import queue_lengths
+from ops.queries.queues import FallbackBacklog, fallback_backlog, queue_lengths
 
 DEFAULT_RECEIVER_URL = "http://127.0.0.1:5000"
 
@@ -46,6 +46,7 @@ class Status:
     migration: Migration
     queues: dict[str, int] | None  # None: Redis not reachable or not configured
     inbox: list[StatusCount]
+    fallback: FallbackBacklog | None = None  # None: Redis not reachable or not configured
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def oldest_pending_age_seconds(self) -> dict[str, float]:
@@ -69,6 +70,7 @@ class Status:
             "endpoints": self.endpoints,
             "migration": {**asdict(self.migration), "up_to_date": self.migration.up_to_date},
             "queues": self.queues,
+            "fallback_store": None if self.fallback is None else asdict(self.fallback),
             "inbox": {
                 "by_status": self.inbox_totals(),
                 "by_source": [{"source": c.source, "status": c.status, "count": c.count} for c in self.inbox],
@@ -88,7 +90,8 @@ def inbox_counts(session: Session) -> list[StatusCount]:
 def redis_state(
     url: str | None, origin: str, queue_names: Callable[[], list[str]]
 ) -> tuple[Server, dict[str, int] | None]:
-    """Redis as `status` shows it, and the queue lengths (None when it cannot be read)."""
+    """Redis as `status` shows it, and the queue lengths (None when it cannot be read). The
+    fallback store's backlog is `fallback_state`'s (read only once this answered "ok")."""
     if not url:
         return Server("Redis", origin, None, "not set"), None
     try:
@@ -101,6 +104,17 @@ def redis_state(
     client = redis.Redis.from_url(url, socket_timeout=5)
     try:
         return Server("Redis", origin, masked_url(url), "ok"), queue_lengths(client, names)
+    finally:
+        client.close()
+
+
+def fallback_state(url: str) -> FallbackBacklog | None:
+    """The deliveries waiting in the fallback store, or None when Redis cannot be read."""
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        return fallback_backlog(client)
+    except redis.RedisError:
+        return None
     finally:
         client.close()
 
@@ -120,7 +134,11 @@ def endpoints() -> dict[str, str]:
 
 
 def status_report(
-    session: Session, service_schema: str, servers: list[Server], queues: dict[str, int] | None
+    session: Session,
+    service_schema: str,
+    servers: list[Server],
+    queues: dict[str, int] | None,
+    fallback: FallbackBacklog | None = None,
 ) -> Status:
     """Everything `status` shows, PostgreSQL answering (the session)."""
     migration = migration_state(session, service_schema)
@@ -129,6 +147,7 @@ def status_report(
         endpoints=endpoints(),
         migration=migration,
         queues=queues,
+        fallback=fallback,
         # A database never migrated has no inbox to count.
         inbox=inbox_counts(session) if migration.database is not None else [],
     )

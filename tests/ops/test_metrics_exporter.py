@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text, update
 
 from messaging.celery_config import REFUSED_USAGE_MESSAGES
+from messaging.fallback_store import STREAM as FALLBACK_STREAM
 from models.inbox import WebhookInbox
 from models.usage import UsageRequest
 from ops.local.servers import free_port
@@ -95,6 +96,9 @@ def test_gauges_show_the_inbox_the_queues_and_debit_outcomes(exporter, session_f
         redis_client.lpush("webhooks", b"{}")
     redis_client.lpush("usage\x06\x163", b"{}")  # a message sent with a priority: its own list
     redis_client.hincrby(REFUSED_USAGE_MESSAGES, "billing", 2)  # as the workers count refusals
+    seconds, _ = redis_client.time()  # two deliveries queued while PostgreSQL was down, one 5 minutes ago
+    redis_client.xadd(FALLBACK_STREAM, {"f": "v"}, id=f"{(seconds - 300) * 1000}-0")
+    redis_client.xadd(FALLBACK_STREAM, {"f": "v"})
 
     samples = _scrape(exporter)
     assert _value(samples, "database_up") == 1 and _value(samples, "redis_up") == 1
@@ -115,9 +119,13 @@ def test_gauges_show_the_inbox_the_queues_and_debit_outcomes(exporter, session_f
     assert _value(samples, "usage_requests", kind="debit", status="applied") == 2
     assert _value(samples, "usage_requests", kind="debit", status="insufficient_credits") == 1
     assert _value(samples, "refused_usage_messages", service="billing") == 2
+    assert _value(samples, "fallback_entries") == 2
+    assert 300 <= _value(samples, "fallback_oldest_age_seconds") < 420
 
-    redis_client.delete("webhooks")  # read at scrape time: nothing is cached
-    assert _value(_scrape(exporter), "queue_length", queue="webhooks") == 0
+    redis_client.delete("webhooks", FALLBACK_STREAM)  # read at scrape time: nothing is cached
+    samples = _scrape(exporter)
+    assert _value(samples, "queue_length", queue="webhooks") == 0
+    assert (_value(samples, "fallback_entries"), _value(samples, "fallback_oldest_age_seconds")) == (0, 0)
 
 
 def test_the_exporter_binds_the_loopback_address_by_default(exporter):

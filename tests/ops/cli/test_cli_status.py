@@ -7,6 +7,7 @@ import json
 
 from sqlalchemy import text, update
 
+from messaging.fallback_store import STREAM as FALLBACK_STREAM
 from models.inbox import WebhookInbox
 from ops.local.local_env import write_env_file
 from tests.support.billing import add_user, asaas_event
@@ -99,3 +100,18 @@ def test_status_on_a_database_never_migrated_says_so(admin_url, monkeypatch):
         assert "migration: database at nothing" in result.output and "BEHIND" in result.output
     finally:
         drop_database(admin_url, url)
+
+
+def test_status_shows_the_deliveries_waiting_in_the_fallback_store(
+    session_factory, redis_urls, redis_client, monkeypatch
+):
+    """What the receiver queued while PostgreSQL was down and no worker has stored yet."""
+    monkeypatch.setenv("REDIS_URL", redis_urls["scratch"])  # no worker drains it
+    assert json.loads(invoke("status", "--json").output)["fallback_store"] == {"entries": 0, "oldest_age_seconds": None}
+    seconds, _ = redis_client.time()
+    redis_client.xadd(FALLBACK_STREAM, {"f": "v"}, id=f"{(seconds - 180) * 1000}-0")  # added 3 minutes ago
+    redis_client.xadd(FALLBACK_STREAM, {"f": "v"})
+
+    fallback = json.loads(invoke("status", "--json").output)["fallback_store"]
+    assert fallback["entries"] == 2 and 180 <= fallback["oldest_age_seconds"] < 300
+    assert "fallback store: 2 waiting, oldest 3m" in invoke("status").output
