@@ -32,7 +32,7 @@ from tests.support.receiver_support import (
     payload_bytes,
     receiver_apps,
 )
-from worker.inbox.fallback_drain import Drained, drain
+from worker.inbox.fallback_drain import Drained, consumer_name, drain
 
 SIGNER = IngestSigner([INGEST_TEST_KEY])
 USER_CREATED = payload_bytes("clerk/user.created")
@@ -79,7 +79,7 @@ def test_while_postgresql_is_down_the_drain_leaves_the_entry_then_stores_it_once
     finally:
         down.dispose()
     assert result.database_down and enqueued == [] and inbox_rows(session_factory) == []
-    assert redis_client.xlen(STREAM) == 1 and _pending(redis_client) == 1  # taken, kept, not acked
+    assert redis_client.xlen(STREAM) == 1 and _pending(redis_client) == 0  # kept, not even taken
 
     result, enqueued = _drain(store, session_factory)  # PostgreSQL is back
 
@@ -140,6 +140,20 @@ def test_entries_a_dead_reader_took_are_reclaimed_once_idle_long_enough(
     assert (result.stored, _pending(redis_client), inbox_rows(session_factory)) == (0, 1, [])
 
     result, _ = _drain(store, session_factory, claim_idle=0)  # idle longer than the claim time
+    assert result.stored == 1 and len(inbox_rows(session_factory)) == 1
+    assert redis_client.xlen(STREAM) == 0 and _pending(redis_client) == 0
+
+
+def test_entries_this_process_took_before_are_taken_again_first(
+    redis_urls, redis_client, store, session_factory, queue_while_down
+):
+    """PostgreSQL failed in the middle of a batch: what this process had taken is still its own."""
+    queue_while_down(redis_urls["scratch"], USER_CREATED, clerk_headers(USER_CREATED))
+    store.ensure_group()
+    assert len(store.take(consumer_name(), 10, claim_idle_seconds=3600)) == 1
+
+    result, _ = _drain(store, session_factory, claim_idle=3600)
+
     assert result.stored == 1 and len(inbox_rows(session_factory)) == 1
     assert redis_client.xlen(STREAM) == 0 and _pending(redis_client) == 0
 

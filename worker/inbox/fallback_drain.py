@@ -2,8 +2,8 @@
 inbox. Each entry: verified, INSERTed deduplicated on the provider's event id, COMMITted, its
 `webhooks.process` enqueued, and only then removed from the store. A kill at any point leaves the
 entry pending, to be taken again (a second INSERT finds the row: a duplicate, removed). While
-PostgreSQL is still down the drain stops and leaves every entry where it is. A forged entry is
-logged and removed, and stores nothing.
+PostgreSQL is down the drain takes nothing, or stops, and leaves every entry in the store. A
+forged entry is logged and removed, and stores nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import redis
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -69,6 +70,16 @@ def drain(
     or PostgreSQL is unreachable."""
     result = Drained()
     store.ensure_group()
+    if store.length() == 0:
+        return result  # the usual case: no outage, nothing to do, no round trip to PostgreSQL
+    try:
+        _check_database(sessions)
+    except (OperationalError, InterfaceError) as exc:
+        # Take nothing while PostgreSQL is down: an entry taken now would wait, pending under
+        # this process's name, for this process's next drain or for FALLBACK_CLAIM_IDLE_SECONDS.
+        log.warning("fallback.drain database_unavailable error=%s: entries left in the store", type(exc).__name__)
+        result.database_down = True
+        return result
     consumer = consumer_name()
     seen = 0
     while seen < RUN_LIMIT and (entries := store.take(consumer, BATCH, claim_idle_seconds)):
@@ -91,6 +102,11 @@ def drain(
         if result.failed - failed_before == len(entries):
             break  # nothing but failures: taking the same entries again in this run is no use
     return result
+
+
+def _check_database(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        session.execute(text("SELECT 1"))
 
 
 def _move(
