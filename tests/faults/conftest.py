@@ -79,10 +79,13 @@ def make_scenario(
             sweep: SweepSettings = SHORT_SWEEP,
             workload: Workload | None = None,
             with_plugin: bool = False,
+            redis_config: dict[str, str] | None = None,
             **env: str,
         ) -> Scenario:
             world = stack.enter_context(
-                cluster(scenario_root, postgres_template, sweep, with_plugin=with_plugin, **env)
+                cluster(
+                    scenario_root, postgres_template, sweep, with_plugin=with_plugin, redis_config=redis_config, **env
+                )
             )
             scenario = Scenario(name, world, workload or build_workload(USERS, seed=name), capsys)
             stack.callback(scenario.stop_traffic)

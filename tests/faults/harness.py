@@ -9,7 +9,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,14 +172,21 @@ def scenario_environment(
 
 @contextlib.contextmanager
 def cluster(
-    root: Path, template: LocalPostgres, sweep: SweepSettings, *, with_plugin: bool = False, **env: str
+    root: Path,
+    template: LocalPostgres,
+    sweep: SweepSettings,
+    *,
+    with_plugin: bool = False,
+    redis_config: Mapping[str, str] | None = None,
+    **env: str,
 ) -> Iterator[Cluster]:
-    """Servers started (a copy of the migrated template database, an empty Redis), processes
-    defined but not started. Everything is killed and removed on the way out, also on failure."""
+    """Servers started (a copy of the migrated template database, an empty Redis: no persistence
+    unless `redis_config` says so), processes defined but not started. Everything is killed and
+    removed on the way out, also on failure."""
     root.mkdir(parents=True)
     root.chmod(0o755)  # the database's OS user must reach its data folder
     postgres = template.copy_to(root / "postgres")
-    redis_server = LocalRedis(root / "redis")
+    redis_server = LocalRedis(root / "redis", config=dict(redis_config or {}))
     world = Cluster(
         root, postgres, redis_server, sweep, scenario_environment(postgres, redis_server, root, sweep, **env)
     )
