@@ -1,6 +1,7 @@
-"""Nothing on the broker can mint credits: `webhooks.ingest` stores only a delivery the receiver
-signed (INGEST_SIGNING_KEY). Anyone else holding REDIS_URL who enqueues it by name, with a
-forged PAYMENT_CONFIRMED, gets no inbox row and no credit."""
+"""Nothing on the broker can mint credits: `webhooks.ingest` (kept for messages an older receiver
+queued) stores only a delivery the receiver signed (INGEST_SIGNING_KEY). Anyone else holding
+REDIS_URL who enqueues it by name, with a forged PAYMENT_CONFIRMED, gets no inbox row and no
+credit. (The fallback store's forged entries: tests/inbox/test_fallback_drain.py.)"""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 
 import pytest
 
+from messaging.celery_config import DRAIN_FALLBACK_TASK
 from messaging.ingest_message import IngestSigner
 from tests.conftest import INGEST_TEST_KEY
 from tests.support.billing import PRO_CREDITS, SIGNUP, add_pro_plan, add_user, asaas_event, balance
@@ -59,15 +61,20 @@ def test_a_forged_ingest_message_stores_nothing_and_grants_nothing(
     assert balance(session_factory) == SIGNUP
 
 
-def test_a_message_the_receiver_signed_is_stored_and_processed(celery_worker, settings, session_factory, paying_user):
+def test_a_delivery_the_receiver_signed_is_stored_and_processed(
+    celery_worker, producer, settings, session_factory, paying_user
+):
     """The receiver's own code path: PostgreSQL unreachable from the receiver, so it queues the
-    delivery, signed, for the worker (which reaches PostgreSQL) to store and apply."""
+    delivery, signed, in the fallback store for the worker (which reaches PostgreSQL) to store
+    and apply."""
     body = json_body(FORGED)  # the same delivery, this time authenticated by the receiver
     with receiver_apps(settings) as make_app:
         # The run's broker is the shared test Redis (no persistence): the operator's override.
         app = make_app(database_url=down_database_url(), redis_durable="yes")
         response = app.test_client().post("/webhooks/asaas", data=body, headers=asaas_headers())
     assert response.json == {"status": "queued"}
+    # Drained now, whether or not this delivery's nudge went out (one per drain interval).
+    producer.send_task(DRAIN_FALLBACK_TASK).get(timeout=30)
     deadline = time.monotonic() + 30
     while not (rows := _asaas_rows(session_factory)) or rows[0].status == "pending":
         assert time.monotonic() < deadline, "the queued delivery was not stored and processed in time"

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from messaging.fallback_store import Entry, FallbackStore
 from messaging.ingest_message import ForgedIngestMessage, IngestSigner
+from models.db import once_more_if_disconnected
 from models.inbox import record_delivery
 from models.settings import Settings
 
@@ -105,8 +106,11 @@ def drain(
 
 
 def _check_database(sessions: sessionmaker[Session]) -> None:
-    with sessions.begin() as session:
-        session.execute(text("SELECT 1"))
+    # The worker's pool does not pre-ping: a pooled connection PostgreSQL dropped fails once,
+    # and the pool is then rebuilt. Only a second failure means PostgreSQL is down.
+    for attempt in once_more_if_disconnected():
+        with attempt, sessions.begin() as session:
+            session.execute(text("SELECT 1"))
 
 
 def _move(
