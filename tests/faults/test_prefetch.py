@@ -1,0 +1,97 @@
+"""Issue 28's prefetch scenario: the `worker` process (Procfile: a prefetch window over 1) holds
+prefetched `webhooks.process` messages while its runs are stuck; the sweeper must leave them
+alone while it lives, and after its SIGKILL each must run exactly once (no loss, no duplicate).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import psycopg
+import pytest
+
+from celery_ext.held_messages import held_messages
+from tests.faults import worker_plugin
+from tests.faults.probes import PROCESS_TASK, lock_waiters, wait_until
+from tests.faults.scenario import Scenario
+from tests.faults.workload import USERS, build_workload, user_created, with_deliveries
+
+pytestmark = pytest.mark.faults
+
+BLOCKERS = ["user_prefetchblock01", "user_prefetchblock02"]  # one stuck run per pool process
+
+
+def _held_rows(scenario: Scenario) -> set[int]:
+    client = scenario.world.redis_client()
+    try:
+        return {int(message.kwargs["inbox_id"]) for message in held_messages(client, PROCESS_TASK)}
+    finally:
+        client.close()
+
+
+def _hold_blockers(scenario: Scenario) -> psycopg.Connection:
+    """A transaction that holds the rows the blockers' `user.created` runs lock first: each run
+    waits (DB_LOCK_TIMEOUT_MS is long here), so its pool process is busy until released."""
+    holder = psycopg.connect(scenario.world.postgres.url)
+    for clerk_id in BLOCKERS:
+        holder.execute(
+            "INSERT INTO ingest.user_sync_state (clerk_user_id, last_updated_at_ms) VALUES (%s, 0)", (clerk_id,)
+        )
+    holder.commit()
+    holder.execute("SELECT 1 FROM ingest.user_sync_state WHERE clerk_user_id = ANY(%s) FOR UPDATE", (BLOCKERS,))
+    return holder
+
+
+def _oldest_held_age(scenario: Scenario, rows: set[int]) -> float:
+    with scenario.world.connect() as conn:
+        row = conn.execute(
+            "SELECT extract(epoch FROM now() - max(enqueued_at)) FROM ingest.webhook_inbox WHERE id = ANY(%s)",
+            (sorted(rows),),
+        ).fetchone()
+    return float(row[0]) if row and row[0] is not None else 0.0
+
+
+def test_prefetched_messages_survive_a_sigkill_once_each(make_scenario: Callable[..., Scenario]) -> None:
+    workload = with_deliveries(
+        build_workload(USERS, seed="prefetch"), [user_created(user) for user in BLOCKERS], users=BLOCKERS
+    )
+    scenario = make_scenario("prefetch-sigkill", workload=workload, with_plugin=True, DB_LOCK_TIMEOUT_MS="120000")
+    world = scenario.world
+    holder = _hold_blockers(scenario)
+    try:
+        world.start()
+        scenario.start_traffic()
+        scenario.stream.join()  # every delivery stored: the rest waits behind the two stuck runs
+        wait_until(lambda: lock_waiters(world) >= len(BLOCKERS), "both pool processes stuck on a blocker")
+        # The window: 2 pool processes x 4 (the Procfile's --prefetch-multiplier), two of them running.
+        wait_until(lambda: len(_held_rows(scenario)) == 8, "the worker's prefetch window full")
+        held = _held_rows(scenario)
+        # The sweeper gets its chance: every held row past the pending age, then one more sweep.
+        wait_until(lambda: _oldest_held_age(scenario, held) > world.sweep.pending_after, "held rows past the age")
+        sweeps = len(world.sweeps())
+        wait_until(lambda: len(world.sweeps()) > sweeps, "a sweep after that")
+        assert world.recovered_by_sweeper() == 0, "held messages were swept while their worker lived"
+        starts_before_kill = _starts(scenario)
+        world.worker.kill()  # main process and pool: nothing acked, the held messages stay in `unacked`
+        world.restart("worker")
+        holder.rollback()  # the blockers can run now
+        fault_ended = time.monotonic()
+    finally:
+        holder.close()
+    scenario.converge(fault_ended=fault_ended)
+    after_kill = _starts(scenario)[len(starts_before_kill) :]
+    runs = {row: sum(1 for start in after_kill if start == row) for row in held}
+    assert runs == dict.fromkeys(held, 1), "each held message ran exactly once after the kill"
+    # kombu gives them back only after its visibility timeout (an hour): the sweeper recovered
+    # each once its dead worker's report expired, and nothing else.
+    assert world.recovered_by_sweeper() == len(held)
+
+
+def _starts(scenario: Scenario) -> list[int]:
+    client = scenario.world.redis_client()
+    try:
+        return [int(json.loads(raw)["inbox_id"]) for raw in client.lrange(worker_plugin.STARTS, 0, -1)]
+    finally:
+        client.close()
