@@ -12,7 +12,7 @@ import redis
 from kombu import Connection
 from sqlalchemy import text, update
 
-from celery_ext.held_messages import held_messages, write_holder_report
+from celery_ext.held_messages import held_messages, live_holder_tags, write_holder_report
 from messaging.celery_config import PROCESS_WEBHOOK_TASK, create_producer
 from models.inbox import WebhookInbox
 from tests.inbox.block_plugin import BLOCK_RELEASE
@@ -54,6 +54,12 @@ def _age_deliveries(client: redis.Redis, seconds: float) -> None:
     tags = client.zrange("unacked_index", 0, -1)
     if tags:
         client.zadd("unacked_index", {tag: time.time() - seconds for tag in tags}, xx=True)
+
+
+def _reported(client: redis.Redis) -> bool:
+    """Every `webhooks.process` message in `unacked` is named by a live worker's report."""
+    tags = {message.delivery_tag for message in held_messages(client, PROCESS_WEBHOOK_TASK)}
+    return bool(tags) and tags <= live_holder_tags(client)
 
 
 def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
@@ -127,7 +133,7 @@ def test_a_live_worker_holding_prefetched_messages_keeps_their_rows_from_the_swe
 ):
     rows, _worker, client = held_by_a_worker
     broker = redis_urls["broker"]
-    _wait_for(lambda: broker_view(broker).held_ids == set(rows), "the worker reports holding them")
+    _wait_for(lambda: _reported(client), "the worker reports holding them")
     assert _sweep(session_factory, settings, broker) == []
     client.rpush(BLOCK_RELEASE, 1)
     _wait_for(lambda: all(inbox_row(session_factory, i).status == "processed" for i in rows), "all processed")
@@ -141,7 +147,8 @@ def test_the_messages_a_killed_worker_held_are_swept_once_its_report_expires(
 ):
     rows, worker, client = held_by_a_worker
     broker = redis_urls["broker"]
-    _wait_for(lambda: broker_view(broker).held_ids == set(rows), "the worker reports holding them")
+    _wait_for(lambda: _reported(client), "the worker reports holding them")
+    assert broker_view(broker).held_ids == set(rows)
     worker.kill()
     # kombu leaves them in `unacked` until the visibility timeout (an hour): nobody holds them now.
     assert {m.kwargs["inbox_id"] for m in held_messages(client, PROCESS_WEBHOOK_TASK)} == set(rows)
