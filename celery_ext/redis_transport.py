@@ -2,7 +2,8 @@
 
 - `TaskMessageWriter`: the message Celery's `send_task` would publish, in one LPUSH (the receiver's
   `webhooks.process`); tests/celery_ext/test_redis_transport.py holds it to `send_task` field by field.
-- `task_of_message`: the task name and kwargs of a queued message (the sweeper's queue probe).
+- `task_of_message`, `task_of_envelope`: the task name and kwargs of a queued message (the sweeper's
+  queue probe).
 - `queue_lists`: the Redis lists that hold one queue's messages, one per priority step.
 """
 
@@ -135,7 +136,15 @@ def task_of_message(raw: bytes | str) -> tuple[str, dict[str, Any]] | None:
     """The task name and kwargs of a message as it lies in a queue's list (protocol 2, JSON
     body), or None for anything else."""
     try:
-        envelope: dict[str, Any] = json.loads(raw)
+        envelope = json.loads(raw)
+    except ValueError:
+        return None
+    return task_of_envelope(envelope) if isinstance(envelope, dict) else None
+
+
+def task_of_envelope(envelope: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The same, from the envelope already decoded (as kombu's `unacked` hash stores it)."""
+    try:
         task = envelope["headers"]["task"]
         _args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
     except (ValueError, KeyError, TypeError):

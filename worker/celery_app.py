@@ -10,7 +10,8 @@ from __future__ import annotations
 from celery import Celery
 from celery.signals import worker_init
 
-from messaging.celery_config import celery_config
+from celery_ext.held_messages import holder_report_step
+from messaging.celery_config import PROCESS_WEBHOOK_TASK, celery_config
 from messaging.ingest_message import IngestSigner
 from models.connectivity import exit_unless_reachable
 from models.settings import ConfigError, load_settings
@@ -21,6 +22,9 @@ TASK_MODULES = ["worker.inbox.tasks", "worker.usage.tasks"]
 app = Celery("pedro_webhooks", include=TASK_MODULES)
 # A missing or malformed variable stops `celery worker|beat|flower` with one line (exit code 2).
 app.add_defaults(lambda: celery_config(exit_unless_reachable(load_settings, check_servers=False)))
+# Each worker reports which `webhooks.process` messages it holds, so the sweeper leaves their rows
+# alone while it lives (the prefetch window is over 1: docs/design.md).
+app.steps["consumer"].add(holder_report_step(PROCESS_WEBHOOK_TASK))
 
 
 @worker_init.connect

@@ -15,16 +15,17 @@ def sweep(cli: CliContext) -> None:
     Harmless to run at any time: processing is idempotent.
     """
     from ops.audit import Actor, record
-    from worker.inbox.queue_probe import oldest_waiting_inbox_id
+    from worker.inbox.queue_probe import broker_view
     from worker.inbox.sweep import sweep as sweep_once
     from worker.task_base import send_follow_ups
 
     settings, app = cli.settings(), cli.celery_app()
-    # As the beat-driven task does: rows whose message still waits in the queue are left alone.
-    waiting = oldest_waiting_inbox_id(settings.redis_url.get_secret_value())
+    # As the beat-driven task does: rows whose message still waits in the queue, or is held by a
+    # live worker, are left alone.
+    view = broker_view(settings.redis_url.get_secret_value())
     with cli.sessions()() as session:
         with session.begin():
-            ids = sweep_once(session, settings, oldest_waiting_id=waiting)
+            ids = sweep_once(session, settings, oldest_waiting_id=view.oldest_waiting_id, held_ids=view.held_ids)
             record(
                 session,
                 Actor.cli(),

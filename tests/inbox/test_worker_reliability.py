@@ -15,6 +15,7 @@ from models.inbox import WebhookInbox
 from tests.support.celery_worker import WorkerProcess
 from tests.support.databases import libpq_url
 from tests.support.inbox import inbox_row, payload, process, store
+from worker.inbox.queue_probe import broker_view
 
 CLERK_ID = "user_29w83sxmDNGwOuEthce5gg56FcC"
 
@@ -73,6 +74,13 @@ def _wait_until_processed(factory, inbox_id, timeout=30):
     raise AssertionError(f"inbox row {inbox_id} is {inbox_row(factory, inbox_id).status}")
 
 
+def _wait_until_not_held(settings, inbox_id, timeout=30):
+    deadline = time.monotonic() + timeout
+    while inbox_id in broker_view(settings.redis_url.get_secret_value()).held_ids:
+        assert time.monotonic() < deadline, f"inbox row {inbox_id} still held"
+        time.sleep(0.2)
+
+
 def _effects(factory) -> tuple[int, int]:
     with factory() as session:
         return tuple(
@@ -96,7 +104,7 @@ def test_pool_child_killed_mid_task_is_redelivered_and_applied_once(stalled_task
 
 
 def test_whole_worker_killed_mid_task_is_recovered_by_the_sweep(
-    stalled_task, session_factory, celery_worker, producer, queue_name
+    stalled_task, session_factory, celery_worker, producer, queue_name, settings
 ):
     inbox_id, worker, holder = stalled_task
     worker.kill()  # the message stays unacked in Redis until its visibility timeout
@@ -110,6 +118,9 @@ def test_whole_worker_killed_mid_task_is_recovered_by_the_sweep(
                 .where(WebhookInbox.id == inbox_id)
                 .values(enqueued_at=text("now() - interval '5 minutes'"))
             )
+        # The killed worker's report of what it held expires first (REPORT_TTL): until then the
+        # sweeper counts its message as still held.
+        _wait_until_not_held(settings, inbox_id)
         assert producer.send_task("inbox.sweep").get(timeout=30) == {"requeued": 1}
         _wait_until_processed(session_factory, inbox_id)
     finally:

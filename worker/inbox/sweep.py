@@ -1,13 +1,14 @@
 """The sweeper: re-enqueue the pending rows whose message is gone, and only those.
 
 A pending row is swept when its `enqueued_at` is older than SWEEP_PENDING_AFTER_SECONDS, no run
-holds its lock, and it was enqueued before the oldest `webhooks.process` message still waiting
-in the broker (if any). Sweeping sets `enqueued_at` again. Why: docs/design.md ("How a delivery
-reaches its final state").
+holds its lock, no live worker holds its message (prefetched, or waiting for its ETA), and it was
+enqueued before the oldest `webhooks.process` message still waiting in the broker (if any).
+Sweeping sets `enqueued_at` again. Why: docs/design.md ("How a delivery reaches its final state").
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import timedelta
 
 from sqlalchemy import Select, func, select, update
@@ -23,11 +24,18 @@ from worker.task_base import send_after_commit
 SWEEP_BATCH = 1000
 
 
-def sweep(session: Session, settings: Settings, *, oldest_waiting_id: int | None = None) -> list[int]:
+def sweep(
+    session: Session,
+    settings: Settings,
+    *,
+    oldest_waiting_id: int | None = None,
+    held_ids: Collection[int] = frozenset(),
+) -> list[int]:
     """One sweeper pass: re-enqueue (after the caller's commit) the rows whose message may be
-    lost; `oldest_waiting_id` is the row of the oldest message still queued, if known
-    (`worker.inbox.queue_probe`). Returns the re-enqueued ids."""
-    ids = _sweepable_ids(session, settings, oldest_waiting_id)
+    lost; `oldest_waiting_id` is the row of the oldest message still queued, if known, and
+    `held_ids` the rows whose message a live worker holds (`worker.inbox.queue_probe`). Returns
+    the re-enqueued ids."""
+    ids = _sweepable_ids(session, settings, oldest_waiting_id, held_ids)
     if ids:
         session.execute(update(WebhookInbox).where(WebhookInbox.id.in_(ids)).values(enqueued_at=func.now()))
     for inbox_id in ids:
@@ -35,11 +43,15 @@ def sweep(session: Session, settings: Settings, *, oldest_waiting_id: int | None
     return ids
 
 
-def _sweepable_ids(session: Session, settings: Settings, oldest_waiting_id: int | None) -> list[int]:
-    return list(session.scalars(sweepable_query(settings, oldest_waiting_id)))
+def _sweepable_ids(
+    session: Session, settings: Settings, oldest_waiting_id: int | None, held_ids: Collection[int]
+) -> list[int]:
+    return list(session.scalars(sweepable_query(settings, oldest_waiting_id, held_ids)))
 
 
-def sweepable_query(settings: Settings, oldest_waiting_id: int | None) -> Select[int]:
+def sweepable_query(
+    settings: Settings, oldest_waiting_id: int | None, held_ids: Collection[int] = frozenset()
+) -> Select[int]:
     """The rows a pass re-enqueues, locked. The status is written into the SQL (`constant`), so
     the plan PostgreSQL caches for this statement can use the partial index on pending rows."""
     stale = WebhookInbox.enqueued_at < func.now() - timedelta(seconds=settings.sweep_pending_after_seconds)
@@ -47,6 +59,9 @@ def sweepable_query(settings: Settings, oldest_waiting_id: int | None) -> Select
     if oldest_waiting_id is not None:
         waiting_since = select(WebhookInbox.enqueued_at).where(WebhookInbox.id == oldest_waiting_id).scalar_subquery()
         conditions.append(WebhookInbox.enqueued_at < func.coalesce(waiting_since, func.now()))
+    if held_ids:
+        # A prefetched message is on its way: sweeping its row would only queue a duplicate.
+        conditions.append(WebhookInbox.id.not_in(sorted(held_ids)))
     candidates = (select(WebhookInbox.id).where(*conditions).order_by(WebhookInbox.enqueued_at).limit(SWEEP_BATCH)).cte(
         "candidates"
     )

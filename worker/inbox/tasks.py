@@ -27,7 +27,7 @@ from worker.celery_app import app
 from worker.errors import TRANSIENT_ERRORS
 from worker.inbox import fallback_drain, runs
 from worker.inbox.processing import apply_row, claim_row
-from worker.inbox.queue_probe import oldest_waiting_inbox_id
+from worker.inbox.queue_probe import broker_view
 from worker.inbox.signed_ingest import open_delivery
 from worker.inbox.sweep import sweep
 from worker.task_base import TransactionalTask, send_after_commit
@@ -163,6 +163,6 @@ def ingest_webhook(task: TransactionalTask[..., dict[str, Any]], **message: Any)
 def sweep_inbox(task: TransactionalTask[..., dict[str, int]]) -> dict[str, int]:
     """Re-enqueue rows left `pending` whose message is gone (Redis lost it, a worker died)."""
     settings = process_settings()
-    waiting = oldest_waiting_inbox_id(settings.redis_url.get_secret_value())
-    requeued = sweep(task.session, settings, oldest_waiting_id=waiting)
+    view = broker_view(settings.redis_url.get_secret_value())
+    requeued = sweep(task.session, settings, oldest_waiting_id=view.oldest_waiting_id, held_ids=view.held_ids)
     return {"requeued": len(requeued)}
