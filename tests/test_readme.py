@@ -70,6 +70,9 @@ def test_the_sample_alert_rules_use_gauges_the_exporter_serves(settings, redis_c
 # backtick) ends the command.
 _WORD = r"[a-z][a-z-]*(?![\w.:=/-])"
 _WORDS = rf"{_WORD}(?: {_WORD})*"
+# The token after them, kept: after a group it must name one of its subcommands
+# (`pedro-webhooks inbox lisst_all` is no command, though `inbox` alone is a group).
+_NEXT = r"[^\s`]+"
 
 
 def _shown_commands(text: str) -> set[str]:
@@ -77,13 +80,13 @@ def _shown_commands(text: str) -> set[str]:
     (docs/operating.md writes `inbox list ...` without the program's name)."""
     from ops.cli import main
 
-    shown = set(re.findall(rf"(?:\.venv/bin/)?pedro-webhooks ({_WORDS})", text))
+    shown = {"".join(found) for found in re.findall(rf"(?:\.venv/bin/)?pedro-webhooks ({_WORDS})( {_NEXT})?", text)}
     for span in re.findall(r"`([^`\n]+)`", text):
         # Whole words only: `user:password`, `inbox.sweep`, `send_after_commit` are not commands.
-        words = re.match(_WORDS, span)
-        if words and words.group(0).split(" ")[0] in main.commands:
+        words = re.match(rf"({_WORDS})( {_NEXT})?", span)
+        if words and words.group(1).split(" ")[0] in main.commands:
             shown.add(words.group(0))
-    return shown
+    return {words.strip() for words in shown}
 
 
 def _resolve(words: str) -> click.Command:
@@ -94,8 +97,8 @@ def _resolve(words: str) -> click.Command:
 
     command: click.Command = main
     for word in words.split(" "):
-        if not isinstance(command, click.Group):
-            break
+        if not isinstance(command, click.Group) or not word[0].isalnum():
+            break  # a command's arguments, or an option, a placeholder (`<id>`), punctuation
         sub = command.commands.get(word)
         if sub is None:
             raise LookupError(f"{word!r} is not a subcommand of {command.name!r}")
@@ -129,5 +132,12 @@ def test_a_made_up_subcommand_is_not_a_command():
         _resolve("inbox nosuch")
     with pytest.raises(LookupError):
         _resolve("nosuch")
+    for text in ("pedro-webhooks inbox list_all --status x", "`inbox lisst2`", "pedro-webhooks user nosuch"):
+        (shown,) = _shown_commands(text)
+        with pytest.raises(LookupError):  # not the group `inbox` (or `user`) and its --help
+            _resolve(shown)
+    for text in ("pedro-webhooks inbox --help", "pedro-webhooks inbox`", "pedro-webhooks user show user_demo"):
+        (shown,) = _shown_commands(text)
+        assert _resolve(shown).name in ("inbox", "show")
     assert _resolve("run uses the servers").name == "run"
     assert _resolve("inbox list").name == "list"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -28,11 +29,43 @@ import redis
 EMBEDDED_SYSTEM_USER = "embedded_postgres"
 
 
+# Ports are picked below the kernel's ephemeral range: a port picked inside it (bind to port 0)
+# is free only for the moment, and any outgoing connection on the machine may take it as its
+# local port before the server meant to listen there binds it (a busy machine makes thousands).
+_PICK_FROM = 10000
+_handed_out: set[int] = set()  # never the same port twice from one process
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
+    """A port nothing listens on now, outside the ephemeral range when it leaves room for one,
+    not handed out before by this process."""
+    high = _ephemeral_low()
+    for _ in range(200 if high - _PICK_FROM > 1000 else 0):
+        port = random.randrange(_PICK_FROM, high)
+        if port not in _handed_out and _bindable(host, port):
+            _handed_out.add(port)
+            return port
+    with socket.socket() as sock:  # no room below the ephemeral range: the kernel's pick
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        picked: int = sock.getsockname()[1]
+    _handed_out.add(picked)
+    return picked
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def answers(host: str, port: int) -> bool:

@@ -23,7 +23,8 @@ def test_each_answer_is_stored_as_its_tasks_success(producer, redis_client):
         assert result.state == "SUCCESS"
         assert result.get(timeout=5) == expected
         assert result.date_done is not None
-        assert producer.backend.client.ttl(producer.backend.get_key_for_task(task_id)) > 0  # result_expires
+        ttl = producer.backend.client.ttl(producer.backend.get_key_for_task(task_id))
+        assert 24 * 3600 - 600 <= ttl <= 24 * 3600  # result_expires: kept a day
 
 
 def test_a_stored_success_stands_unless_the_caller_says_otherwise(producer, redis_client):

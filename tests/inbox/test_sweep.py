@@ -142,3 +142,58 @@ def test_a_sweep_is_not_stuck_behind_a_backlog_of_webhooks(celery_worker, produc
     finally:
         backlog.delete(WEBHOOKS_QUEUE, "backlog-template")
         backlog.close()
+
+
+@pytest.fixture
+def sweep_task(monkeypatch, redis_urls, redis_client):
+    """`inbox.sweep` run in this process as a worker runs it (its settings read from the
+    environment), its probe reading a broker no worker consumes: messages sent there stay queued."""
+    from models.settings import process_settings
+    from worker.inbox.tasks import sweep_inbox
+
+    monkeypatch.setenv("REDIS_URL", redis_urls["scratch"])
+    process_settings.cache_clear()
+    yield lambda: sweep_inbox.apply().get()
+    process_settings.cache_clear()
+
+
+def _enqueued_seconds_ago(factory, inbox_id: int, seconds: float) -> None:
+    with factory.begin() as session:
+        session.execute(
+            update(WebhookInbox)
+            .where(WebhookInbox.id == inbox_id)
+            .values(enqueued_at=text("now() - make_interval(secs => :s)").bindparams(s=seconds))
+        )
+
+
+def test_the_sweep_task_leaves_rows_younger_than_the_pending_age(session_factory, settings, sweep_task):
+    """The configured age (60 s by default), not some floor: a row 30 s past it is swept, one
+    30 s short of it is left to its message."""
+    age = settings.sweep_pending_after_seconds
+    young, old = (store(session_factory, "clerk", payload("clerk/user.created")) for _ in range(2))
+    _enqueued_seconds_ago(session_factory, young, age - 30)
+    _enqueued_seconds_ago(session_factory, old, age + 30)
+    assert sweep_task() == {"requeued": 1}
+    assert inbox_row(session_factory, old).attempts == 1  # re-enqueued, and run (eagerly here)
+    assert inbox_row(session_factory, young).attempts == 0
+
+
+def test_the_sweep_task_leaves_a_row_whose_message_still_waits_in_the_broker(
+    session_factory, settings, sweep_task, redis_urls, redis_client
+):
+    """Two rows left pending long ago: the message of one is gone, the other's still waits in
+    the `webhooks` queue (a real kombu message, behind a backlog). Only the first is swept."""
+    gone, waiting = (store(session_factory, "clerk", payload("clerk/user.created")) for _ in range(2))
+    _enqueued_minutes_ago(session_factory, gone, 10)
+    _enqueued_minutes_ago(session_factory, waiting, 5)
+    producer = create_producer(settings_copy(settings, redis_url=redis_urls["scratch"]))
+    try:
+        producer.send_task(PROCESS_WEBHOOK_TASK, kwargs={"inbox_id": waiting})
+    finally:
+        producer.close()
+    assert redis_client.llen(WEBHOOKS_QUEUE) == 1
+
+    assert sweep_task() == {"requeued": 1}
+    assert inbox_row(session_factory, gone).attempts == 1
+    assert inbox_row(session_factory, waiting).attempts == 0
+    assert redis_client.llen(WEBHOOKS_QUEUE) == 1  # its one message, still waiting: no second copy

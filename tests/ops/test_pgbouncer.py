@@ -1,5 +1,5 @@
 """The service behind PgBouncer in transaction mode (DB_TRANSACTION_POOLER=true), through a real
-pgbouncer started for this module (skipped when the `pgbouncer` program is not installed).
+pgbouncer started for this module (`require_tool`: skipped by hand without the program, a failure in CI).
 
 What transaction pooling breaks (the `options` startup parameter, prepared statements) and what
 models.db does about it: docs/design.md ("Database connections"). Migrations run directly
@@ -35,11 +35,15 @@ from tests.support.celery_worker import WorkerProcess
 from tests.support.databases import create_database, drop_database, libpq_url, settings_copy
 from tests.support.receiver_support import clerk_headers, payload_bytes, receiver_apps
 from tests.support.servers import claim_redis_databases
+from tests.support.tools import require_tool
 from tests.support.usage import credits_client
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("pgbouncer") is None, reason="pgbouncer is not installed (apt-get install pgbouncer)"
-)
+
+@pytest.fixture(scope="module", autouse=True)
+def pgbouncer() -> str:
+    """The program (skipped without it by hand, a failure in CI: tests/support/tools.py)."""
+    return require_tool("pgbouncer", "runs a real pooler in transaction mode (apt-get install pgbouncer)")
+
 
 REGIONAL_TIMEZONE = "America/Sao_Paulo"  # UTC-3: a clock read in it is hours off UTC
 
@@ -58,7 +62,7 @@ def direct_url(admin_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def pooled_url(direct_url: str) -> Iterator[str]:
+def pooled_url(direct_url: str, pgbouncer: str) -> Iterator[str]:
     """The same database through a pgbouncer of this module's own (transaction mode, 2 server
     connections, so client transactions take turns on them)."""
     server = make_url(direct_url)
@@ -79,7 +83,7 @@ def pooled_url(direct_url: str) -> Iterator[str]:
     as_nobody = ["-u", "nobody"] if os.geteuid() == 0 else []  # pgbouncer refuses to run as root
     with (folder / "pgbouncer.log").open("wb") as log:
         process = subprocess.Popen(
-            ["pgbouncer", *as_nobody, str(folder / "pgbouncer.ini")], stdout=log, stderr=subprocess.STDOUT
+            [pgbouncer, *as_nobody, str(folder / "pgbouncer.ini")], stdout=log, stderr=subprocess.STDOUT
         )
     try:
         _wait_for_port(port, process)

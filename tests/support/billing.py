@@ -37,10 +37,12 @@ def add_pro_plan(factory: sessionmaker[Session]) -> str:
     return add_plan(factory, id="pro", name="Pro", credits=PRO_CREDITS, asaas_id="pro", clerk_id="cplan_2xPro")
 
 
-def add_user(factory: sessionmaker[Session], clerk_id: str = CLERK_ID) -> None:
-    """The user as Clerk creates it: `user.created` through the pipeline (100 signup credits)."""
+def add_user(factory: sessionmaker[Session], clerk_id: str = CLERK_ID) -> int:
+    """The user as Clerk creates it: `user.created` through the pipeline (100 signup credits).
+    Returns its inbox row's id."""
     row = deliver(factory, "clerk", clerk_user_event("user.created", clerk_id, 1, email_addresses=[]))
     assert row.status == "processed", row.detail
+    return row.id
 
 
 def asaas_event(name: str, **payment: Any) -> dict[str, Any]:

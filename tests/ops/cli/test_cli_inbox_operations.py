@@ -54,7 +54,7 @@ def test_list_filters_by_status_source_type_and_user(session_factory):
 
 def test_show_prints_the_payload_and_what_the_row_changed(session_factory):
     add_pro_plan(session_factory)
-    add_user(session_factory)
+    signup_row = add_user(session_factory)  # the user.created row
     row = deliver(session_factory, "asaas", asaas_event("PAYMENT_CONFIRMED"))
     assert row.status == "processed"
 
@@ -76,7 +76,7 @@ def test_show_prints_the_payload_and_what_the_row_changed(session_factory):
     assert '"externalReference": "user_29w83sxmDNGwOuEthce5gg56FcC|pro"' in printed  # pretty-printed payload
     assert "grant:asaas:pay_080225913252" in printed and "+500" in printed
 
-    signup = json.loads(invoke("inbox", "show", "1", "--json").output)  # the user.created row
+    signup = json.loads(invoke("inbox", "show", str(signup_row), "--json").output)
     assert [(e["kind"], e["delta"]) for e in signup["effects"]["ledger"]] == [("signup", 100)]
 
     missing = invoke("inbox", "show", "999999")
@@ -160,7 +160,7 @@ def _age(session_factory, inbox_id: int, days: int) -> None:
 
 
 def test_prune_deletes_old_final_rows_and_keeps_young_and_unfinished_ones(session_factory):
-    add_user(session_factory)  # processed (id 1)
+    young = add_user(session_factory)  # processed
     rows = {
         "old processed": deliver(session_factory, "clerk", payload("clerk/user.updated")).id,
         "old ignored": deliver(session_factory, "clerk", {"type": "session.created", "data": {}}).id,
@@ -172,7 +172,7 @@ def test_prune_deletes_old_final_rows_and_keeps_young_and_unfinished_ones(sessio
         ).id,
         "old failed": deliver(session_factory, "clerk", {"type": "user.created", "data": {}}).id,
         "old pending": store(session_factory, "clerk", payload("clerk/user.deleted")),
-        "young processed": 1,
+        "young processed": young,
     }
     for name, inbox_id in rows.items():
         if name.startswith("old"):

@@ -16,10 +16,10 @@ import pytest
 from ops.local.servers import free_port
 from tests.support.inbox import inbox_row, payload, store
 from tests.support.servers import PROJECT_ROOT, procfile_command
+from tests.support.tools import require_tool
 from tests.support.usage import credits_client, make_user
 
 USER, PASSWORD = "ops", "flower-test-password"
-CHROMIUM = "/usr/bin/chromium"
 # As this machine runs Chromium: no sandbox as root, no background traffic to the (closed) network.
 CHROMIUM_ARGS = [
     "--headless",
@@ -143,18 +143,11 @@ def _batches(flower: str, auth: tuple[str, str]) -> list[dict]:
     return [task for task in tasks.values() if task["state"] == "SUCCESS"]
 
 
-def _chromium_or_skip() -> str:
-    if Path(CHROMIUM).exists():
-        return CHROMIUM
-    # .ci/run installs Debian's chromium; a developer machine may lack it.
-    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium); .ci/run installs it")
-
-
 def test_flower_pages_show_the_worker_and_the_task_in_a_real_browser(flower, processed_task, tmp_path):
     from playwright.sync_api import sync_playwright
 
     task_id, worker_name = processed_task
-    executable = _chromium_or_skip()
+    executable = require_tool("chromium", "the Flower page test drives Debian's Chromium (.ci/run installs it)")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         try:

@@ -80,17 +80,22 @@ def _assert_the_console_requires_the_local_credentials(port: str, data_dir: Path
     assert page.status_code == 200 and f"{user} (operator)" in page.text
 
 
-def _assert_receiver_ready(port: str) -> None:
+def _assert_receiver_ready(port: str, log: Path) -> None:
     deadline = time.monotonic() + 30
     while True:
         try:
             response = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
             break
-        except httpx.TransportError:
+        except httpx.TransportError as exc:
             if time.monotonic() > deadline:
-                raise
+                told = f"the receiver never answered on port {port}; the run's log ends:\n{_tail(log)}"
+                raise AssertionError(told) from exc
             time.sleep(0.3)
-    assert response.json() == {"status": "ready"}
+    assert response.json() == {"status": "ready"}, _tail(log)
+
+
+def _tail(log: Path, lines: int = 60) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
 def _run_env(**changes: str) -> dict[str, str]:
@@ -151,7 +156,7 @@ def _running(env: dict[str, str], data_dir: Path, log: Path, *, ctrl_c: bool = F
                 break
             time.sleep(0.2)
         assert "ready." in log.read_text(), log.read_text()[-3000:]
-        _assert_receiver_ready(env["PORT"])
+        _assert_receiver_ready(env["PORT"], log)
         seen.update({child.pid: child for child in _descendants(psutil.Process(run.pid))})
         yield state
     finally:  # stopped also when the test failed: the command must stop what it started
