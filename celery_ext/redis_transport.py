@@ -4,6 +4,7 @@
   `webhooks.process`); tests/celery_ext/test_redis_transport.py holds it to `send_task` field by field.
 - `task_of_message`: the task name and kwargs of a queued message (the sweeper's queue probe).
 - `queue_lists`: the Redis lists that hold one queue's messages, one per priority step.
+- `held_messages`: the messages workers took and have not acked yet, delivered since a time.
 """
 
 from __future__ import annotations
@@ -136,6 +137,13 @@ def task_of_message(raw: bytes | str) -> tuple[str, dict[str, Any]] | None:
     body), or None for anything else."""
     try:
         envelope: dict[str, Any] = json.loads(raw)
+    except ValueError:
+        return None
+    return _task_of_envelope(envelope)
+
+
+def _task_of_envelope(envelope: Any) -> tuple[str, dict[str, Any]] | None:
+    try:
         task = envelope["headers"]["task"]
         _args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
     except (ValueError, KeyError, TypeError):
@@ -143,6 +151,33 @@ def task_of_message(raw: bytes | str) -> tuple[str, dict[str, Any]] | None:
     if not isinstance(task, str) or not isinstance(kwargs, dict):
         return None
     return task, kwargs
+
+
+# kombu.transport.redis: a message a consumer took (BRPOP) without acking it yet waits in the hash
+# `unacked` (delivery tag -> [envelope, exchange, routing key]) and the sorted set `unacked_index`
+# (delivery tag -> when it was taken), until acked, or restored to its list after
+# `visibility_timeout` (or when its worker shuts down warm).
+_UNACKED, _UNACKED_INDEX = "unacked", "unacked_index"
+_HELD_LOOK_AT = 1000  # a few workers' prefetch windows
+
+
+def held_messages(client: redis.Redis, since: float) -> list[tuple[str, dict[str, Any]]]:
+    """The task name and kwargs of each message a worker took at or after `since` (Unix time)
+    and has not acked yet, earliest taken first: a live worker's reserved and running messages
+    (and a dead worker's, until they are older than `since`)."""
+    tags: list[bytes] = list(client.zrangebyscore(_UNACKED_INDEX, since, "+inf", start=0, num=_HELD_LOOK_AT))  # type: ignore[arg-type]
+    if not tags:
+        return []
+    held = []
+    for raw in client.hmget(_UNACKED, tags):
+        try:
+            envelope = json.loads(raw)[0] if raw is not None else None
+        except (ValueError, IndexError, KeyError, TypeError):
+            continue
+        task = _task_of_envelope(envelope)
+        if task is not None:
+            held.append(task)
+    return held
 
 
 # kombu.transport.redis: PRIORITY_STEPS and the separator of a priority queue's list name.

@@ -111,6 +111,27 @@ def test_the_probe_finds_the_oldest_process_message_waiting_in_the_broker(settin
     assert oldest_waiting_inbox_id("redis://127.0.0.1:1/0") is None  # unreadable: sweep without it
 
 
+def test_the_probe_counts_a_message_a_worker_took_within_the_pending_age(settings, redis_urls, redis_client):
+    """A message a consumer took and has not acked (a worker's prefetch window, a run in
+    progress) is older than anything queued: while it is recent, the rows enqueued after its
+    row are not swept; once older than `held_within` (its worker may have died), they are."""
+    scratch = settings_copy(settings, redis_url=redis_urls["scratch"])
+    producer = create_producer(scratch)  # no worker reads this broker: the test takes the message
+    try:
+        for inbox_id in (41, 42):
+            producer.send_task(PROCESS_WEBHOOK_TASK, kwargs={"inbox_id": inbox_id})
+        with producer.connection_for_read() as connection:
+            taken = connection.SimpleQueue(WEBHOOKS_QUEUE).get(block=True, timeout=5)  # 41, not acked
+            assert taken.headers["task"] == PROCESS_WEBHOOK_TASK
+            assert redis_client.llen(WEBHOOKS_QUEUE) == 1
+            assert oldest_waiting_inbox_id(redis_urls["scratch"], held_within=60) == 41
+            assert oldest_waiting_inbox_id(redis_urls["scratch"]) == 42  # held messages not asked for
+            redis_client.zincrby("unacked_index", -120, redis_client.zrange("unacked_index", 0, 0)[0])
+            assert oldest_waiting_inbox_id(redis_urls["scratch"], held_within=60) == 42  # taken 2 min ago
+    finally:
+        producer.close()
+
+
 def test_a_sweep_expires_before_the_next_is_due_and_has_its_own_queue(settings):
     config = celery_config(settings)
     entry = config["beat_schedule"]["inbox-sweep"]

@@ -142,6 +142,10 @@ def ingest_webhook(task: TransactionalTask[..., dict[str, Any]], **message: Any)
 def sweep_inbox(task: TransactionalTask[..., dict[str, int]]) -> dict[str, int]:
     """Re-enqueue rows left `pending` whose message is gone (Redis lost it, a worker died)."""
     settings = process_settings()
-    waiting = oldest_waiting_inbox_id(settings.redis_url.get_secret_value())
+    # A message a worker took within the pending age is still in live hands (or its dead worker's
+    # rows are swept once it is older): the same age a row must reach to be swept at all.
+    waiting = oldest_waiting_inbox_id(
+        settings.redis_url.get_secret_value(), held_within=settings.sweep_pending_after_seconds
+    )
     requeued = sweep(task.session, settings, oldest_waiting_id=waiting)
     return {"requeued": len(requeued)}
