@@ -1,11 +1,12 @@
-"""Issue 9's fault-injection suite: the real Procfile processes (`web`, `worker`, `usage`, `beat`) on a
-PostgreSQL and a Redis of each test's own, fed like production (providers that re-send anything
-but a 200, a service that re-sends a debit that got no answer), while a fault is injected.
+"""Issues 9 and 26's fault-injection suite: the real Procfile processes (`web`, `worker`, `usage`,
+`beat`) on a PostgreSQL and a Redis of each test's own, fed like production (each event sent once,
+again only after a failure; a service re-sending requests that got no answer), while a fault hits
+work in flight by construction (tests/faults/worker_plugin.py, held locks).
 
-After the fault every scenario checks the same promises (tests/faults/checks.py): each delivery
-answered 200 is stored once and final within 2 x (sweep interval + pending age) of the fault's
-end, balances are what the events imply and match the ledger, one effect per event and per
-debit key. Each prints one line of figures (`fault <name>: sent=... converged_s=...`).
+Each scenario asserts what the fault found (rows mid-run, messages queued, requests in flight)
+and that the recovery its title names did the recovering; then the same promises for all
+(tests/faults/checks.py). Each prints one line of figures (`fault <name>: sent=... converged_s=...`).
+What each proves: docs/development.md ("The fault suite").
 """
 
 from __future__ import annotations
