@@ -1,9 +1,11 @@
 """What every scenario asserts once the fault is over, and the line of figures it prints.
 
 - every delivery answered 200 is stored once and is final within the bound (polled to a deadline);
-- every balance equals what the events imply, and per balance creditsRemaining == sum(ledger);
-- one `UsageHistory` row per applied debit key; nothing applied twice (one signup per user,
-  one grant per payment, one usage entry per applied debit).
+- every debit, hold, capture and release answered, as PostgreSQL holds it; every hold ended
+  captured, released or expired as its caller said, once;
+- every balance = what the events and the answers imply, never below zero, == sum(ledger);
+- one signup per user, one grant per payment, the refunds' reversals, one `SubscriptionEvent`
+  per Asaas event, one `UsageHistory` row per applied debit and per capture.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import psycopg
 import pytest
 
 from tests.faults.harness import Cluster
-from tests.faults.providers import DebitService, ProviderStream
-from tests.faults.workload import PLAN_CREDITS, SIGNUP_CREDITS, Workload
+from tests.faults.providers import ProviderStream
+from tests.faults.services import CreditsService, final_status, is_applied, is_held, is_refused
+from tests.faults.workload import CAPTURED_CREDITS, PLAN_CREDITS, SIGNUP_CREDITS, Workload
 
 POLL = 0.2
 
@@ -61,10 +64,30 @@ def wait_until_final(world: Cluster, since: float, bound: float) -> float | None
         time.sleep(POLL)
 
 
-def wait_for_answers(debits: DebitService, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not debits.answered() and time.monotonic() < deadline:
+def wait_for_answers(service: CreditsService, deadline: float) -> float | None:
+    """Poll until every request of the service is answered, until `deadline` (monotonic); when
+    that happened (monotonic), or None."""
+    while not service.answered():
+        if time.monotonic() > deadline:
+            return None
         time.sleep(POLL)
+    return service.finished_at or time.monotonic()
+
+
+def open_holds(world: Cluster) -> int:
+    with world.connect() as conn:
+        row = conn.execute("SELECT count(*) FROM ingest.credit_holds WHERE state = 'open'").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def wait_until_holds_ended(world: Cluster, deadline: float) -> bool:
+    """Poll until no hold is open (those nobody ends expire), until `deadline` (monotonic)."""
+    while open_holds(world):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(POLL)
+    return True
 
 
 def inbox_rows(world: Cluster) -> list[dict[str, Any]]:
@@ -100,45 +123,117 @@ def assert_stored_once_and_final(
     assert wrong == [], f"rows not in their expected final status: {wrong}"
 
 
-def assert_money(world: Cluster, workload: Workload, debits: DebitService) -> None:
-    """Balances as the events imply, ledger == balance, one effect per event and per debit key."""
-    not_applied = {key: answer for key, answer in debits.answers.items() if key not in debits.applied_keys()}
-    assert debits.answered(), f"debits without an answer: {debits.total - len(debits.answers)} ({debits.stats})"
-    assert not_applied == {}, f"debits not applied: {not_applied}"
+def assert_money(world: Cluster, workload: Workload, service: CreditsService) -> None:
+    """Every request answered as PostgreSQL holds it; balances as the events and the answers
+    imply, never below zero, == sum(ledger); one effect per event, debit key and hold."""
+    assert service.answered(), f"requests without an answer ({service.stats})"
     with world.connect() as conn:
-        balances: dict[str, int] = dict(
-            conn.execute('SELECT "clerkUserId", "creditsRemaining" FROM "CreditBalance"').fetchall()
-        )
-        mismatched = conn.execute(
+        state = _money_state(conn)
+    _assert_debits(workload, service, state)
+    _assert_holds(workload, service, state)
+    _assert_balances(workload, service, state)
+    _assert_events(workload, state)
+
+
+def _money_state(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    def rows(sql: str) -> list[tuple[Any, ...]]:
+        return conn.execute(sql).fetchall()
+
+    return {
+        "balances": dict(rows('SELECT "clerkUserId", "creditsRemaining" FROM "CreditBalance"')),
+        "mismatched": rows(
             'SELECT b."clerkUserId", b."creditsRemaining", coalesce(sum(l.delta), 0) FROM "CreditBalance" b '
             "LEFT JOIN ingest.credit_ledger l ON l.credit_balance_id = b.id "
             'GROUP BY b.id HAVING b."creditsRemaining" <> coalesce(sum(l.delta), 0)'
-        ).fetchall()
-        entries = conn.execute(
+        ),
+        "negative": rows(
+            "SELECT id, clerk_user_id, kind, balance_after FROM ingest.credit_ledger WHERE balance_after < 0"
+        ),
+        "entries": rows(
             "SELECT kind, clerk_user_id, idempotency_key, delta FROM ingest.credit_ledger WHERE kind <> 'external'"
-        ).fetchall()
-        usage_rows = conn.execute('SELECT id FROM "UsageHistory"').fetchall()
-        requests = conn.execute(
-            "SELECT idempotency_key, status, usage_id FROM ingest.usage_requests WHERE kind = 'debit'"
-        ).fetchall()
+        ),
+        "usage": dict(rows('SELECT id, "creditsUsed" FROM "UsageHistory"')),
+        "debits": rows("SELECT idempotency_key, status, usage_id FROM ingest.usage_requests WHERE kind = 'debit'"),
+        "holds": {
+            key: (state, usage_id)
+            for key, state, usage_id in rows("SELECT hold_key, state, usage_id FROM ingest.credit_holds")
+        },
+        "subscription_events": Counter(
+            rows('SELECT "clerkUserId", "eventType" FROM "SubscriptionEvent"')  # type: ignore[arg-type]
+        ),
+    }
 
+
+def _assert_debits(workload: Workload, service: CreditsService, state: dict[str, Any]) -> None:
+    wrong = {key: a for key, a in service.answers.items() if not (is_applied(a) or is_refused(a))}
+    assert wrong == {}, f"debits answered neither applied nor insufficient_credits: {wrong}"
+    applied = {key for key, status, _usage in state["debits"] if status == "applied"}
+    assert applied == service.applied_keys(), "the answers do not say what PostgreSQL applied"
+    for user in workload.pressure_users:  # more debits than credits: some must be refused
+        refused = [key for key, a in service.answers.items() if is_refused(a) and f":{user}:" in key]
+        assert refused, f"{user}: no debit answered insufficient_credits under overdraft pressure"
+    usage_ids = [usage for _key, status, usage in state["debits"] if status == "applied"]
+    assert len(set(usage_ids)) == len(usage_ids) == len(applied), "one UsageHistory row per applied debit key"
+    assert sum(1 for kind, *_ in state["entries"] if kind == "usage") == len(applied), "one usage entry per debit"
+
+
+def _assert_holds(workload: Workload, service: CreditsService, state: dict[str, Any]) -> None:
+    """Every hold held once and ended once as its caller (or its expiry) said; a capture took
+    CAPTURED_CREDITS once (one UsageHistory row) and gave the rest back."""
+    not_held = {hold.key: service.hold_answers.get(hold.key) for hold in workload.holds}
+    assert all(a is not None and is_held(a) for a in not_held.values()), f"holds not held: {not_held}"
+    ended = {key: final_status(a) for key, a in service.end_answers.items()}
+    expected_ends = {hold.key: hold.final_state for hold in workload.holds if hold.end != "expire"}
+    assert ended == expected_ends, "captures/releases not answered captured/released"
+    states = {key: found for key, (found, _usage) in state["holds"].items()}
+    assert states == {hold.key: hold.final_state for hold in workload.holds}, "holds not ended as their callers said"
+    for hold in workload.holds:
+        _state, usage_id = state["holds"][hold.key]
+        taken = [delta for kind, _u, key, delta in state["entries"] if kind == "hold" and key == f"hold:{hold.key}"]
+        back = [
+            delta for kind, _u, key, delta in state["entries"] if kind == "release" and key == f"release:{hold.key}"
+        ]
+        captured = CAPTURED_CREDITS if hold.end == "capture" else 0
+        assert taken == [-hold.credits] and sum(back) == hold.credits - captured and len(back) <= 1, (hold, taken, back)
+        assert (usage_id is not None) == (hold.end == "capture"), hold
+        if usage_id is not None:
+            assert state["usage"].get(usage_id) == captured, f"{hold.key}: UsageHistory {usage_id} is not the capture"
+    debit_usages = {usage for _key, status, usage in state["debits"] if status == "applied"}
+    hold_usages = {usage for _state, usage in state["holds"].values() if usage is not None}
+    assert set(state["usage"]) == debit_usages | hold_usages, "UsageHistory rows of no debit and no capture"
+    assert not debit_usages & hold_usages
+
+
+def _assert_balances(workload: Workload, service: CreditsService, state: dict[str, Any]) -> None:
     spent = Counter[str]()
     for debit in workload.debits:
-        spent[debit.clerk_user_id] += debit.cost
-    expected = {user: SIGNUP_CREDITS + PLAN_CREDITS - spent[user] for user in workload.users}
+        spent[debit.clerk_user_id] += debit.cost if debit.key in service.applied_keys() else 0
+    for hold in workload.holds:
+        spent[hold.clerk_user_id] += CAPTURED_CREDITS if hold.end == "capture" else 0
+    expected = {
+        user: SIGNUP_CREDITS + PLAN_CREDITS - workload.reversed_credits.get(user, 0) - spent[user]
+        for user in workload.users
+    }
+    balances = state["balances"]
     assert balances == expected, {
         user: (balances.get(user), want) for user, want in expected.items() if balances.get(user) != want
     }
-    assert mismatched == [], f"creditsRemaining != sum(ledger): {mismatched}"
+    assert state["mismatched"] == [], f"creditsRemaining != sum(ledger): {state['mismatched']}"
+    assert state["negative"] == [], f"a balance went below zero: {state['negative']}"
 
+
+def _assert_events(workload: Workload, state: dict[str, Any]) -> None:
+    """One signup per user, one grant per payment, the reversals the refunds imply, one
+    `SubscriptionEvent` per Asaas event."""
+    entries = state["entries"]
     kinds = Counter((kind, user) for kind, user, _key, _delta in entries)
     assert {user for (kind, user) in kinds if kind == "signup"} == set(workload.users)
     assert all(count == 1 for (kind, _user), count in kinds.items() if kind in ("signup", "grant")), kinds
     grants = {key for kind, _user, key, _delta in entries if kind == "grant"}
     assert grants == {f"grant:asaas:{payment}" for payment in workload.payment_ids()}, "one grant per payment"
-
-    applied = {key for key, status, _usage in requests if status == "applied"}
-    assert applied == debits.applied_keys() == {debit.key for debit in workload.debits}
-    usage_ids = [usage for _key, status, usage in requests if status == "applied"]
-    assert sorted(usage_ids) == sorted(row[0] for row in usage_rows), "one UsageHistory row per applied debit key"
-    assert sum(1 for kind, *_ in entries if kind == "usage") == len(applied), "one usage entry per applied debit"
+    reversed_credits = Counter[str]()
+    for kind, user, _key, delta in entries:
+        if kind == "reversal":
+            reversed_credits[user] -= delta
+    assert dict(reversed_credits) == workload.reversed_credits, "reversals are not what the refunds imply"
+    assert state["subscription_events"] == workload.subscription_events(), "one SubscriptionEvent per Asaas event"

@@ -112,6 +112,10 @@ class Cluster:
         """The results of every `inbox.sweep` the worker ran (from its INFO log)."""
         return [ast.literal_eval(match) for match in _SWEEP_RESULT.findall(self.worker.log_text())]
 
+    def release_blocked(self) -> None:
+        """Let the runs the worker plugin blocks go on (and block none from now on)."""
+        Path(self.env["FAULT_RELEASE_FILE"]).touch()
+
     def recovered_by_sweeper(self) -> int:
         return sum(int(result.get("requeued", 0)) for result in self.sweeps())
 
@@ -165,6 +169,7 @@ def scenario_environment(
         SWEEP_PENDING_AFTER_SECONDS=str(sweep.pending_after),
         PROMETHEUS_MULTIPROC_DIR=str(root / "metrics"),
         TMPDIR=str(root / "tmp"),  # beat's schedule file (the Procfile puts it in $TMPDIR)
+        FAULT_RELEASE_FILE=str(root / "release-blocked-runs"),  # tests/faults/worker_plugin.py
     )
     env.update(overrides)
     return env
@@ -194,16 +199,16 @@ def cluster(
         postgres.start()
         redis_server.start()
         commands = procfile_commands()
-        worker_command = commands["worker"] + (f" --include={PLUGIN}" if with_plugin else "")
+        include = f" --include={PLUGIN}" if with_plugin else ""
         port = int(world.env["PORT"])
         world.processes = {
             "web": ProcfileProcess("web", commands["web"], world.env, root / "web.log", web_ready(port)),
             "worker": ProcfileProcess(
-                "worker", worker_command, world.env, root / "worker.log", log_says(r"celery@\S+ ready\.")
+                "worker", commands["worker"] + include, world.env, root / "worker.log", log_says(r"celery@\S+ ready\.")
             ),
             # The debits' own worker (batched usage.debit, its own prefetch window).
             "usage": ProcfileProcess(
-                "usage", commands["usage"], world.env, root / "usage.log", log_says(r"usage@\S+ ready\.")
+                "usage", commands["usage"] + include, world.env, root / "usage.log", log_says(r"usage@\S+ ready\.")
             ),
             "beat": ProcfileProcess(
                 "beat", commands["beat"], world.env, root / "beat.log", log_says(r"beat: Starting")

@@ -91,3 +91,47 @@ def wait_for_run(client: redis.Redis, inbox_id: int, timeout: float = 60) -> dic
             if record["inbox_id"] == inbox_id:
                 return record
     raise AssertionError(f"no run of inbox row {inbox_id} ended within {timeout} s")
+
+
+def rows_mid_run(world: Cluster) -> set[int]:
+    """Pending rows whose run recorded its start and has not ended (`running_since` set)."""
+    with world.connect() as conn:
+        rows = conn.execute(
+            "SELECT id FROM ingest.webhook_inbox WHERE status = 'pending' AND running_since IS NOT NULL"
+        ).fetchall()
+    return {int(row[0]) for row in rows}
+
+
+def crashes_of(world: Cluster, ids: set[int]) -> dict[int, int]:
+    """How many runs of each row a later run found dead (`crashes`)."""
+    with world.connect() as conn:
+        rows = conn.execute("SELECT id, crashes FROM ingest.webhook_inbox WHERE id = ANY(%s)", (list(ids),)).fetchall()
+    return {int(row_id): int(crashes) for row_id, crashes in rows}
+
+
+def block_work(world: Cluster, *, runs: int = 0, usage: int = 0, timeout: float = 60) -> tuple[set[int], int]:
+    """Arm the worker plugin to block the next `runs` webhooks.process runs mid-run and `usage`
+    usage batches mid-transaction; wait until they all are, then disarm (a restarted worker
+    blocks nothing). The inbox ids of the runs blocked so far, and the
+    usage batches blocked so far."""
+    client = world.redis_client()
+    try:
+        runs_before, usage_before = client.llen(worker_plugin.BLOCKED), client.llen(worker_plugin.BLOCKED_USAGE)
+        client.set(worker_plugin.BLOCK_RUNS, runs)
+        client.set(worker_plugin.BLOCK_USAGE, usage)
+        wait_until(
+            lambda: (
+                client.llen(worker_plugin.BLOCKED) >= runs_before + runs
+                and client.llen(worker_plugin.BLOCKED_USAGE) >= usage_before + usage
+            ),
+            f"no work to block ({runs} runs, {usage} usage batches asked for)",
+            timeout=timeout,
+        )
+        return blocked_runs(client), int(client.llen(worker_plugin.BLOCKED_USAGE))
+    finally:
+        client.delete(worker_plugin.BLOCK_RUNS, worker_plugin.BLOCK_USAGE)
+        client.close()
+
+
+def blocked_runs(client: redis.Redis) -> set[int]:
+    return {int(raw) for raw in client.lrange(worker_plugin.BLOCKED, 0, -1)}

@@ -1,5 +1,8 @@
 """One scenario: the workload's traffic through a cluster, a fault, then convergence, the checks
-and one line of figures."""
+and one line of figures. Every bound comes from the settings and the scenario's own timeline:
+inbox rows final within the sweep bound of the fault's (or the stream's) end; the service's
+requests answered within answers_bound() of the rows being final; holds nobody ends expired
+within their expiry plus two sweep intervals of their answer."""
 
 from __future__ import annotations
 
@@ -14,17 +17,26 @@ from tests.faults.checks import (
     assert_money,
     assert_stored_once_and_final,
     inbox_rows,
+    open_holds,
     print_figures,
     statuses,
     wait_for_answers,
     wait_until_final,
+    wait_until_holds_ended,
 )
 from tests.faults.harness import Cluster
-from tests.faults.providers import DebitService, ProviderStream
-from tests.faults.workload import ProviderDelivery, Workload
+from tests.faults.providers import ProviderStream
+from tests.faults.services import ANSWER_TIMEOUT, CreditsService, is_refused
+from tests.faults.workload import ABANDONED_EXPIRES_IN, ProviderDelivery, Workload
 
 RATE = 50  # deliveries per second, all providers together: the stream lasts a few seconds
-DEBITS_ANSWERED_WITHIN = 60  # a service's whole patience, re-sends included
+
+
+def answers_bound(world: Cluster) -> float:
+    """Once every inbox row is final (users known) and the fault is over, a request whose send
+    was lost is sent again within ANSWER_TIMEOUT and answered by the next batch; twice that
+    covers a send lost by the fault's very end, and a sweep interval a hold's follow-up."""
+    return 2 * ANSWER_TIMEOUT + world.sweep.interval
 
 
 class Scenario:
@@ -34,19 +46,19 @@ class Scenario:
         self.workload = workload
         self.capsys = capsys
         self.figures = Figures(name)
-        self.debits = DebitService(world.redis_url, workload.debits)
+        self.service = CreditsService(world.redis_url, workload.debits, workload.holds)
         self.stream = ProviderStream(world.web_url, workload.sends, rate=RATE, on_accepted=self._accepted)
         self._traffic = ExitStack()
         self._created_at = time.monotonic()
 
     def _accepted(self, delivery: ProviderDelivery) -> None:
         if delivery.event_type == "user.created":
-            self.debits.user_signed_up(delivery.clerk_user_id)  # services spend only for signed-up users
+            self.service.user_signed_up(delivery.clerk_user_id)  # services spend only for signed-up users
 
     def start_traffic(self) -> None:
         self._traffic.callback(self.stream.stop)
-        self._traffic.callback(self.debits.stop)
-        self.debits.start()
+        self._traffic.callback(self.service.stop)
+        self.service.start()
         self.stream.start()
 
     def stop_traffic(self) -> None:
@@ -62,27 +74,34 @@ class Scenario:
     ) -> None:
         """Wait for the stream to end, then for every inbox row to be final within `bound`
         (default: the sweep settings' bound) counted from the fault's end, or from the stream's
-        end if that came later; then for the debits' answers. Print the figures (with what
-        `measure` adds), then check stored-once/final and the money."""
+        end if that came later; then for the service's answers and the holds' ends. Print the
+        figures (with what `measure` adds), then check stored-once/final and the money."""
         try:
             self.stream.join()
             assert self.stream.finished_at is not None
             since = max(fault_ended, self.stream.finished_at)
             bound = self.world.sweep.bound if bound is None else bound
             converged = wait_until_final(self.world, since, bound)
-            if converged is not None:  # else the test fails below: no use waiting for the debits
-                wait_for_answers(self.debits, DEBITS_ANSWERED_WITHIN)
-            debits_done = self.debits.finished_at
+            answered, holds_ended = None, False
+            if converged is not None:  # else the test fails below: no use waiting for the rest
+                answered = wait_for_answers(self.service, since + converged + answers_bound(self.world))
+                holds_ended = wait_until_holds_ended(
+                    self.world, (answered or time.monotonic()) + ABANDONED_EXPIRES_IN + 2 * self.world.sweep.interval
+                )
             self.figures.values = {
                 "sent": self.stream.stats.sent,
                 "accepted": self.stream.stats.accepted,
                 "resent": self.stream.stats.resent,
-                "debits": self.debits.total,
-                "debits_resent": self.debits.stats.resent,
+                "debits": self.service.total,
+                "holds": len(self.workload.holds),
+                "requests_resent": self.service.resent(),
+                "sent_concurrently": self.service.stats.concurrent,
+                "refused": sum(1 for answer in self.service.answers.values() if is_refused(answer)),
                 "recovered_by_sweeper": self.world.recovered_by_sweeper(),
                 "converged_s": converged if converged is not None else f">{bound:g}",
                 "bound_s": f"{bound:g}",
-                "debits_answered_s": round(max(0.0, debits_done - since), 1) if debits_done else None,
+                "answered_s": round(max(0.0, answered - since), 1) if answered else None,
+                "answers_bound_s": f"{converged or 0:g}+{answers_bound(self.world):g}",
                 **self.figures.values,
                 **(measure() if measure else {}),
                 "scenario_s": round(time.monotonic() - self._created_at, 1),
@@ -92,7 +111,11 @@ class Scenario:
             print_figures(self.capsys, self.figures)
             assert converged is not None, f"rows still pending {bound:g} s after the fault ended: {self._pending()}"
             assert_stored_once_and_final(self.world, self.stream, expected_status)
-            assert_money(self.world, self.workload, self.debits)
+            assert answered is not None, (
+                f"requests unanswered {answers_bound(self.world):g} s after the rows were final"
+            )
+            assert holds_ended, f"{open_holds(self.world)} holds still open past their expiry"
+            assert_money(self.world, self.workload, self.service)
         finally:
             self.stop_traffic()
 

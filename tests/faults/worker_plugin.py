@@ -1,10 +1,11 @@
-"""Fault hooks loaded into a real Celery worker with Celery's `--include` option
-(`celery -A worker.celery_app worker ... --include=tests.faults.worker_plugin`): no product change.
+"""Fault hooks loaded into real Celery workers with Celery's `--include` option: no product change.
 
 - Poison: a run whose SQL names a marker of the Redis set POISON_MARKERS (e.g. a Clerk user id)
   SIGKILLs its pool process mid-handler, every time; POISON_KILLS counts the kills.
 - Probe: the runs that start (STARTS) and end (RUNS) are appended to Redis lists.
-
+- Block: while BLOCK_RUNS (BLOCK_USAGE) counts down, a `webhooks.process` run past its recorded
+  start (a usage batch at its first write) is listed in BLOCKED (BLOCKED_USAGE) and waits, its
+  transaction open, until the file FAULT_RELEASE_FILE exists or it is killed.
 The hooks read REDIS_URL (the broker the worker uses) when they first run, never at import.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -25,8 +27,15 @@ POISON_MARKERS = "faults:poison-markers"
 POISON_KILLS = "faults:poison-kills"
 RUNS = "faults:runs"
 STARTS = "faults:starts"  # every `webhooks.process` run that started: {"inbox_id", "pid", "at"}
+BLOCK_RUNS = "faults:block-runs"  # how many more `webhooks.process` runs to block
+BLOCK_USAGE = "faults:block-usage"  # how many more usage batches to block
+BLOCKED = "faults:blocked"  # the inbox ids of the runs blocked
+BLOCKED_USAGE = "faults:blocked-usage"  # the pids of the usage batches blocked
+RELEASE_FILE_VARIABLE = "FAULT_RELEASE_FILE"
 PROCESS_TASK = "webhooks.process"
 
+# The `usage` process (its Procfile command names its hostname): only its batches block as usage.
+_IS_USAGE_WORKER = any(argument.startswith("--hostname=usage@") for argument in sys.argv)
 _run: dict[str, Any] = {}  # the run in progress in this (pool) process
 _clients: dict[int, redis.Redis] = {}
 
@@ -75,3 +84,32 @@ def _poison(conn: Any, cursor: Any, statement: str, parameters: Any, context: An
     if markers and any(marker in repr(parameters) for marker in markers):
         _redis().incr(POISON_KILLS)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+# Block: work in flight by construction. A `webhooks.process` run blocks at the first statement
+# after the one that records its start (`running_since` committed: the row is mid-run); a usage
+# batch (no `webhooks.process` run in this process) at its first statement on usage_requests,
+# inside its transaction, before anything of it committed.
+@event.listens_for(Engine, "before_cursor_execute")
+def _block(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+    if "inbox_id" in _run:
+        if _run.get("started") and not _run.get("checked"):
+            _run["checked"] = True
+            _block_if_armed(BLOCK_RUNS, BLOCKED, str(_run["inbox_id"]))
+        elif "running_since" in statement and "attempts" in statement:
+            _run["started"] = True  # the start's UPDATE: the next statement is the handler's
+    elif "usage_requests" in statement and _IS_USAGE_WORKER:
+        _block_if_armed(BLOCK_USAGE, BLOCKED_USAGE, str(os.getpid()))
+
+
+def _block_if_armed(counter: str, record: str, what: str) -> None:
+    client = _redis()
+    try:
+        if int(client.get(counter) or 0) <= 0 or client.decr(counter) < 0:
+            return
+        client.rpush(record, what)
+    except redis.RedisError:
+        return  # Redis restarted under this process: nothing is armed on an empty Redis
+    release = os.environ.get(RELEASE_FILE_VARIABLE, "")
+    while not (release and os.path.exists(release)):
+        time.sleep(0.05)  # the test kills this process, or releases it once the fault is in place
