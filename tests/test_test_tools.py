@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -50,13 +51,71 @@ def test_no_test_skips_but_through_require_tool():
     assert skipping == [], "use tests.support.tools.require_tool instead"
 
 
-def test_ci_requires_the_tools_and_stops_when_one_cannot_be_installed():
-    """.ci/run exits when it cannot install a program a test needs (never "will be skipped"),
-    and sets REQUIRE_TEST_TOOLS=1 before the suite."""
+PROGRAMS = {"chromium": "chromium", "pgbouncer": "pgbouncer", "node": "nodejs", "npm": "npm", "openssl": "openssl"}
+INSTALL_SCRIPT = PROJECT_ROOT / ".ci" / "install-test-tools"
+
+
+def _machine(tmp_path: Path, present: set[str], apt_get: str) -> tuple[Path, Path]:
+    """A PATH holding only the programs `present` and an `apt-get` that runs `apt_get` (sh);
+    the file where it logs its arguments."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "apt-get.calls"
+    bin_dir.mkdir()
+    for program in present:
+        _executable(bin_dir / program, "exit 0")
+    _executable(bin_dir / "apt-get", f'echo "$*" >> {calls}\n{apt_get}')
+    return bin_dir, calls
+
+
+def _executable(path: Path, body: str) -> None:
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+
+
+def _install(bin_dir: Path) -> subprocess.CompletedProcess:
+    bash = shutil.which("bash")
+    assert bash is not None
+    return subprocess.run([bash, str(INSTALL_SCRIPT)], env={"PATH": str(bin_dir)}, capture_output=True, text=True)
+
+
+def test_ci_stops_when_apt_get_cannot_install_a_missing_program(tmp_path):
+    bin_dir, calls = _machine(tmp_path, set(PROGRAMS) - {"openssl"}, apt_get="exit 100")
+    done = _install(bin_dir)
+    assert done.returncode == 1
+    assert "could not install openssl" in done.stderr
+    assert calls.read_text().splitlines() == ["update -q"]  # asked for nothing else
+
+
+def test_ci_stops_when_a_program_is_still_missing_after_the_install(tmp_path):
+    """apt-get said yes and installed nothing (another package name, a broken mirror)."""
+    bin_dir, calls = _machine(tmp_path, set(), apt_get="exit 0")
+    done = _install(bin_dir)
+    assert done.returncode == 1
+    assert f"install -y -q {' '.join(PROGRAMS.values())}" in calls.read_text()
+    for program, package in PROGRAMS.items():
+        assert f"{program} is still missing after installing {package}" in done.stderr
+
+
+def test_ci_installs_what_is_missing_and_goes_on(tmp_path):
+    bin_dir = tmp_path / "bin"  # _machine's: this apt-get installs npm (a copy of the stub node)
+    installs_npm = f'[ "$1" != install ] || /bin/cp {bin_dir / "node"} {bin_dir / "npm"}'
+    bin_dir, calls = _machine(tmp_path, set(PROGRAMS) - {"npm"}, apt_get=installs_npm)
+    done = _install(bin_dir)
+    assert done.returncode == 0, done.stderr
+    assert calls.read_text().splitlines() == ["update -q", "install -y -q npm"]
+
+
+def test_ci_leaves_apt_get_alone_when_every_program_is_there(tmp_path):
+    bin_dir, calls = _machine(tmp_path, set(PROGRAMS), apt_get="exit 100")
+    assert _install(bin_dir).returncode == 0
+    assert not calls.exists()
+
+
+def test_ci_runs_the_suite_only_after_the_programs_and_with_skips_as_failures():
     ci = (PROJECT_ROOT / ".ci" / "run").read_text()
-    for program in ("chromium", "pgbouncer", "nodejs npm", "openssl"):
-        install = re.search(rf"apt-get install -y -q {program}; }}; then\n(.*?)\n  fi", ci, re.S)
-        assert install, f".ci/run does not install {program}"
-        assert "exit 1" in install.group(1), f".ci/run carries on without {program}"
+    assert (
+        ci.index(".ci/install-test-tools")
+        < ci.index(f"export {REQUIRE_TOOLS_VARIABLE}=1")
+        < ci.index(".venv/bin/pytest")
+    )
+    assert "set -euo pipefail" in ci  # a failed install-test-tools stops it
     assert "skipped" not in ci
-    assert ci.index(f"export {REQUIRE_TOOLS_VARIABLE}=1") < ci.index(".venv/bin/pytest")
