@@ -10,8 +10,6 @@ does the same against the pytest session's worker.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -29,6 +27,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.support.servers import PROJECT_ROOT
+from tests.support.stamps import locked, run, run_if_changed
 
 PACKAGE = PROJECT_ROOT / "clients" / "typescript"
 USERS = json.loads((PACKAGE / "test" / "users.json").read_text())
@@ -40,22 +39,31 @@ NODE_TESTS_TIMEOUT = 600
 
 
 def prepare(npm: str, node: str) -> dict[str, float]:
-    """`npm ci` when node_modules is missing or older than package-lock.json, then build the
-    package (dist/) and its tests (build/) when a source changed; once at a time, even for
-    concurrent test processes (a lock file beside node_modules). The seconds each step took."""
+    """`npm ci` when package-lock.json changed, then build the package (dist/) and its tests
+    (build/) when a source changed; once at a time, even for concurrent test processes (a lock
+    file beside node_modules). The seconds each step that ran took."""
     timings: dict[str, float] = {}
-    with _locked(PACKAGE / ".install.lock"):
-        if _stamp_of(INSTALLED_STAMP) != _digest(PACKAGE / "package-lock.json"):
-            timings["npm ci"] = _timed([npm, "ci", "--no-audit", "--no-fund"])
-            INSTALLED_STAMP.write_text(_digest(PACKAGE / "package-lock.json"))
-        sources = _digest(*_sources())
-        if _stamp_of(BUILT_STAMP) != sources:
-            tsc = str(PACKAGE / "node_modules" / "typescript" / "bin" / "tsc")
-            for folder, config in (("dist", "tsconfig.json"), ("build", "tsconfig.test.json")):
-                shutil.rmtree(PACKAGE / folder, ignore_errors=True)
-                timings[f"tsc {folder}"] = _timed([node, tsc, "-p", config])
-            BUILT_STAMP.write_text(sources)
+    with locked(PACKAGE / ".install.lock"):
+        steps = (
+            ("npm ci", INSTALLED_STAMP, [PACKAGE / "package-lock.json"], lambda: _npm(npm, "ci")),
+            ("tsc", BUILT_STAMP, _sources(), lambda: _build(node)),
+        )
+        for name, stamp, inputs, step in steps:
+            seconds = run_if_changed(stamp, inputs, PACKAGE, step)
+            if seconds is not None:
+                timings[name] = seconds
     return timings
+
+
+def _npm(npm: str, command: str) -> None:
+    run([npm, command, "--no-audit", "--no-fund"], PACKAGE)
+
+
+def _build(node: str) -> None:
+    tsc = str(PACKAGE / "node_modules" / "typescript" / "bin" / "tsc")
+    for folder, config in (("dist", "tsconfig.json"), ("build", "tsconfig.test.json")):
+        shutil.rmtree(PACKAGE / folder, ignore_errors=True)
+        run([node, tsc, "-p", config], PACKAGE)
 
 
 def _sources() -> list[Path]:
@@ -210,35 +218,6 @@ def main(node_options: list[str]) -> int:
         for problem in problems:
             print(f"PostgreSQL after the node tests: {problem}", file=sys.stderr)
         return 1 if done.returncode != 0 or problems else 0
-
-
-def _timed(command: list[str]) -> float:
-    started = time.monotonic()
-    done = subprocess.run(command, cwd=PACKAGE, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
-    return round(time.monotonic() - started, 1)
-
-
-def _digest(*paths: Path) -> str:
-    hasher = hashlib.sha256()
-    for path in paths:
-        hasher.update(str(path.relative_to(PACKAGE)).encode() + b"\0" + path.read_bytes())
-    return hasher.hexdigest()
-
-
-def _stamp_of(path: Path) -> str | None:
-    return path.read_text() if path.is_file() else None
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def details(done: subprocess.CompletedProcess) -> dict[str, Any]:
