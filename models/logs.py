@@ -109,6 +109,27 @@ def formatter(log_format: str | None = None) -> logging.Formatter:
     )
 
 
+def gunicorn_log_config(**loggers: dict[str, Any]) -> dict[str, Any]:
+    """Gunicorn's `logconfig_dict`: its error log to stderr and access log to stdout, plus
+    `loggers`, every line rendered by `formatter`. Given in full because gunicorn replaces each
+    top-level key of its defaults with ours."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "root": {"level": "WARNING", "handlers": ["error_console"]},
+        "loggers": {
+            "gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
+            "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
+            **loggers,
+        },
+        "handlers": {
+            "console": {"class": "logging.StreamHandler", "formatter": "generic", "stream": "ext://sys.stdout"},
+            "error_console": {"class": "logging.StreamHandler", "formatter": "generic", "stream": "ext://sys.stderr"},
+        },
+        "formatters": {"generic": {"()": "models.logs.formatter"}},
+    }
+
+
 class _Handler(logging.StreamHandler[TextIO]):
     """Ours: replaced when logging is configured again, while others' handlers stay. Without a
     stream of its own it writes to whatever `sys.stderr` is when a line is written (a test

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from models.connectivity import exit_unless_reachable
-from models.logs import chosen_level
+from models.logs import chosen_level, gunicorn_log_config
 from models.settings import ConfigError, load_settings
 from receiver.access_log import ACCESS_LOG_FORMAT
 
@@ -54,26 +54,11 @@ accesslog = "-"
 access_log_format = ACCESS_LOG_FORMAT
 logger_class = "receiver.access_log.AccessLogger"
 
-# structlog renders every line (LOG_FORMAT=json|console; models.logs), with the request's context.
-_GENERIC_FORMATTER = {"()": "models.logs.formatter"}
-# Gunicorn's defaults plus the receiver's own loggers (INFO, to stderr). Given in full
-# because gunicorn replaces each top-level key of its defaults with ours.
-logconfig_dict = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "root": {"level": "WARNING", "handlers": ["error_console"]},
-    "loggers": {
-        "gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
-        "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
-        # LOG_LEVEL=DEBUG adds a `webhook.accepted`/`duplicate`/`queued` line per delivery.
-        "receiver": {"level": logging.getLevelName(chosen_level()), "handlers": ["error_console"], "propagate": False},
-    },
-    "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "generic", "stream": "ext://sys.stdout"},
-        "error_console": {"class": "logging.StreamHandler", "formatter": "generic", "stream": "ext://sys.stderr"},
-    },
-    "formatters": {"generic": _GENERIC_FORMATTER},
-}
+# structlog renders every line (LOG_FORMAT=json|console; models.logs), with the request's context;
+# LOG_LEVEL=DEBUG adds a `webhook.accepted`/`duplicate`/`queued` line per delivery.
+logconfig_dict = gunicorn_log_config(
+    receiver={"level": logging.getLevelName(chosen_level()), "handlers": ["error_console"], "propagate": False}
+)
 
 _MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
 if not _MULTIPROC_DIR:

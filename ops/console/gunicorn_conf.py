@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from models.connectivity import exit_unless_reachable
+from models.logs import gunicorn_log_config
 from models.settings import ConfigError, load_console_settings, load_settings
 
 _ADDRESS = os.environ.get("CONSOLE_ADDRESS", "").strip() or "127.0.0.1"
@@ -31,21 +32,7 @@ graceful_timeout = 10
 accesslog = "-"
 access_log_format = '%(h)s %(u)s "%(m)s %(U)s" %(s)s %(M)sms'
 
-_GENERIC_FORMATTER = {"()": "models.logs.formatter"}
-logconfig_dict = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "root": {"level": "WARNING", "handlers": ["error_console"]},
-    "loggers": {
-        "gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
-        "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
-    },
-    "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "generic", "stream": "ext://sys.stdout"},
-        "error_console": {"class": "logging.StreamHandler", "formatter": "generic", "stream": "ext://sys.stderr"},
-    },
-    "formatters": {"generic": _GENERIC_FORMATTER},
-}
+logconfig_dict = gunicorn_log_config()
 
 # Under `run`, RUNTIME_DIR is the project's .local/: the console's control socket is its own, not
 # the receiver's (both are gunicorn) nor another checkout's.
