@@ -94,8 +94,10 @@ def test_prefetched_messages_survive_a_sigkill_once_each(make_scenario: Callable
     extra = [run for run in _runs(scenario) if ended[run["inbox_id"]] > 1 and run["inbox_id"] in held]
     assert {row: ended[row] for row in held} == dict.fromkeys(held, 1), f"each held message ran once: {extra}"
     # kombu gives them back only after its visibility timeout (an hour): the sweeper recovered
-    # each once its dead worker's report expired, and nothing else.
-    assert world.recovered_by_sweeper() == len(held)
+    # each once its dead worker's report expired. It may re-enqueue a row more: kombu BRPOPs a
+    # message before it records it in `unacked`, and a sweep that reads both in that gap sees
+    # neither (1 of 8 runs on 2026-12-07: 9 against 8); that copy finds its row final (asserted above).
+    assert world.recovered_by_sweeper() >= len(held)
 
 
 def _sweep_now(scenario: Scenario) -> str:
