@@ -24,6 +24,7 @@ from tests.support.usage import (
     usage_credits,
 )
 from worker.usage import holds
+from worker.usage.apply_many import apply_many
 
 
 def test_a_capture_of_less_than_held_books_what_it_cost_and_gives_back_the_rest(session_factory):
@@ -82,6 +83,37 @@ def test_a_hold_ends_once_and_every_later_request_answers_what_happened(session_
     released = release(session_factory, "once-2")
     assert capture(session_factory, "once-2", 1) == released and released["status"] == "released"
     assert balance(session_factory) == 95 and usage_credits(session_factory) == [5]
+    assert_ledger_matches_balances(session_factory)
+
+
+def test_endings_of_one_hold_in_one_batch_end_it_once(session_factory):
+    """A batch reads each hold once, under its lock: the first ending in the batch wins, and the
+    others of the same hold answer what it did (not the state the batch read)."""
+    make_user(session_factory)
+    hold(session_factory, "batch-1", credits=20)
+    requests = [
+        holds.CaptureRequest("batch-1", 7, {"tokens": 700}, "tests"),
+        holds.ReleaseRequest("batch-1", "tests"),
+        holds.CaptureRequest("batch-1", 3, None, "tests"),
+    ]
+    with session_factory.begin() as session:
+        answers = apply_many(session, [(request, True) for request in requests], holds.lock_holds)
+    captured = answers[0]
+    assert captured is not None and (captured["status"], captured["credits"], captured["released"]) == (
+        "captured",
+        7,
+        13,
+    )
+    assert answers[1] == captured and answers[2] == captured
+    assert balance(session_factory) == 93 and usage_credits(session_factory) == [7]
+    with session_factory() as session:
+        row = session.execute(
+            text("SELECT state, captured, usage_id, end_answer, ended_at FROM ingest.credit_holds")
+        ).one()
+        details = session.scalar(text('SELECT details FROM "UsageHistory"'))
+    assert (row.state, row.captured, row.usage_id) == ("captured", 7, captured["usage_id"])
+    assert row.end_answer == captured and row.ended_at is not None  # a re-sent capture reads this
+    assert details == {"tokens": 700}
     assert_ledger_matches_balances(session_factory)
 
 

@@ -7,7 +7,7 @@ never wait on each other in a cycle. A claimed key met again in the batch answer
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy.orm import Session
@@ -46,14 +46,21 @@ class Ending(Protocol):
 
     def invalid(self) -> dict[str, Any] | None: ...
 
-    def decide(self, session: Session, final: bool, owner: str | None) -> dict[str, Any]: ...
+    def decide(self, session: Session, final: bool, hold: Any) -> dict[str, Any]: ...
 
 
 Request = Claiming | Ending
 
 
-# Locks the holds of these keys in key order; returns {key: the Clerk user id it holds for}.
-HoldLocker = Callable[[Session, list[str]], dict[str, str]]
+class LockedHold(Protocol):
+    """A hold as `HoldLocker` read it under its lock (`decide` of an `Ending` takes it)."""
+
+    @property
+    def clerk_user_id(self) -> str: ...
+
+
+# Locks and reads the holds of these keys in key order; returns {key: its hold}.
+HoldLocker = Callable[[Session, list[str]], Mapping[str, LockedHold]]
 
 
 def apply_many(
@@ -62,21 +69,21 @@ def apply_many(
     """Apply each `(request, final)` on this session, as it would apply alone. The answers come
     back in the order of `requests`; None for one whose user (or hold) is not known yet with
     final=False: nothing of it was written, and the caller retries it alone. `lock_holds(session,
-    keys)` locks the holds of these keys in key order and returns {key: its Clerk user id}."""
+    keys)` locks and reads the holds of these keys in key order and returns {key: its hold}."""
     answers: list[dict[str, Any] | None] = [None] * len(requests)
     claims, ends, again = _sort_out(requests, answers)
     autoflush(session)
     earliest = min((c.not_after for _, c in claims.values() if c.not_after is not None), default=None)
     found = {claims[key][0]: claims[key][1].claim(session, earliest) for key in sorted(claims)}
-    owners = lock_holds(session, sorted({end.hold_key for _, end in ends}))
+    locked = lock_holds(session, sorted({end.hold_key for _, end in ends}))
     order: list[tuple[str, int, Request]] = [(claim.clerk_user_id, n, claim) for n, claim in claims.values()]
-    order += [(owners.get(end.hold_key, ""), n, end) for n, end in ends]
+    order += [(_owner(locked.get(end.hold_key)), n, end) for n, end in ends]
     waiting: set[str] = set()
     for _, n, request in sorted(order, key=lambda entry: entry[:2]):
         final = requests[n][1]
         try:
             if isinstance(request, Ending):
-                answers[n] = request.decide(session, final, owners.get(request.hold_key))
+                answers[n] = request.decide(session, final, locked.get(request.hold_key))
             elif found[n].claimed is None:
                 again.append((n, request))
             else:
@@ -88,6 +95,10 @@ def apply_many(
         if claim.idempotency_key not in waiting:
             answers[n] = claim.repeat(session)
     return answers
+
+
+def _owner(hold: LockedHold | None) -> str:
+    return hold.clerk_user_id if hold is not None else ""
 
 
 def _sort_out(

@@ -168,7 +168,7 @@ def debit(session: Session, request: DebitRequest, *, final: bool = True) -> dic
     return result
 
 
-def no_holds(_session: Session, keys: list[str]) -> dict[str, str]:
+def no_holds(_session: Session, keys: list[str]) -> dict[str, Any]:
     """The hold locker of a batch without captures or releases."""
     assert not keys
     return {}

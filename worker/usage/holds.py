@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, func, insert, select
+from sqlalchemy import Row, Select, Text, bindparam, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from models.app import CreditBalance, UsageHistory
@@ -19,7 +19,7 @@ from models.base import constant, table_of, utcnow
 from models.ids import cuid
 from models.ledger import LedgerKind
 from models.usage import CreditHold, HoldState, UsageRequest
-from worker.credits.ledger import LedgerChange, Then, change_credits, follow_up
+from worker.credits.ledger import FollowUp, Then, change_credits, follow_up
 from worker.usage.debits import claim_and_find_account, operation_of, refused_for_credits, settle, what_to_spend
 from worker.usage.requests import (
     NotYetKnown,
@@ -205,20 +205,23 @@ class CaptureRequest:
             return error("invalid_credits", "credits must be a non-negative integer")
         return None
 
-    def decide(self, session: Session, final: bool, owner: str | None) -> dict[str, Any]:
-        hold = _open_hold(session, self.hold_key, self.service, final)
+    def decide(self, session: Session, final: bool, locked: LockedHold | None) -> dict[str, Any]:
+        hold = _open_hold(session, self.hold_key, self.service, final, locked)
         if isinstance(hold, dict):
             return hold
         if self.credits > hold.credits:
             return answer("over_capture", held=hold.credits)  # nothing changes: the hold stays open
         rest = hold.credits - self.credits
-        change = _give_back(session, hold, rest, f"hold {hold.hold_key} captured {self.credits}: the rest released")
         usage_id = cuid()
-        session.execute(insert(_history).values(_usage_row(hold, usage_id, self.credits, self.details)))
-        remaining = change.balance_after if change else _balance(session, hold)
-        result = answer("captured", remaining, usage_id, credits=self.credits, released=rest)
-        _end(hold, HoldState.CAPTURED, result, captured=self.credits, usage_id=usage_id)
-        return result
+        ending = _Ending(HoldState.CAPTURED, {"credits": self.credits, "released": rest}, self.credits, usage_id)
+        return _end(
+            session,
+            hold,
+            ending,
+            rest,
+            f"hold {hold.hold_key} captured {self.credits}: the rest released",
+            usage=self.details,
+        )
 
 
 @dataclass(frozen=True)
@@ -236,52 +239,75 @@ class ReleaseRequest:
     def invalid(self) -> dict[str, Any] | None:
         return None
 
-    def decide(self, session: Session, final: bool, owner: str | None) -> dict[str, Any]:
-        hold = _open_hold(session, self.hold_key, self.service, final)
+    def decide(self, session: Session, final: bool, locked: LockedHold | None) -> dict[str, Any]:
+        hold = _open_hold(session, self.hold_key, self.service, final, locked)
         if isinstance(hold, dict):
             return hold
-        change = _give_back(session, hold, hold.credits, f"hold {hold.hold_key} released")
-        assert change is not None
-        result = answer("released", change.balance_after, None, released=hold.credits)
-        _end(hold, HoldState.RELEASED, result)
-        return result
+        ending = _Ending(HoldState.RELEASED, {"released": hold.credits})
+        return _end(session, hold, ending, hold.credits, f"hold {hold.hold_key} released")
 
 
-def lock_holds(session: Session, keys: list[str]) -> dict[str, str]:
-    """Lock the holds of these keys in key order; {key: the Clerk user id it holds for}."""
+@dataclass
+class LockedHold:
+    """A hold's row as read under its lock, and whether PostgreSQL's clock had passed its
+    `expires_at` then. An ending in the batch updates `state` and `end_answer` here too, so a
+    second request ending the same hold in that batch answers what the first did."""
+
+    hold_key: str
+    service: str | None
+    clerk_user_id: str
+    user_id: str
+    credit_balance_id: str
+    operation: str
+    credits: int
+    state: str
+    end_answer: dict[str, Any] | None
+    past: bool
+
+
+_LOCKED_COLUMNS = [
+    _holds.c.hold_key,
+    _holds.c.service,
+    _holds.c.clerk_user_id,
+    _holds.c.user_id,
+    _holds.c.credit_balance_id,
+    _holds.c.operation,
+    _holds.c.credits,
+    _holds.c.state,
+    _holds.c.end_answer,
+    (func.clock_timestamp() > _holds.c.expires_at).label("past"),
+]
+
+
+def lock_holds(session: Session, keys: list[str]) -> dict[str, LockedHold]:
+    """Lock and read the holds of these keys in key order, in one statement: {key: its hold}."""
     if not keys:
         return {}
     rows = session.execute(
-        select(_holds.c.hold_key, _holds.c.clerk_user_id)
-        .where(_holds.c.hold_key.in_(keys))
-        .order_by(_holds.c.hold_key)
-        .with_for_update()
+        select(*_LOCKED_COLUMNS).where(_holds.c.hold_key.in_(keys)).order_by(_holds.c.hold_key).with_for_update()
     )
-    return {key: clerk_user_id for key, clerk_user_id in rows}
+    return {row.hold_key: LockedHold(*row) for row in rows}
 
 
-def expire(session: Session, hold: CreditHold) -> dict[str, Any]:
+def expire(session: Session, hold: LockedHold) -> dict[str, Any]:
     """Release an open hold past its `expires_at` (its row locked): all of it comes back."""
-    change = _give_back(session, hold, hold.credits, f"hold {hold.hold_key} expired")
-    assert change is not None
-    result = answer("expired", change.balance_after, None, released=hold.credits)
-    _end(hold, HoldState.EXPIRED, result)
-    return result
+    ending = _Ending(HoldState.EXPIRED, {"released": hold.credits})
+    return _end(session, hold, ending, hold.credits, f"hold {hold.hold_key} expired")
 
 
 def expire_due(session: Session, limit: int = 100) -> list[str]:
     """Expire up to `limit` open holds past their `expires_at`, skipping any a capture or release
     holds locked now (it decides; a later sweep finds what is still open). Their keys."""
-    due = session.scalars(
-        select(CreditHold)
-        .where(CreditHold.state == HoldState.OPEN.value, CreditHold.expires_at < func.clock_timestamp())
-        .order_by(CreditHold.hold_key)
+    due = session.execute(
+        select(*_LOCKED_COLUMNS)
+        .where(_holds.c.state == HoldState.OPEN.value, _holds.c.expires_at < func.clock_timestamp())
+        .order_by(_holds.c.hold_key)
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
-    for hold in due:
-        expire(session, hold)
-    return [hold.hold_key for hold in due]
+    for row in due:
+        expire(session, LockedHold(*row))
+    return [row.hold_key for row in due]
 
 
 def settle_hold(session: Session, request: HoldRequest) -> dict[str, Any] | None:
@@ -289,71 +315,144 @@ def settle_hold(session: Session, request: HoldRequest) -> dict[str, Any] | None
     return settle(session, request)
 
 
-def _open_hold(session: Session, key: str, service: str | None, final: bool) -> CreditHold | dict[str, Any]:
-    """The hold of `key`, locked and still open, or the answer that ends a capture or release
-    here: `unknown_hold`, how the hold ended, or `expired` (it expires now if its time passed)."""
-    found = _locked_hold(session, key, service, final)
-    if found is None:
+def _open_hold(
+    session: Session, key: str, service: str | None, final: bool, hold: LockedHold | None
+) -> LockedHold | dict[str, Any]:
+    """The hold of `key` (locked by `lock_holds`) if it is still open, or the answer that ends a
+    capture or release here: `unknown_hold` (with final=False: NotYetKnown, the hold may still
+    be queued), how the hold ended, or `expired` (it expires now if its time passed)."""
+    if hold is None or (hold.service is not None and hold.service != service):
+        if not final:
+            raise NotYetKnown(key)
         return answer("unknown_hold")
-    hold, past = found
     if hold.state != HoldState.OPEN:
         return dict(hold.end_answer or {})
-    if past:
+    if hold.past:
         return expire(session, hold)
     return hold
 
 
-def _locked_hold(session: Session, key: str, service: str | None, final: bool) -> tuple[CreditHold, bool] | None:
-    """The hold of `key` (locked) and whether PostgreSQL's clock has passed its `expires_at`; None
-    for no hold of this service (with final=False: NotYetKnown, the hold may still be queued)."""
-    found = session.execute(
-        select(CreditHold, (func.clock_timestamp() > CreditHold.expires_at).label("past"))
-        .where(CreditHold.hold_key == key)
-        .with_for_update(of=CreditHold)
-        .execution_options(populate_existing=True)
-    ).one_or_none()
-    if found is None or (found[0].service is not None and found[0].service != service):
-        if not final:
-            raise NotYetKnown(key)
-        return None
-    return found[0], bool(found[1])
+@dataclass(frozen=True)
+class _Ending:
+    """How a hold ends: its new state, what its answer adds, and for a capture what it booked."""
+
+    state: HoldState
+    extra: dict[str, Any]
+    captured: int | None = None
+    usage_id: str | None = None
 
 
-def _give_back(session: Session, hold: CreditHold, credits: int, reference: str) -> LedgerChange | None:
-    if credits == 0:
-        return None
-    return change_credits(
-        session,
-        hold.credit_balance_id,
-        delta=credits,
-        kind=LedgerKind.RELEASE,
-        idempotency_key=f"release:{hold.hold_key}",
-        reference=reference,
-    )
-
-
-def _usage_row(hold: CreditHold, usage_id: str, credits: int, details: dict[str, Any] | None) -> dict[str, Any]:
-    return {
-        "id": usage_id,
-        "userId": hold.user_id,
-        "creditBalanceId": hold.credit_balance_id,
-        "operationType": hold.operation,
-        "creditsUsed": credits,
-        "details": details,
-        "timestamp": utcnow(),
+def _end(
+    session: Session,
+    hold: LockedHold,
+    ending: _Ending,
+    give_back: int,
+    reference: str,
+    usage: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """End an open hold in one statement: give back `give_back` credits (ledger kind `release`),
+    book the capture's `UsageHistory` row, and write the hold's end with its answer. Returns the
+    answer, with the balance the statement left."""
+    result = answer(ending.state.value, None, ending.usage_id, **ending.extra)
+    params = {
+        "end_hold_key": hold.hold_key,
+        "end_state": ending.state.value,
+        "end_result": result,
+        "end_captured": ending.captured,
+        "end_usage_id": ending.usage_id,
+        "usage_row_id": ending.usage_id,
+        "usage_operation": hold.operation,
+        "usage_credits": ending.captured,
+        "usage_details": usage,
+        "usage_at": utcnow(),
     }
+    writes = _CAPTURE_WRITES if ending.usage_id is not None else _RELEASE_WRITES
+    if give_back > 0:
+        change = change_credits(
+            session,
+            hold.credit_balance_id,
+            delta=give_back,
+            kind=LedgerKind.RELEASE,
+            idempotency_key=f"release:{hold.hold_key}",
+            reference=reference,
+            then=Then(writes.change, params),
+        )
+        remaining: int | None = change.balance_after
+    else:  # a capture of all it held: nothing moves, the same writes follow the balance as it is
+        remaining = session.execute(writes.unchanged, {"credit_balance_id": hold.credit_balance_id, **params}).scalar()
+    result["remaining"] = remaining
+    hold.state, hold.end_answer = ending.state.value, result
+    return result
 
 
-def _balance(session: Session, hold: CreditHold) -> int | None:
-    return session.scalar(select(CreditBalance.credits_remaining).where(CreditBalance.id == hold.credit_balance_id))
+def _ending_writes(balance: Any, with_usage: bool) -> list[Any]:
+    """The hold's end (and a capture's `UsageHistory` row) as writes following `balance` (a CTE
+    RETURNING "userId", "clerkUserId", "creditsRemaining": the moved balance, or the balance as
+    it is), each writing only if `balance` has its row:
+
+    ended AS (UPDATE credit_holds SET state = :end_state, end_answer = :end_answer ||
+              jsonb_build_object('remaining', ...), ... WHERE hold_key = :end_hold_key AND EXISTS (balance)),
+    booked AS (INSERT INTO "UsageHistory" (...) SELECT :usage_row_id, balance."userId", ... FROM balance)"""
+    left = func.jsonb_build_object("remaining", select(balance.c.creditsRemaining).scalar_subquery())
+    ended = (
+        update(_holds)
+        .where(_holds.c.hold_key == bindparam("end_hold_key", type_=Text), exists(balance.select()))
+        .values(
+            {
+                _holds.c.state: bindparam("end_state", type_=Text),
+                _holds.c.end_answer: column_param(_holds.c.end_answer, "end_result").op(
+                    "||", return_type=_holds.c.end_answer.type
+                )(left),
+                _holds.c.captured: column_param(_holds.c.captured, "end_captured"),
+                _holds.c.usage_id: bindparam("end_usage_id", type_=Text),
+                _holds.c.ended_at: func.now(),
+                # Named here so that SQLAlchemy does not SET it from the change statement's own
+                # `credit_balance_id` parameter (it adds every parameter named as a column).
+                _holds.c.credit_balance_id: _holds.c.credit_balance_id,
+            }
+        )
+        .cte("ended")
+    )
+    if not with_usage:
+        return [ended]
+    booked = (
+        insert(_history)
+        .from_select(
+            ["id", "userId", "creditBalanceId", "operationType", "creditsUsed", "details", "timestamp"],
+            select(
+                bindparam("usage_row_id", type_=Text),
+                balance.c.userId,
+                bindparam("credit_balance_id", type_=Text),
+                column_param(_history.c.operationType, "usage_operation"),
+                column_param(_history.c.creditsUsed, "usage_credits"),
+                column_param(_history.c.details, "usage_details"),
+                column_param(_history.c.timestamp, "usage_at"),
+            ),
+        )
+        .cte("booked")
+    )
+    return [ended, booked]
 
 
-def _end(hold: CreditHold, state: HoldState, result: dict[str, Any], **fields: Any) -> None:
-    hold.state = state.value
-    hold.end_answer = result
-    hold.ended_at = datetime.now(UTC)
-    for name, value in fields.items():
-        setattr(hold, name, value)
+@dataclass(frozen=True)
+class _EndingWrites:
+    change: FollowUp  # following a balance change (`change_credits`)
+    unchanged: Select[Any]  # following the balance as it is: SELECT its "creditsRemaining"
+
+
+def _ending_statements(with_usage: bool) -> _EndingWrites:
+    balance = table_of(CreditBalance)
+    as_is = (
+        select(balance.c.userId, balance.c.clerkUserId, balance.c.creditsRemaining)
+        .where(balance.c.id == bindparam("credit_balance_id", type_=Text))
+        .cte("balance")
+    )
+    unchanged = select(as_is.c.creditsRemaining).add_cte(*_ending_writes(as_is, with_usage))
+    return _EndingWrites(follow_up(lambda moved: _ending_writes(moved, with_usage)), unchanged)
+
+
+_CAPTURE_WRITES = _ending_statements(with_usage=True)
+_RELEASE_WRITES = _ending_statements(with_usage=False)
 
 
 def _seconds(value: Any) -> bool:
