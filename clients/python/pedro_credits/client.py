@@ -18,6 +18,7 @@ import redis
 from celery import Celery
 from kombu import Exchange, Queue
 
+from pedro_credits.answers import AnswerWaiter
 from pedro_credits.signing import ANSWER, REQUEST, sign, verify
 
 # The queue the service's `usage` workers consume (the service's messaging.celery_config).
@@ -113,6 +114,7 @@ class CreditsClient:
         self.service, self._keys, self.settle_timeout = service, keys, settle_timeout
         self.app = producer(redis_url)
         self._results = redis.Redis.from_url(redis_url, socket_timeout=10, health_check_interval=30)
+        self._answers = AnswerWaiter(self._results)
 
     @classmethod
     def from_environment(cls) -> CreditsClient:
@@ -292,24 +294,8 @@ class CreditsClient:
 
     def wait_for_answer(self, task: str, task_id: str, until: float) -> dict[str, Any] | None:
         """The signed answer stored for `task_id`, waited for until `until` (time.monotonic()):
-        subscribed to its key's channel first, then read, so none published meanwhile is
-        missed; again after a lost connection. Anything that does not verify is ignored."""
-        key = RESULT_KEY_PREFIX + task_id
-        while time.monotonic() < until:
-            pubsub = self._results.pubsub(ignore_subscribe_messages=True)
-            try:
-                pubsub.subscribe(key)
-                found = self._open(task, task_id, self._results.get(key))
-                while found is None and (left := until - time.monotonic()) > 0:
-                    message = pubsub.get_message(timeout=min(left, 1.0))
-                    if message is not None and message.get("type") == "message":
-                        found = self._open(task, task_id, message["data"])
-                return found
-            except (redis.ConnectionError, redis.TimeoutError):
-                time.sleep(0.1)  # Redis restarted or the connection dropped: subscribe and read again
-            finally:
-                pubsub.close()
-        return None
+        anything that does not verify is ignored (`AnswerWaiter.wait`)."""
+        return self._answers.wait(RESULT_KEY_PREFIX + task_id, until, lambda raw: self._open(task, task_id, raw))
 
     def stored_answer(self, task: str, task_id: str) -> dict[str, Any] | None:
         return self._open(task, task_id, self._results.get(RESULT_KEY_PREFIX + task_id))
@@ -332,4 +318,5 @@ class CreditsClient:
 
     def close(self) -> None:
         self.app.close()
-        self._results.close()
+        self._answers.close()
+        self._results.close()  # and every thread's subscriber: they are the pool's connections
