@@ -47,3 +47,32 @@ def test_an_unreachable_backend_raises(producer):
     broken = producer.backend.__class__(app=producer, url="redis://127.0.0.1:1/0")
     with pytest.raises(redis.ConnectionError):
         store_successes(broken, [(str(uuid.uuid4()), {"status": "applied"})])
+
+
+def test_a_state_short_of_success_is_replaced_and_each_written_answer_published(producer, redis_client):
+    """What a waiting caller receives: the written answers on their keys' channels, and nothing
+    for a stored SUCCESS that stands. A RETRY (a debit that waited for its user) is replaced."""
+    kept, retried, fresh = (str(uuid.uuid4()) for _ in range(3))
+    producer.backend.mark_as_done(kept, {"status": "applied"})
+    producer.backend.mark_as_retry(retried, RuntimeError("waiting_for_user"))
+    client = producer.backend.client
+    subscriber = client.pubsub()
+    subscriber.subscribe(*(producer.backend.get_key_for_task(task_id) for task_id in (kept, retried, fresh)))
+    confirmed = 0
+    while confirmed < 3:  # Redis confirmed each subscription: nothing published later is missed
+        message = subscriber.get_message(timeout=5)
+        assert message is not None, "Redis did not confirm the subscriptions"
+        confirmed += message["type"] == "subscribe"
+
+    store_successes(
+        producer.backend, [(kept, {"status": "again"}), (retried, {"status": "applied"}), (fresh, {"a": 1})]
+    )
+
+    published = {}
+    while (message := subscriber.get_message(timeout=1)) is not None:
+        meta = producer.backend.decode_result(message["data"])
+        published[meta["task_id"]] = meta["result"]  # only messages: every confirmation came before
+    subscriber.close()
+    assert published == {retried: {"status": "applied"}, fresh: {"a": 1}}
+    assert producer.AsyncResult(kept).get(timeout=5) == {"status": "applied"}
+    assert producer.AsyncResult(retried).get(timeout=5) == {"status": "applied"}
