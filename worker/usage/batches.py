@@ -28,7 +28,7 @@ from models.settings import process_settings
 from worker import database
 from worker.errors import TRANSIENT_ERRORS
 from worker.usage import debits, holds
-from worker.usage.apply_many import Claiming, Request, apply_many
+from worker.usage.apply_many import Request, apply_many, ends_hold
 from worker.usage.messages import Refused, UsageMessage, is_signed_answer, open_message, refuse, signed_answer
 from worker.usage.requests import error
 from worker.usage.retries import TASK_OPTIONS, USER_WAIT_SECONDS, user_wait_countdown, user_wait_over
@@ -182,7 +182,7 @@ def _past(debit: Debit, now: float) -> bool:
 
 def _key(debit: Debit) -> str:
     request = debit.request
-    return request.idempotency_key if isinstance(request, Claiming) else request.hold_key
+    return request.hold_key if ends_hold(request) else request.idempotency_key
 
 
 def store_signed(task: Task, answers: list[tuple[UsageMessage, dict[str, Any]]]) -> bool:
