@@ -1,7 +1,8 @@
 """Waiting for a stored answer on Redis: subscribed to its key's channel (Celery's result backend
 publishes each result there), confirmed, then the key read, so an answer stored before or while
 the client subscribed is found, and one published later is received. One subscriber connection
-per thread, kept between waits: a fresh connection per wait cost more than the rest of the wait.
+per thread, kept between waits (a fresh one per wait cost more than the rest of the wait). What
+the answers say: docs/usage-api.md of the service's repository.
 """
 
 from __future__ import annotations
