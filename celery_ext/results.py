@@ -44,7 +44,8 @@ def store_successes(
     keep (e.g. an answer someone else wrote): that one is replaced in a second round trip."""
     if not answers:
         return
-    if not isinstance(backend, RedisBackend):
+    # The script reads what is stored as JSON: any other serializer takes Celery's own way.
+    if not isinstance(backend, RedisBackend) or getattr(backend, "serializer", None) != "json":
         for task_id, result in answers:
             backend.mark_as_done(task_id, result)
         return

@@ -76,3 +76,16 @@ def test_a_state_short_of_success_is_replaced_and_each_written_answer_published(
     assert published == {retried: {"status": "applied"}, fresh: {"a": 1}}
     assert producer.AsyncResult(kept).get(timeout=5) == {"status": "applied"}
     assert producer.AsyncResult(retried).get(timeout=5) == {"status": "applied"}
+
+
+def test_a_backend_that_does_not_store_json_keeps_celerys_own_rule(producer, redis_client):
+    """The script reads stored values as JSON; a backend with another serializer goes through
+    Celery's `mark_as_done`, whose stored SUCCESS stands as well (the script would overwrite it,
+    seeing no JSON)."""
+    backend = producer.backend.__class__(
+        app=producer, url=producer.conf.result_backend, serializer="pickle", accept=["pickle", "json"]
+    )
+    task_id = str(uuid.uuid4())
+    backend.mark_as_done(task_id, {"status": "applied", "remaining": 9})
+    store_successes(backend, [(task_id, {"status": "duplicate"})])
+    assert backend.get_task_meta(task_id)["result"] == {"status": "applied", "remaining": 9}
