@@ -4,6 +4,7 @@ else is ignored, and one thread's waits share one subscriber connection."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -118,3 +119,34 @@ def test_the_wait_survives_a_dropped_subscriber_connection(named_results):
     publisher = later(0.3, store)
     assert waiter.wait(second, time.monotonic() + 10, accept_answers) == "answer:second"
     publisher.join()
+
+
+def test_a_forked_child_waits_on_a_subscriber_of_its_own(named_results):
+    """A service forking workers after the client was made (gunicorn --preload, Celery's prefork):
+    the child must not read answers off the parent's socket, nor the parent off the child's."""
+    results, _ = named_results
+    waiter = AnswerWaiter(results)
+    before = f"answer-{uuid.uuid4().hex}"
+    results.set(before, "answer:parent", ex=60)
+    assert waiter.wait(before, time.monotonic() + 5, accept_answers) == "answer:parent"  # parent subscribed
+    child_key, parent_key = f"answer-{uuid.uuid4().hex}", f"answer-{uuid.uuid4().hex}"
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its answer comes by publication only, after it subscribed
+        try:
+            found = waiter.wait(child_key, time.monotonic() + 10, accept_answers)
+            os.write(write, (found or "none").encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+
+    def publish() -> None:  # both wait at once, each for an answer that comes by publication only
+        results.publish(child_key, "answer:child")
+        results.publish(parent_key, "answer:parent-again")
+
+    publisher = later(0.5, publish)
+    assert waiter.wait(parent_key, time.monotonic() + 10, accept_answers) == "answer:parent-again"
+    publisher.join()
+    with os.fdopen(read) as from_child:
+        assert from_child.read() == "answer:child"
+    os.waitpid(pid, 0)
