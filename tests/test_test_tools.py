@@ -110,12 +110,47 @@ def test_ci_leaves_apt_get_alone_when_every_program_is_there(tmp_path):
     assert not calls.exists()
 
 
-def test_ci_runs_the_suite_only_after_the_programs_and_with_skips_as_failures():
-    ci = (PROJECT_ROOT / ".ci" / "run").read_text()
-    assert (
-        ci.index(".ci/install-test-tools")
-        < ci.index(f"export {REQUIRE_TOOLS_VARIABLE}=1")
-        < ci.index(".venv/bin/pytest")
+# What `.ci/run` itself calls besides the test programs, apt-get and python3 (the README command).
+_CI_RUN_NEEDS = ("bash", "dirname", "ls", "head", "seq", "sleep", "rm")
+
+
+def _ci_run(tmp_path: Path, present: set[str]) -> tuple[subprocess.CompletedProcess, Path]:
+    """`.ci/run`, copied into a checkout of its own (its `rm -rf .venv` and the README command run
+    there), on a PATH holding `present`, an apt-get that installs nothing, and a `python3` that
+    logs that the README command started, with REQUIRE_TEST_TOOLS, and fails (exit 3)."""
+    checkout = tmp_path / "checkout"
+    (checkout / ".ci").mkdir(parents=True)
+    for script in ("run", "install-test-tools"):
+        shutil.copy2(PROJECT_ROOT / ".ci" / script, checkout / ".ci" / script)
+    bin_dir, _ = _machine(tmp_path, present, apt_get="exit 100")
+    for program in _CI_RUN_NEEDS:
+        real = shutil.which(program)
+        assert real is not None, program
+        (bin_dir / program).symlink_to(real)
+    started = tmp_path / "suite-started"
+    _executable(
+        bin_dir / "python3", f'echo "$* {REQUIRE_TOOLS_VARIABLE}=${REQUIRE_TOOLS_VARIABLE}" >> {started}\nexit 3'
     )
-    assert "set -euo pipefail" in ci  # a failed install-test-tools stops it
-    assert "skipped" not in ci
+    done = subprocess.run(
+        [str(bin_dir / "bash"), str(checkout / ".ci" / "run")],
+        env={"PATH": str(bin_dir)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return done, started
+
+
+def test_ci_fails_before_the_suite_when_a_program_cannot_be_installed(tmp_path):
+    """The whole `.ci/run`: a program missing and apt-get unable to install it stops CI with a
+    failure, and the suite (where its tests would only have been skipped by hand) never starts."""
+    done, started = _ci_run(tmp_path, set(PROGRAMS) - {"chromium"})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "could not install chromium" in done.stderr
+    assert not started.exists()
+
+
+def test_ci_runs_the_readme_command_after_the_programs_with_skips_as_failures(tmp_path):
+    done, started = _ci_run(tmp_path, set(PROGRAMS))
+    assert done.returncode == 3  # the README command's failure is CI's
+    assert started.read_text().splitlines() == [f"-m venv .venv {REQUIRE_TOOLS_VARIABLE}=1"]
