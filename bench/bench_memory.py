@@ -8,16 +8,14 @@ How it measures: BENCHMARKS.md ("What each script does"). Target: growth < 10 MB
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import signal
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +42,7 @@ from models.inbox import WebhookInbox  # noqa: E402
 from ops import sample_deliveries as samples  # noqa: E402
 from ops.demo_seed import seed_demo  # noqa: E402
 from tests.support.databases import scratch_environment  # noqa: E402
+from tests.support.stamps import locked  # noqa: E402
 from tests.support.usage import credits_client  # noqa: E402
 
 BATCH = 1000
@@ -125,17 +124,9 @@ def run_batch(number: int, port: int, factory, client: CreditsClient, debits: in
     return (number + 1) * BATCH
 
 
-@contextmanager
-def held(lock_file: Path | None) -> Iterator[None]:
-    if lock_file is None:
-        yield
-        return
-    with lock_file.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def held(lock_file: Path | None) -> AbstractContextManager[None]:
+    """The shared machine's bench lock (`--lock-file`), or nothing without one."""
+    return locked(lock_file) if lock_file is not None else nullcontext()
 
 
 def read(events: int, receiver: ServiceProcess, worker: ServiceProcess, started: float) -> Reading:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import fcntl
 import json
 import os
 import statistics
@@ -18,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from messaging.celery_config import PROCESS_WEBHOOK_TASK, USAGE_QUEUE, WEBHOOKS_
 from models.db import make_engine, make_session_factory  # noqa: E402
 from models.inbox import WebhookInbox, record_delivery  # noqa: E402
 from tests.support.databases import scratch_environment  # noqa: E402
+from tests.support.stamps import locked  # noqa: E402
 from tests.support.usage import credits_client, make_user  # noqa: E402
 
 EXAMPLE = json.loads((ROOT / "tests/fixtures/payloads/clerk/user.created.json").read_text())
@@ -160,17 +160,9 @@ def cpu_share(before: tuple[int, int], after: tuple[int, int]) -> float:
     return (after[0] - before[0]) / max(after[1] - before[1], 1)
 
 
-@contextmanager
-def held(lock_file: Path | None) -> Iterator[None]:
-    if lock_file is None:
-        yield
-        return
-    with lock_file.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def held(lock_file: Path | None) -> AbstractContextManager[None]:
+    """The shared machine's bench lock (`--lock-file`), or nothing without one."""
+    return locked(lock_file) if lock_file is not None else nullcontext()
 
 
 def median(figures: list[Figure]) -> Figure:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 @contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the file `path` (made if missing) for the block."""
-    with path.open("w") as lock:
+    """Hold an exclusive lock on the file `path` (made if missing, never truncated) for the block."""
+    with path.open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

@@ -42,7 +42,7 @@ class AnswerWaiter:
                 finally:
                     subscriber.unsubscribe(key)
             except (redis.ConnectionError, redis.TimeoutError):
-                self._drop()
+                self.close()
                 time.sleep(_RECONNECT_PAUSE_SECONDS)  # subscribe and read again
         return None
 
@@ -73,10 +73,8 @@ class AnswerWaiter:
         return mine[1]
 
     def close(self) -> None:
-        """Close this thread's subscriber (others close with their threads' connections)."""
-        self._drop()
-
-    def _drop(self) -> None:
+        """Close this thread's subscriber (others close with their threads' connections); the
+        next wait on this thread opens another."""
         mine: tuple[int, PubSub] | None = getattr(self._local, "subscriber", None)
         self._local.subscriber = None
         if mine is not None and mine[0] == os.getpid():
