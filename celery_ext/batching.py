@@ -1,11 +1,12 @@
-"""Batches for one Celery task: its messages held by the worker's main process, applied by a pool
-process as one job, then acked (or requeued) one by one.
+"""Batches of Celery messages: held by the worker's main process, handed to a pool process as one
+job, then acked (or requeued) one by one.
 
-`batching_strategy(...)` is the task's `Strategy`: Celery's default strategy does the message
-handling (expiry, revocation, ETA) and hands each ready request to a `Batcher`, which starts a
-pool job with everything held as soon as a pool process is free (at most `max_batch`). The job
-returns one `(outcome, detail)` report per message; `settle` acts on it after the job.
-What the job does is the caller's (`worker/usage/batches.py`). Why this design: docs/design.md.
+Celery's default strategy does the message handling (expiry, revocation, ETA) and hands each
+ready request to a `Batcher`, which starts a pool job with its share of what is held as soon as a pool
+process is free (at most `max_batch`). Two kinds of job: `batching_strategy(apply_batch, ...)`
+runs the caller's function on the whole batch (one `(outcome, detail)` report per message, acted
+on by `settle`); `traced_batching_strategy(...)` runs each message as its own task, through
+Celery's own trace, and settles each as Celery settles a task run alone. Why: docs/design.md.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from celery import Celery, Task
+from celery import Celery, Task, current_app
+from celery.app.trace import fast_trace_task, trace_task_ret
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.worker.request import Request
 from celery.worker.state import task_ready, task_reserved
 from celery.worker.strategy import default as default_strategy
@@ -54,6 +57,84 @@ class BatchItem:
 ApplyBatch = Callable[[list[BatchItem]], list[Report]]
 
 
+@dataclass(frozen=True)
+class TracedItem:
+    """One message as Celery's pool job for a task run alone takes it (picklable)."""
+
+    task: str
+    task_id: str
+    request: dict[str, Any]
+    body: Any
+    content_type: str | None
+    content_encoding: str | None
+
+    @classmethod
+    def of(cls, request: Request) -> TracedItem:
+        return cls(
+            request.name,
+            request.id,
+            request.request_dict,  # what Celery's own pool job gets (`Request.execute_using_pool`)
+            request.body,
+            request.content_type,
+            request.content_encoding,
+        )
+
+
+# A traced job's result for a message it did not run (`trace_each`): requeued.
+NOT_RUN = (2, None, 0.0)
+
+
+def trace_each(items: list[TracedItem]) -> list[tuple[int, Any, float]]:
+    """Run each message as its own task, in order (in a pool process): Celery's own trace (the
+    task's transaction, retries, stored result), each result what a task run alone returns to the
+    main process. After a soft time limit the rest are not run: the job's hard limit is close."""
+    fast = getattr(current_app, "use_fast_trace_task", False)  # set up in a worker's pool processes
+    trace = fast_trace_task if fast else trace_task_ret  # as Celery's own job (`Request.execute_using_pool`)
+    results: list[tuple[int, Any, float]] = []
+    for item in items:
+        if results and _timed_out(results[-1]):
+            results.append(NOT_RUN)
+            continue
+        request = dict(item.request)  # the trace adds the message's arguments to it
+        results.append(trace(item.task, item.task_id, request, item.body, item.content_type, item.content_encoding))
+    return results
+
+
+def _timed_out(result: tuple[int, Any, float]) -> bool:
+    failed, retval, _ = result
+    return result == NOT_RUN or bool(failed and isinstance(getattr(retval, "exception", None), SoftTimeLimitExceeded))
+
+
+def settle_traced(request: Request, result: tuple[int, Any, float]) -> None:
+    """Ack, retry or fail one message of a traced job as Celery does a task's own pool job."""
+    if result == NOT_RUN:
+        task_ready(request)
+        requeue_first(request)
+        return
+    request.on_success(result)
+
+
+@dataclass(frozen=True)
+class _JobKind:
+    """What a batch's pool job runs and how each of its messages is settled after it."""
+
+    run: Callable[[list[Any]], list[Any]]  # module-level: pickled to the pool
+    item: Callable[[Request], Any]
+    settle: Callable[[Request, Any], None]
+    when_lost: Any  # each message's result when the pool process is lost
+
+
+def _settle_report(request: Request, report: Report) -> None:
+    settle(request, *report)
+
+
+def _report_batches(apply_batch: ApplyBatch) -> _JobKind:
+    return _JobKind(apply_batch, BatchItem.of, _settle_report, (REQUEUE, ""))
+
+
+_TRACED = _JobKind(trace_each, TracedItem.of, settle_traced, NOT_RUN)
+
+
 def batching_strategy(
     apply_batch: ApplyBatch, *, max_batch: int, max_held_per_process: int, sole_queue: str, monitor_name: str
 ) -> Callable[..., Any]:
@@ -63,13 +144,31 @@ def batching_strategy(
     for each message held (at most `max_held_per_process` per pool process). Each batch shows in
     Flower as one task named `monitor_name` (`BatchMonitor`)."""
     group = f"{apply_batch.__module__}.{apply_batch.__qualname__}"
+    kind = _report_batches(apply_batch)
+    return _strategy(group, kind, max_batch, max_held_per_process, sole_queue, monitor_name)
 
+
+def traced_batching_strategy(*, max_batch: int, max_held_per_process: int, sole_queue: str) -> Callable[..., Any]:
+    """A `Strategy` whose batches only share a pool job: each message runs as its own task (its
+    trace, transaction, retries, result and monitoring events as when run alone), so a batch
+    saves the pool round trip per message and changes nothing else. One batcher per task."""
+
+    def strategy(task: Task, app: Celery, consumer: Any, **kwargs: Any) -> Any:
+        group = f"traced:{task.name}"
+        return _strategy(group, _TRACED, max_batch, max_held_per_process, sole_queue, None)(
+            task, app, consumer, **kwargs
+        )
+
+    return strategy
+
+
+def _strategy(
+    group: str, kind: _JobKind, max_batch: int, max_held: int, sole_queue: str, monitor_name: str | None
+) -> Callable[..., Any]:
     def strategy(task: Task, app: Celery, consumer: Any, **kwargs: Any) -> Any:
         batchers = consumer.__dict__.setdefault(_BATCHERS, {})
         if group not in batchers:
-            batchers[group] = Batcher(
-                consumer, task, apply_batch, max_batch, max_held_per_process, sole_queue, monitor_name
-            )
+            batchers[group] = Batcher(consumer, task, kind, max_batch, max_held, sole_queue, monitor_name)
         consumer.__dict__.setdefault(_BATCHED, set()).add(task.name)
         return default_strategy(task, app, _BatchingConsumer(consumer, batchers[group]), **kwargs)
 
@@ -109,16 +208,16 @@ class Batcher:
         self,
         consumer: Any,
         task: Task,
-        apply_batch: ApplyBatch,
+        kind: _JobKind,
         max_batch: int,
         max_held: int,
         sole_queue: str,
-        monitor_name: str,
+        monitor_name: str | None,
     ) -> None:
         self._consumer = consumer  # its `qos` is made after the strategies: read it when used
         self._pool = consumer.pool
         self._task = task
-        self._apply_batch = apply_batch
+        self._kind = kind
         self._monitor_name = monitor_name
         self._max_batch = max_batch
         self._sole_queue = sole_queue
@@ -143,7 +242,10 @@ class Batcher:
 
     def _flush(self) -> None:
         while self._waiting and self._running < self._slots:
-            batch = [self._waiting.popleft() for _ in range(min(len(self._waiting), self._max_batch))]
+            # A pool process takes its share of what waits, as if every pool process were free:
+            # what waits is never all behind one job while another pool process frees up.
+            share = -(-len(self._waiting) // self._slots)
+            batch = [self._waiting.popleft() for _ in range(min(share, self._max_batch))]
             ready = [request for request in batch if not self._discarded(request)]
             if ready:
                 self._start(ready)
@@ -163,20 +265,20 @@ class Batcher:
             for request in batch:
                 request.on_accepted(pid, time_accepted)
 
-        def answered(reports: list[Report]) -> None:
-            monitor.succeeded(reports)
-            self._finish(batch, reports)
+        def answered(results: list[Any]) -> None:
+            monitor.succeeded(results)
+            self._finish(batch, results)
 
         def lost(exc_info: Any) -> None:
             error = getattr(exc_info, "exception", None)
             error = getattr(error, "exc", error)  # billiard wraps it in ExceptionWithTraceback
             log.warning("batching.batch_lost", task=self._task.name, size=len(batch), error=type(error).__name__)
             monitor.failed(type(error).__name__)
-            self._finish(batch, [(REQUEUE, "")] * len(batch))
+            self._finish(batch, [self._kind.when_lost] * len(batch))
 
         self._pool.apply_async(
-            self._apply_batch,
-            args=([BatchItem.of(request) for request in batch],),
+            self._kind.run,
+            args=([self._kind.item(request) for request in batch],),
             accept_callback=accepted,
             callback=answered,
             error_callback=lost,
@@ -185,11 +287,11 @@ class Batcher:
         )
         monitor.received()  # after the job is on its way: monitoring never delays a batch
 
-    def _finish(self, batch: list[Request], reports: list[Report]) -> None:
+    def _finish(self, batch: list[Request], results: list[Any]) -> None:
         try:
-            for request, (outcome, detail) in zip(batch, reports, strict=True):
+            for request, result in zip(batch, results, strict=True):
                 try:
-                    settle(request, outcome, detail)
+                    self._kind.settle(request, result)
                 except Exception as exc:  # one message's ack must not strand the others' (Redis redelivers it)
                     log.error("batching.settle_failed", task_id=request.id, error=type(exc).__name__)
                 self._release(request)
@@ -208,13 +310,16 @@ class BatchMonitor:
     task-succeeded with the messages' outcomes counted by their detail (an answer's status),
     or task-failed when the pool process was lost. Three events a batch, none a message."""
 
-    def __init__(self, consumer: Any, name: str, batch: list[Request]) -> None:
-        self._events = getattr(consumer, "event_dispatcher", None)
+    def __init__(self, consumer: Any, name: str | None, batch: list[Request]) -> None:
+        # No name: the batch's messages send their own events (a traced batch).
+        self._events = getattr(consumer, "event_dispatcher", None) if name else None
         self._id = str(uuid.uuid4())
         self._started = time.monotonic()
         self._name, self._batch = name, batch
 
     def received(self) -> None:
+        if self._events is None:
+            return
         tasks = Counter(request.name for request in self._batch)
         self._send("task-received", name=self._name, args=f"({len(self._batch)},)", kwargs=repr(dict(tasks)), retries=0)
 
@@ -222,6 +327,8 @@ class BatchMonitor:
         self._send("task-started", pid=pid)
 
     def succeeded(self, reports: list[Report]) -> None:
+        if self._events is None:
+            return
         outcomes = Counter(detail if outcome == SUCCEEDED else outcome for outcome, detail in reports)
         self._send("task-succeeded", result=repr(dict(outcomes)), runtime=time.monotonic() - self._started)
 

@@ -12,12 +12,14 @@ from typing import Any, ParamSpec, TypedDict, TypeVar
 
 from sqlalchemy.orm import Session
 
+from celery_ext.batching import traced_batching_strategy
 from messaging.celery_config import (
     DRAIN_FALLBACK_TASK,
     INGEST_WEBHOOK_TASK,
     PROCESS_RETRY_BACKOFF_MAX,
     PROCESS_WEBHOOK_TASK,
     SWEEP_INBOX_TASK,
+    WEBHOOKS_QUEUE,
 )
 from messaging.ingest_message import IngestSigner
 from models.inbox import record_delivery
@@ -107,8 +109,18 @@ RETRY_TRANSIENT_ERRORS: RetryOptions = {
 }
 
 
+# The messages of `webhooks.process` a worker holds (its prefetch window) go to a pool process
+# together, each run as its own task (`traced_batching_strategy`): one pool round trip for them.
+webhook_batching_strategy = traced_batching_strategy(max_batch=8, max_held_per_process=0, sole_queue=WEBHOOKS_QUEUE)
+
+
 @app.task(
-    name=PROCESS_WEBHOOK_TASK, base=InboxTask, bind=True, max_retries=PROCESS_MAX_RETRIES, **RETRY_TRANSIENT_ERRORS
+    name=PROCESS_WEBHOOK_TASK,
+    base=InboxTask,
+    bind=True,
+    max_retries=PROCESS_MAX_RETRIES,
+    Strategy="worker.inbox.tasks:webhook_batching_strategy",
+    **RETRY_TRANSIENT_ERRORS,
 )
 def process_webhook(task: InboxTask[..., dict[str, Any]], inbox_id: int) -> dict[str, Any]:
     """Take the row (or try again shortly if another run has it), record the run's start in a
