@@ -48,7 +48,8 @@ REFUSED_USAGE_MESSAGES = "pedro-webhooks:refused-usage-messages"
 TASK_HARD_TIME_LIMIT = 120
 MAX_RETRY_COUNTDOWN = 600
 # The longest countdown between two tries of `webhooks.process`: no longer than the default
-# pending age, so a row whose fault has ended is tried again within the sweeper's bound.
+# pending age, so a row whose fault has ended is tried again within the sweeper's bound (a
+# configured pending age below it caps the countdown too: `worker.inbox.tasks.InboxTask.retry`).
 PROCESS_RETRY_BACKOFF_MAX = 60
 VISIBILITY_TIMEOUT = 3600
 

@@ -1,11 +1,13 @@
-"""A copy of `webhooks.process` that finds another run holding its row tries again 2-4 s later,
-never sooner (it would spin on the lock) nor later, and is never dropped (docs/design.md
-"Retries"). Seen on a real worker: each busy try leaves a retry scheduled (an ETA message the
-worker holds), and the test reads its ETA from the worker itself."""
+"""When `webhooks.process` tries again (docs/design.md "Retries"). A copy that finds another run
+holding its row tries again 2-4 s later, never sooner (it would spin on the lock) nor later, and
+is never dropped; no retry waits longer than the sweeper's pending age. Seen on a real worker:
+each try leaves a retry scheduled (an ETA message the worker holds), and the test reads its ETA
+from the worker itself."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import datetime
 
 import psycopg
@@ -13,8 +15,9 @@ import pytest
 
 from messaging.celery_config import PROCESS_WEBHOOK_TASK
 from models.locks import inbox_row_lock
+from tests.support.celery_worker import WorkerProcess
 from tests.support.databases import libpq_url
-from tests.support.inbox import inbox_row, payload, store
+from tests.support.inbox import clerk_user_event, inbox_row, payload, store
 
 pytestmark = pytest.mark.celery_worker
 
@@ -63,3 +66,40 @@ def test_a_copy_that_finds_its_row_busy_tries_again_2_to_4_seconds_later(
     # Not dropped: a later copy takes the row once it is free.
     assert result.get(timeout=60)["status"] == "processed"
     assert inbox_row(session_factory, inbox_id).status == "processed"
+
+
+def test_no_retry_waits_longer_than_the_pending_age(producer, session_factory, settings):
+    """Late retries back off up to a minute, but never past the sweeper's pending age (here 3 s):
+    a row whose fault has ended is tried again within the sweeper's bound, and the sweeper
+    leaves it alone meanwhile (the worker holds its retry)."""
+    pending_age = 3.0
+    queue = f"retries-{uuid.uuid4().hex[:8]}"
+    users = [f"user_late_{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    rows = [store(session_factory, "clerk", clerk_user_event("user.created", user, 1)) for user in users]
+    env = {"SWEEP_PENDING_AFTER_SECONDS": str(pending_age), "DB_LOCK_TIMEOUT_MS": "100"}
+    worker = WorkerProcess(producer, queues=queue, concurrency=1, env=env)
+    with psycopg.connect(libpq_url(settings.database_url.get_secret_value())) as holder:
+        for user in users:  # each run waits for its user's row, then fails (lock timeout): transient
+            holder.execute(
+                "INSERT INTO ingest.user_sync_state (clerk_user_id, last_updated_at_ms) VALUES (%s, 0)", (user,)
+            )
+        holder.commit()
+        holder.execute("SELECT 1 FROM ingest.user_sync_state WHERE clerk_user_id = ANY(%s) FOR UPDATE", (users,))
+        try:
+            worker.start()
+            # The sixth retry would wait up to 64 s (backoff 2, 4, ... capped at 60, full jitter).
+            sent = [
+                producer.send_task(PROCESS_WEBHOOK_TASK, kwargs={"inbox_id": row}, queue=queue, retries=6)
+                for row in rows
+            ]
+            for result in sent:
+                eta = _next_eta(producer, worker.name, result.id, after=None)
+                seen = datetime.now(eta.tzinfo)
+                assert (eta - seen).total_seconds() <= pending_age, (eta, seen)
+            holder.rollback()
+            for result in sent:
+                assert result.get(timeout=30)["status"] == "processed"
+        finally:
+            holder.rollback()
+            worker.stop()
+    assert [inbox_row(session_factory, row).status for row in rows] == ["processed"] * 3

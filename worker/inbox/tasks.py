@@ -57,6 +57,14 @@ class InboxTask(TransactionalTask[_P, _R]):
 
     abstract = True
 
+    def retry(self, *args: Any, **options: Any) -> Any:
+        """Celery's retry, its countdown never longer than the sweeper's pending age: a row whose
+        fault has ended is tried again within the sweeper's bound, whatever the backoff reached
+        while the fault lasted (the worker holds the retry, so the sweeper leaves its row alone)."""
+        if options.get("countdown") is not None:
+            options["countdown"] = min(options["countdown"], process_settings().sweep_pending_after_seconds)
+        return super().retry(*args, **options)
+
     def on_retry(self, exc: Exception, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: Any) -> None:
         if isinstance(exc, RowBusy):
             return  # the run holding the row records its own end
