@@ -8,6 +8,7 @@ busy meanwhile, so the worker's further messages stay prefetched.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import redis
@@ -23,3 +24,17 @@ def _hold(task: Any = None, kwargs: dict[str, Any] | None = None, **_: Any) -> N
     if task is not None and task.name == "webhooks.process" and (kwargs or {}).get("inbox_id") in blocked:
         with redis.Redis.from_url(os.environ["REDIS_URL"], socket_timeout=_MOST_SECONDS + 5) as client:
             client.blpop([BLOCK_RELEASE], timeout=_MOST_SECONDS)
+
+
+def blocking_worker(producer: Any, queue: str, prefetch: int, blocked: Iterable[int]) -> Any:
+    """A test worker on `queue` alone, with one pool process, this plugin loaded, and the
+    `webhooks.process` runs of the `blocked` inbox ids held (not started)."""
+    from tests.support.celery_worker import WorkerProcess  # the test's side only: not in the worker
+
+    return WorkerProcess(
+        producer,
+        queues=queue,
+        concurrency=1,
+        extra_args=(f"--prefetch-multiplier={prefetch}", "--include=tests.inbox.block_plugin"),
+        env={"BLOCK_INBOX_IDS": ",".join(str(inbox_id) for inbox_id in blocked)},
+    )

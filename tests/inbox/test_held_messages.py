@@ -15,8 +15,7 @@ from sqlalchemy import text, update
 from celery_ext.held_messages import held_messages, live_holder_tags, write_holder_report
 from messaging.celery_config import PROCESS_WEBHOOK_TASK, create_producer
 from models.inbox import WebhookInbox
-from tests.inbox.block_plugin import BLOCK_RELEASE
-from tests.support.celery_worker import WorkerProcess
+from tests.inbox.block_plugin import BLOCK_RELEASE, blocking_worker
 from tests.support.databases import settings_copy
 from tests.support.inbox import clerk_user_event, inbox_row, store
 from worker.inbox.queue_probe import broker_view
@@ -103,13 +102,7 @@ def held_by_a_worker(settings, session_factory, producer, redis_urls):
     rows = _stored_rows(session_factory, PREFETCH)
     client = redis.Redis.from_url(redis_urls["broker"])
     client.delete(BLOCK_RELEASE)
-    worker = WorkerProcess(
-        producer,
-        queues=queue,
-        concurrency=1,
-        extra_args=(f"--prefetch-multiplier={PREFETCH}", "--include=tests.inbox.block_plugin"),
-        env={"BLOCK_INBOX_IDS": str(rows[0])},
-    )
+    worker = blocking_worker(producer, queue, prefetch=PREFETCH, blocked=rows[:1])
     try:
         worker.start()
         for inbox_id in rows:

@@ -20,7 +20,7 @@ from celery_ext.batching import NOT_RUN, TracedItem, trace_each
 from celery_ext.held_messages import held_messages
 from messaging.celery_config import PROCESS_WEBHOOK_TASK
 from models.locks import inbox_row_lock
-from tests.inbox.block_plugin import BLOCK_RELEASE
+from tests.inbox.block_plugin import BLOCK_RELEASE, blocking_worker
 from tests.support.celery_worker import WorkerProcess
 from tests.support.databases import libpq_url
 from tests.support.inbox import clerk_user_event, inbox_row, store
@@ -53,13 +53,7 @@ def test_held_messages_share_one_pool_job_and_each_keeps_its_own_outcome(
     bad = store(session_factory, "clerk", {"type": "user.created", "data": {"email_addresses": []}})
     client = redis.Redis.from_url(redis_urls["broker"])
     client.delete(BLOCK_RELEASE)
-    worker = WorkerProcess(
-        producer,
-        queues=queue,
-        concurrency=1,
-        extra_args=("--prefetch-multiplier=8", "--include=tests.inbox.block_plugin"),
-        env={"BLOCK_INBOX_IDS": f"{blocker},{blocked_mid}"},
-    )
+    worker = blocking_worker(producer, queue, prefetch=8, blocked=(blocker, blocked_mid))
     other_run = psycopg.connect(libpq_url(settings.database_url.get_secret_value()))
     try:
         worker.start()
