@@ -2,8 +2,8 @@
 job, then acked (or requeued) one by one.
 
 Celery's default strategy does the message handling (expiry, revocation, ETA) and hands each
-ready request to a `Batcher`, which starts a pool job with its share of what is held as soon as a pool
-process is free (at most `max_batch`). Two kinds of job: `batching_strategy(apply_batch, ...)`
+ready request to a `Batcher`, which starts a pool job with what is held (or its share of it) as soon
+as a pool process is free (at most `max_batch`). Two kinds of job: `batching_strategy(apply_batch, ...)`
 runs the caller's function on the whole batch (one `(outcome, detail)` report per message, acted
 on by `settle`); `traced_batching_strategy(...)` runs each message as its own task, through
 Celery's own trace, and settles each as Celery settles a task run alone. Why: docs/design.md.
@@ -122,6 +122,10 @@ class _JobKind:
     item: Callable[[Request], Any]
     settle: Callable[[Request, Any], None]
     when_lost: Any  # each message's result when the pool process is lost
+    # True: a job takes what waits divided by the pool processes (none waits behind one slow job
+    # while another pool process frees up); False: all of it (a batch is one transaction: the
+    # bigger, the cheaper each message).
+    shared_out: bool
 
 
 def _settle_report(request: Request, report: Report) -> None:
@@ -129,10 +133,10 @@ def _settle_report(request: Request, report: Report) -> None:
 
 
 def _report_batches(apply_batch: ApplyBatch) -> _JobKind:
-    return _JobKind(apply_batch, BatchItem.of, _settle_report, (REQUEUE, ""))
+    return _JobKind(apply_batch, BatchItem.of, _settle_report, (REQUEUE, ""), shared_out=False)
 
 
-_TRACED = _JobKind(trace_each, TracedItem.of, settle_traced, NOT_RUN)
+_TRACED = _JobKind(trace_each, TracedItem.of, settle_traced, NOT_RUN, shared_out=True)
 
 
 def batching_strategy(
@@ -242,9 +246,7 @@ class Batcher:
 
     def _flush(self) -> None:
         while self._waiting and self._running < self._slots:
-            # A pool process takes its share of what waits, as if every pool process were free:
-            # what waits is never all behind one job while another pool process frees up.
-            share = -(-len(self._waiting) // self._slots)
+            share = -(-len(self._waiting) // self._slots) if self._kind.shared_out else len(self._waiting)
             batch = [self._waiting.popleft() for _ in range(min(share, self._max_batch))]
             ready = [request for request in batch if not self._discarded(request)]
             if ready:
