@@ -152,16 +152,15 @@ def batching_strategy(
     return _strategy(group, kind, max_batch, max_held_per_process, sole_queue, monitor_name)
 
 
-def traced_batching_strategy(*, max_batch: int, max_held_per_process: int, sole_queue: str) -> Callable[..., Any]:
+def traced_batching_strategy(*, max_batch: int) -> Callable[..., Any]:
     """A `Strategy` whose batches only share a pool job: each message runs as its own task (its
     trace, transaction, retries, result and monitoring events as when run alone), so a batch
-    saves the pool round trip per message and changes nothing else. One batcher per task."""
+    saves the pool round trip per message and changes nothing else. A batch is at most what the
+    worker's own prefetch window holds (the window is never widened). One batcher per task."""
 
     def strategy(task: Task, app: Celery, consumer: Any, **kwargs: Any) -> Any:
         group = f"traced:{task.name}"
-        return _strategy(group, _TRACED, max_batch, max_held_per_process, sole_queue, None)(
-            task, app, consumer, **kwargs
-        )
+        return _strategy(group, _TRACED, max_batch, 0, "", None)(task, app, consumer, **kwargs)
 
     return strategy
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from celery_ext.held_messages import held_messages
+from celery_ext.held_messages import HeldMessage, held_messages
 from messaging.celery_config import WEBHOOKS_QUEUE
 from tests.faults import worker_plugin
 from tests.faults.probes import PROCESS_TASK, lock_waiters, wait_until
@@ -29,21 +29,22 @@ pytestmark = pytest.mark.faults
 BLOCKING = 2  # users whose `user.created` run gets stuck: one per pool process
 
 
-def _held_rows(scenario: Scenario) -> set[int]:
+def _held(scenario: Scenario) -> tuple[list[HeldMessage], int]:
+    """The `webhooks.process` messages the worker holds, and how many still wait in the queue."""
     client = scenario.world.redis_client()
     try:
-        return {int(message.kwargs["inbox_id"]) for message in held_messages(client, PROCESS_TASK)}
+        return held_messages(client, PROCESS_TASK), client.llen(WEBHOOKS_QUEUE)
     finally:
         client.close()
+
+
+def _held_rows(scenario: Scenario) -> set[int]:
+    return {int(message.kwargs["inbox_id"]) for message in _held(scenario)[0]}
 
 
 def _window_full(scenario: Scenario) -> bool:
-    client = scenario.world.redis_client()
-    try:
-        held = len(held_messages(client, PROCESS_TASK))
-        return held >= 8 or (held > 0 and client.llen(WEBHOOKS_QUEUE) == 0)
-    finally:
-        client.close()
+    held, waiting = _held(scenario)
+    return len(held) >= 8 or (len(held) > 0 and waiting == 0)
 
 
 def _pending(scenario: Scenario) -> set[int]:

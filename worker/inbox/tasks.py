@@ -19,7 +19,6 @@ from messaging.celery_config import (
     PROCESS_RETRY_BACKOFF_MAX,
     PROCESS_WEBHOOK_TASK,
     SWEEP_INBOX_TASK,
-    WEBHOOKS_QUEUE,
 )
 from messaging.ingest_message import IngestSigner
 from models.inbox import record_delivery
@@ -119,7 +118,7 @@ RETRY_TRANSIENT_ERRORS: RetryOptions = {
 
 # The messages of `webhooks.process` a worker holds (its prefetch window) go to a pool process
 # together, each run as its own task (`traced_batching_strategy`): one pool round trip for them.
-webhook_batching_strategy = traced_batching_strategy(max_batch=8, max_held_per_process=0, sole_queue=WEBHOOKS_QUEUE)
+webhook_batching_strategy = traced_batching_strategy(max_batch=8)
 
 
 @app.task(
