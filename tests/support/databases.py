@@ -42,7 +42,13 @@ def drop_database(admin_url: str, url: str) -> None:
 def truncate_all(engine: Engine, service_schema: str) -> None:
     """Empty every table but Alembic's: isolation for tests whose work a worker committed.
     Sequences go on (no RESTART IDENTITY): one worker and broker serve the whole run, and a
-    retry or redelivery left over from a test must never find the next test's row under its id."""
+    retry or redelivery left over from a test must never find the next test's row under its id.
+
+    Every table is locked first (ACCESS EXCLUSIVE, what TRUNCATE takes: a transaction of a worker
+    still writing is waited for, as before), then only the tables whose file is not empty are
+    truncated: a table never written since its last TRUNCATE has a file of zero bytes (an insert,
+    even one rolled back, extends it), so it is in the very state TRUNCATE would leave. TRUNCATE
+    costs a new file per table and index; most tests write to two or three of the tables."""
     with engine.begin() as conn:
         tables = (
             conn.execute(
@@ -55,8 +61,22 @@ def truncate_all(engine: Engine, service_schema: str) -> None:
             .scalars()
             .all()
         )
-        if tables:
-            conn.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
+        if not tables:
+            return
+        conn.execute(text(f"LOCK TABLE {', '.join(tables)} IN ACCESS EXCLUSIVE MODE"))
+        written = (
+            conn.execute(
+                text(
+                    "SELECT name FROM unnest(CAST(:tables AS text[])) AS name "
+                    "WHERE pg_relation_size(CAST(name AS regclass)) > 0"
+                ),
+                {"tables": list(tables)},
+            )
+            .scalars()
+            .all()
+        )
+        if written:
+            conn.execute(text(f"TRUNCATE {', '.join(written)} CASCADE"))
 
 
 def scratch_environment(stack: ExitStack, **environ: str) -> tuple[Settings, str, str]:
