@@ -1,5 +1,6 @@
-"""Webhook pipeline throughput through a real Celery worker, against a same-run baseline: a no-op
-task, `webhooks.process` (fire and drain) and end to end through the receiver (wrk).
+"""Webhook pipeline throughput through a real Celery worker, against same-run baselines: a no-op
+task, `webhooks.process` (fire and drain), the same statements in a plain psycopg loop (the
+database's ceiling) and end to end through the receiver (wrk).
 
     flock /tmp/pedro-bench.lock .venv/bin/python bench/bench_webhooks.py [--events 1000] [--rounds 3]
 
@@ -34,11 +35,12 @@ import httpx  # noqa: E402
 import psutil  # noqa: E402
 import redis  # noqa: E402
 from celery import Celery  # noqa: E402
-from sqlalchemy import func, select  # noqa: E402
+from sqlalchemy import Engine, func, select  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 from svix.webhooks import Webhook  # noqa: E402
 
 from bench.service_processes import CpuMeter  # noqa: E402
+from bench.webhook_sql_loop import run_loop  # noqa: E402
 from messaging.celery_config import PROCESS_WEBHOOK_TASK, WEBHOOKS_QUEUE, create_producer  # noqa: E402
 from models.app import User  # noqa: E402
 from models.db import make_engine, make_session_factory  # noqa: E402
@@ -68,12 +70,14 @@ STALL_SECONDS = 60  # no progress for this long: the run failed (a delivery lost
 class Round:
     noop: float
     process: float
+    sql_loop: float
     e2e: float
     client: str  # wrk's status counts
 
     def line(self, number: int) -> str:
         return (
             f"round {number}: no-op {self.noop:6.0f}/s  process {self.process:6.0f}/s ({self.process / self.noop:4.2f})"
+            f"  sql loop {self.sql_loop:6.0f}/s ({self.sql_loop / self.noop:4.2f})"
             f"  e2e {self.e2e:6.0f}/s ({self.e2e / self.noop:4.2f})  [wrk: {self.client}]"
         )
 
@@ -188,6 +192,26 @@ def measure_process(
     return rate
 
 
+def measure_sql_loop(
+    engine: Engine, factory: sessionmaker[Session], prefix: str, count: int, processes: int
+) -> tuple[float, dict[str, float], float]:
+    """The database's ceiling: `count` stored events run with the worker's statements in a plain
+    psycopg loop (bench/webhook_sql_loop.py). Returns events/s, CPU seconds per event of the loop
+    processes ("client") and of PostgreSQL, and how busy the machine was."""
+    ids = store_events(factory, prefix, count)
+    servers = CpuMeter(dict, ())
+    result = run_loop(engine, engine.url.render_as_string(hide_password=False), ids, processes, servers.measuring)
+    with factory() as session:
+        pending = session.scalar(
+            select(func.count()).where(
+                WebhookInbox.external_id.like(f"msg_{prefix}_%"), WebhookInbox.status != "processed"
+            )
+        )
+    assert pending == 0, f"{pending} rows not processed by the loop"
+    per_event = {"client": result.client_cpu_seconds / count, "postgres": servers.seconds["postgres"] / count}
+    return result.events_per_second, per_event, servers.busy
+
+
 def signed_deliveries(folder: Path, prefix: str, count: int) -> Path:
     """One line per delivery: svix-id, svix-timestamp, svix-signature, body (one JSON line)."""
     signer, now = Webhook(CLERK_SECRET), datetime.now(UTC)
@@ -248,6 +272,20 @@ def resend_lost(port: int, deliveries: Path, session: Session, prefix: str) -> i
         headers = {"svix-id": msg_id, "svix-timestamp": timestamp, "svix-signature": signature}
         httpx.post(f"http://127.0.0.1:{port}/webhooks/clerk", content=body, headers=headers, timeout=30)
     return len(lost)
+
+
+def sql_loop_line(per_event: dict[str, float], busy: float) -> str:
+    used = "  ".join(f"{group} {1000 * seconds:.2f}" for group, seconds in per_event.items())
+    return f"{used}  (machine {100 * busy:.0f} % busy)"
+
+
+def cpu_bound_line(noop_seconds: dict[str, float], count: int, noop_rate: float, loop_cpu: dict[str, float]) -> str:
+    """An upper bound for any `webhooks.process` with these statements on this machine: Celery's
+    own cost per message (the no-op's CPU, every process) plus the loop's CPU per event, with
+    every CPU busy all the time."""
+    per_event = sum(noop_seconds.values()) / count + sum(loop_cpu.values())
+    bound = (os.cpu_count() or 1) / per_event
+    return f"no-op + sql loop CPU {1000 * per_event:.2f} ms: at most {bound:.0f} events/s ({bound / noop_rate:.2f})"
 
 
 def median(rounds: list[Round], name: str) -> float:
@@ -344,20 +382,27 @@ def main() -> None:
         cpu = CpuMeter(worker_processes(worker), ("main", "pool")) if args.cpu else None
         drain = Drain(producer, worker, settings.redis_url.get_secret_value(), cpu)
 
+        measure_sql_loop(engine, factory, "warm-loop", 200, args.concurrency)
         measure_noop(drain, producer, 200)  # warm-up: connections, imports, compiled statements
         measure_process(drain, producer, factory, "warm", 200)
         rounds = []
         for number in range(1, args.rounds + 1):
             noop = measure_noop(drain, producer, args.events)
             noop_cpu = cpu.line(args.events) if cpu else ""
+            noop_seconds = dict(cpu.seconds) if cpu else {}
             process = measure_process(drain, producer, factory, f"p{number}", args.events)
+            process_cpu = cpu.line(args.events) if cpu else ""
+            loop = measure_sql_loop(engine, factory, f"s{number}", args.events, args.concurrency)
+            sql_loop, loop_cpu, loop_busy = loop
             if cpu:
                 print(
-                    f"round {number} CPU ms per event  no-op: {noop_cpu}  |  process: {cpu.line(args.events)}",
+                    f"round {number} CPU ms per event  no-op: {noop_cpu}  |  process: {process_cpu}"
+                    f"  |  sql loop: {sql_loop_line(loop_cpu, loop_busy)}"
+                    f"  |  {cpu_bound_line(noop_seconds, args.events, noop, loop_cpu)}",
                     flush=True,
                 )
             e2e, client = measure_e2e(port, factory, folder, f"e{number}", args.events)
-            rounds.append(Round(noop, process, e2e, client))
+            rounds.append(Round(noop, process, sql_loop, e2e, client))
             print(rounds[-1].line(number), flush=True)
         if args.profile:
             measure_process(drain, producer, factory, "profiled", args.events, profile=args.profile)
@@ -371,6 +416,10 @@ def main() -> None:
         print(
             f"webhooks.process user.created        {median(rounds, 'process'):8.0f} events/s"
             f"  ratio {median_ratio(rounds, 'process'):4.2f} (goal 0.6)"
+        )
+        print(
+            f"the same statements, psycopg loop  {median(rounds, 'sql_loop'):8.0f} events/s"
+            f"  ratio {median_ratio(rounds, 'sql_loop'):4.2f} (the database's ceiling, {args.concurrency} processes)"
         )
         print(
             f"end to end through the receiver      {median(rounds, 'e2e'):8.0f} events/s"
