@@ -36,6 +36,7 @@ from tests.faults.probes import (
     lock_waiters,
     messages_waiting,
     pending_and_attempts,
+    plugin_records,
     rows_mid_run,
     sessions_blocked_by,
     status_of,
@@ -89,7 +90,12 @@ def test_worker_sigkilled_twice_mid_stream(make_scenario: MakeScenario) -> None:
         measure=lambda: {"rows_mid_run_at_kills": len(mid_run), "usage_batches_killed": usage_blocked},
     )
     crashes = crashes_of(world, mid_run)
-    assert all(count >= 1 for count in crashes.values()), f"a killed run was not recovered as a crash: {crashes}"
+    not_counted = {row for row, count in crashes.items() if count < 1}
+    assert not not_counted, (
+        f"a killed run was not recovered as a crash: {crashes}; runs started"
+        f" {plugin_records(world, worker_plugin.STARTS, not_counted)}, ended"
+        f" {plugin_records(world, worker_plugin.RUNS, not_counted)}"
+    )
     assert world.recovered_by_sweeper() >= 1, "the sweeper re-enqueued nothing: something else recovered"
     assert scenario.service.resent() >= 1, "no request was sent again: the killed batch was not recovered"
 

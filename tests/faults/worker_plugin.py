@@ -53,7 +53,8 @@ def _text(value: bytes | str) -> str:
 
 # Probe: every `webhooks.process` run that starts is appended to STARTS, and every one that ends
 # (success, retry or failure; a killed run never ends) to RUNS as JSON
-# `{"inbox_id", "state", "result"}`, so a test can wait for a run instead of sleeping.
+# `{"inbox_id", "state", "result"}` (and, for a row blocked earlier, the `crashes` it holds), so a
+# test can wait for a run instead of sleeping.
 @task_prerun.connect
 def _run_starts(task: Any = None, kwargs: dict[str, Any] | None = None, **_: Any) -> None:
     _run.clear()
@@ -67,10 +68,29 @@ def _run_starts(task: Any = None, kwargs: dict[str, Any] | None = None, **_: Any
 def _run_ends(
     task: Any = None, kwargs: dict[str, Any] | None = None, state: str | None = None, retval: Any = None, **_: Any
 ) -> None:
+    _run.clear()  # first: the read below is no run's statement, for the hooks below
     if task is not None and task.name == PROCESS_TASK:
-        record = {"inbox_id": (kwargs or {}).get("inbox_id"), "state": state, "result": repr(retval)[:300]}
+        inbox_id = (kwargs or {}).get("inbox_id")
+        record = {"inbox_id": inbox_id, "state": state, "result": repr(retval)[:300]}
+        if _redis().lpos(BLOCKED, str(inbox_id)) is not None:
+            record["crashes"] = _crashes(inbox_id)
         _redis().rpush(RUNS, json.dumps(record))
-    _run.clear()
+
+
+def _crashes(inbox_id: int) -> int | None:
+    """The `crashes` a run of a row blocked (and killed) earlier left: read when the run ends,
+    because a replay of the row (a payment that waited `unmatched` for its user) later starts its
+    count again from 0. None if the database does not answer."""
+    from sqlalchemy import select
+
+    from models.inbox import WebhookInbox
+    from worker import database
+
+    try:
+        with database.session_factory()() as session:
+            return session.scalar(select(WebhookInbox.crashes).where(WebhookInbox.id == inbox_id))
+    except Exception:
+        return None
 
 
 # Poison: while a `webhooks.process` run is in progress, the first SQL statement whose parameters
