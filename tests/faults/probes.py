@@ -103,20 +103,19 @@ def rows_mid_run(world: Cluster) -> set[int]:
 
 
 def crashes_of(world: Cluster, ids: set[int]) -> dict[int, int]:
-    """How many runs of each row a later run found dead (`crashes`): the most the row held at the
-    end of any of its runs (the worker plugin records it for blocked rows) or holds now. A replay
-    (a payment that waited `unmatched` for its user) starts a row's count again from 0."""
+    """How many runs of each blocked row a later run found dead (`crashes`): the most the row held
+    when any of its runs had started (the worker plugin records it for blocked rows) or holds now.
+    A replay (a payment that waited `unmatched` for its user) starts a row's count again from 0."""
     with world.connect() as conn:
         rows = conn.execute("SELECT id, crashes FROM ingest.webhook_inbox WHERE id = ANY(%s)", (list(ids),)).fetchall()
     counts = {int(row_id): int(crashes) for row_id, crashes in rows}
-    for run in plugin_records(world, worker_plugin.RUNS, set(counts)):
-        if run.get("crashes") is not None:
-            counts[run["inbox_id"]] = max(counts[run["inbox_id"]], int(run["crashes"]))
+    for started in plugin_records(world, worker_plugin.CRASHES, set(counts)):
+        counts[started["inbox_id"]] = max(counts[started["inbox_id"]], int(started["crashes"]))
     return counts
 
 
 def plugin_records(world: Cluster, key: str, ids: set[int]) -> list[dict[str, Any]]:
-    """What the worker plugin recorded (its STARTS or RUNS) about these rows, in order."""
+    """What the worker plugin recorded (its STARTS, RUNS or CRASHES) about these rows, in order."""
     client = world.redis_client()
     try:
         records = [json.loads(raw) for raw in client.lrange(key, 0, -1)]

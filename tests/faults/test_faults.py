@@ -94,7 +94,8 @@ def test_worker_sigkilled_twice_mid_stream(make_scenario: MakeScenario) -> None:
     assert not not_counted, (
         f"a killed run was not recovered as a crash: {crashes}; runs started"
         f" {plugin_records(world, worker_plugin.STARTS, not_counted)}, ended"
-        f" {plugin_records(world, worker_plugin.RUNS, not_counted)}"
+        f" {plugin_records(world, worker_plugin.RUNS, not_counted)}, crashes at their starts"
+        f" {plugin_records(world, worker_plugin.CRASHES, not_counted)}"
     )
     assert world.recovered_by_sweeper() >= 1, "the sweeper re-enqueued nothing: something else recovered"
     assert scenario.service.resent() >= 1, "no request was sent again: the killed batch was not recovered"

@@ -31,6 +31,7 @@ BLOCK_RUNS = "faults:block-runs"  # how many more `webhooks.process` runs to blo
 BLOCK_USAGE = "faults:block-usage"  # how many more usage batches to block
 BLOCKED = "faults:blocked"  # the inbox ids of the runs blocked
 BLOCKED_USAGE = "faults:blocked-usage"  # the pids of the usage batches blocked
+CRASHES = "faults:crashes"  # {"inbox_id", "crashes"}: what each run of a blocked row started with
 RELEASE_FILE_VARIABLE = "FAULT_RELEASE_FILE"
 PROCESS_TASK = "webhooks.process"
 
@@ -53,8 +54,8 @@ def _text(value: bytes | str) -> str:
 
 # Probe: every `webhooks.process` run that starts is appended to STARTS, and every one that ends
 # (success, retry or failure; a killed run never ends) to RUNS as JSON
-# `{"inbox_id", "state", "result"}` (and, for a row blocked earlier, the `crashes` it holds), so a
-# test can wait for a run instead of sleeping.
+# `{"inbox_id", "state", "result"}`, so a test can wait for a run instead of sleeping. A row blocked
+# earlier has the `crashes` each later run's start left appended to CRASHES.
 @task_prerun.connect
 def _run_starts(task: Any = None, kwargs: dict[str, Any] | None = None, **_: Any) -> None:
     _run.clear()
@@ -68,29 +69,31 @@ def _run_starts(task: Any = None, kwargs: dict[str, Any] | None = None, **_: Any
 def _run_ends(
     task: Any = None, kwargs: dict[str, Any] | None = None, state: str | None = None, retval: Any = None, **_: Any
 ) -> None:
-    _run.clear()  # first: the read below is no run's statement, for the hooks below
     if task is not None and task.name == PROCESS_TASK:
-        inbox_id = (kwargs or {}).get("inbox_id")
-        record = {"inbox_id": inbox_id, "state": state, "result": repr(retval)[:300]}
-        if _redis().lpos(BLOCKED, str(inbox_id)) is not None:
-            record["crashes"] = _crashes(inbox_id)
+        record = {"inbox_id": (kwargs or {}).get("inbox_id"), "state": state, "result": repr(retval)[:300]}
         _redis().rpush(RUNS, json.dumps(record))
+    _run.clear()
 
 
-def _crashes(inbox_id: int) -> int | None:
-    """The `crashes` a run of a row blocked (and killed) earlier left: read when the run ends,
-    because a replay of the row (a payment that waited `unmatched` for its user) later starts its
-    count again from 0. None if the database does not answer."""
+def _record_crashes_if_blocked_before(inbox_id: int) -> None:
+    """For a row blocked (and so killed) earlier: the `crashes` this run's start left, appended to
+    CRASHES. Read as soon as the start is committed, before the run's work: a run that ends the
+    row `unmatched` (a payment waiting for its user) may be killed before it is recorded, and the
+    replay that follows starts the row's count again from 0."""
     from sqlalchemy import select
 
     from models.inbox import WebhookInbox
     from worker import database
 
     try:
+        client = _redis()
+        if client.lpos(BLOCKED, str(inbox_id)) is None:
+            return
         with database.session_factory()() as session:
-            return session.scalar(select(WebhookInbox.crashes).where(WebhookInbox.id == inbox_id))
+            crashes = session.scalar(select(WebhookInbox.crashes).where(WebhookInbox.id == inbox_id))
+        client.rpush(CRASHES, json.dumps({"inbox_id": inbox_id, "crashes": crashes}))
     except Exception:
-        return None
+        return  # Redis or PostgreSQL away: a probe never changes the run it watches
 
 
 # Poison: while a `webhooks.process` run is in progress, the first SQL statement whose parameters
@@ -115,6 +118,7 @@ def _block(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any
     if "inbox_id" in _run:
         if _run.get("started") and not _run.get("checked"):
             _run["checked"] = True
+            _record_crashes_if_blocked_before(_run["inbox_id"])
             _block_if_armed(BLOCK_RUNS, BLOCKED, str(_run["inbox_id"]))
         elif "running_since" in statement and "attempts" in statement:
             _run["started"] = True  # the start's UPDATE: the next statement is the handler's
