@@ -199,7 +199,7 @@ def measure_sql_loop(
     psycopg loop (bench/webhook_sql_loop.py). Returns events/s, CPU seconds per event of the loop
     processes ("client") and of PostgreSQL, and how busy the machine was."""
     ids = store_events(factory, prefix, count)
-    servers = CpuMeter(dict, ())
+    servers = CpuMeter(dict, ())  # no processes of its own: PostgreSQL and Redis only (the loop counts its own)
     result = run_loop(engine, engine.url.render_as_string(hide_password=False), ids, processes, servers.measuring)
     with factory() as session:
         pending = session.scalar(
