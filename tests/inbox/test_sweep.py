@@ -96,6 +96,17 @@ def test_rows_enqueued_after_the_oldest_waiting_message_are_left_in_the_backlog(
     assert _sweep(session_factory, settings, oldest_waiting_id=second)[0] == [first]
 
 
+def test_rows_enqueued_just_before_the_oldest_waiting_message_may_be_behind_it_and_are_left(session_factory, settings):
+    """`enqueued_at` is a transaction's start, the message is pushed after the commit: a row whose
+    transaction started a moment before the oldest waiting row's may have its message behind that
+    one (the storm fault scenario saw one such row re-enqueued). Only rows enqueued more than
+    QUEUE_ARRIVAL_SKEW before it are taken for lost."""
+    lost, crossed, head = (store(session_factory, "clerk", {"type": "x", "data": {"n": n}}) for n in range(3))
+    for seconds, inbox_id in ((603, lost), (600.5, crossed), (600, head)):
+        _enqueued_seconds_ago(session_factory, inbox_id, seconds)
+    assert _sweep(session_factory, settings, oldest_waiting_id=head)[0] == [lost]
+
+
 def test_the_probe_finds_the_oldest_process_message_waiting_in_the_broker(settings, redis_urls, redis_client):
     scratch = settings_copy(settings, redis_url=redis_urls["scratch"])
     producer = create_producer(scratch)  # no worker reads this broker

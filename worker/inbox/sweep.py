@@ -2,7 +2,8 @@
 
 A pending row is swept when its `enqueued_at` is older than SWEEP_PENDING_AFTER_SECONDS, no run
 holds its lock, no live worker holds its message (prefetched, or waiting for its ETA), and it was
-enqueued before the oldest `webhooks.process` message still waiting in the broker (if any).
+enqueued well before (QUEUE_ARRIVAL_SKEW) the oldest `webhooks.process` message still waiting in
+the broker (if any).
 Sweeping sets `enqueued_at` again. Why: docs/design.md ("How a delivery reaches its final state").
 """
 
@@ -22,6 +23,10 @@ from models.settings import Settings
 from worker.task_base import send_after_commit
 
 SWEEP_BATCH = 1000
+# A row's `enqueued_at` is its transaction's start; its message reaches the queue after the commit.
+# Rows enqueued this little before the oldest waiting message may have theirs queued behind it
+# (two transactions whose commits and pushes crossed): they are waiting, not lost.
+QUEUE_ARRIVAL_SKEW = timedelta(seconds=2)
 
 
 def sweep(
@@ -58,7 +63,7 @@ def sweepable_query(
     conditions = [WebhookInbox.status == constant(InboxStatus.PENDING.value), stale]
     if oldest_waiting_id is not None:
         waiting_since = select(WebhookInbox.enqueued_at).where(WebhookInbox.id == oldest_waiting_id).scalar_subquery()
-        conditions.append(WebhookInbox.enqueued_at < func.coalesce(waiting_since, func.now()))
+        conditions.append(WebhookInbox.enqueued_at < func.coalesce(waiting_since, func.now()) - QUEUE_ARRIVAL_SKEW)
     if held_ids:
         # A prefetched message is on its way: sweeping its row would only queue a duplicate.
         conditions.append(WebhookInbox.id.not_in(sorted(held_ids)))
