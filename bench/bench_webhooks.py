@@ -194,13 +194,11 @@ def measure_process(
 
 def measure_sql_loop(
     engine: Engine, factory: sessionmaker[Session], prefix: str, count: int, processes: int
-) -> tuple[float, dict[str, float], float]:
+) -> tuple[float, CpuMeter]:
     """The database's ceiling: `count` stored events run with the worker's statements in a plain
-    psycopg loop (bench/webhook_sql_loop.py). Returns events/s, CPU seconds per event of the loop
-    processes ("client") and of PostgreSQL, and how busy the machine was."""
+    psycopg loop (bench/webhook_sql_loop.py). Returns events/s and the loops' CPU."""
     ids = store_events(factory, prefix, count)
-    servers = CpuMeter(dict, ())  # no processes of its own: PostgreSQL and Redis only (the loop counts its own)
-    result = run_loop(engine, engine.url.render_as_string(hide_password=False), ids, processes, servers.measuring)
+    result = run_loop(engine, engine.url.render_as_string(hide_password=False), ids, processes)
     with factory() as session:
         pending = session.scalar(
             select(func.count()).where(
@@ -208,8 +206,7 @@ def measure_sql_loop(
             )
         )
     assert pending == 0, f"{pending} rows not processed by the loop"
-    per_event = {"client": result.client_cpu_seconds / count, "postgres": servers.seconds["postgres"] / count}
-    return result.events_per_second, per_event, servers.busy
+    return result.events_per_second, result.cpu
 
 
 def signed_deliveries(folder: Path, prefix: str, count: int) -> Path:
@@ -274,16 +271,11 @@ def resend_lost(port: int, deliveries: Path, session: Session, prefix: str) -> i
     return len(lost)
 
 
-def sql_loop_line(per_event: dict[str, float], busy: float) -> str:
-    used = "  ".join(f"{group} {1000 * seconds:.2f}" for group, seconds in per_event.items())
-    return f"{used}  (machine {100 * busy:.0f} % busy)"
-
-
-def cpu_bound_line(noop_seconds: dict[str, float], count: int, noop_rate: float, loop_cpu: dict[str, float]) -> str:
+def cpu_bound_line(noop_seconds: dict[str, float], loop_seconds: dict[str, float], count: int, noop_rate: float) -> str:
     """An upper bound for any `webhooks.process` with these statements on this machine: Celery's
-    own cost per message (the no-op's CPU, every process) plus the loop's CPU per event, with
-    every CPU busy all the time."""
-    per_event = sum(noop_seconds.values()) / count + sum(loop_cpu.values())
+    own cost per message (the no-op's CPU, every process) plus the loop's CPU per event (its
+    processes, PostgreSQL), with every CPU busy all the time."""
+    per_event = (sum(noop_seconds.values()) + sum(loop_seconds.values())) / count
     bound = (os.cpu_count() or 1) / per_event
     return f"no-op + sql loop CPU {1000 * per_event:.2f} ms: at most {bound:.0f} events/s ({bound / noop_rate:.2f})"
 
@@ -392,13 +384,12 @@ def main() -> None:
             noop_seconds = dict(cpu.seconds) if cpu else {}
             process = measure_process(drain, producer, factory, f"p{number}", args.events)
             process_cpu = cpu.line(args.events) if cpu else ""
-            loop = measure_sql_loop(engine, factory, f"s{number}", args.events, args.concurrency)
-            sql_loop, loop_cpu, loop_busy = loop
+            sql_loop, loop_cpu = measure_sql_loop(engine, factory, f"s{number}", args.events, args.concurrency)
             if cpu:
                 print(
                     f"round {number} CPU ms per event  no-op: {noop_cpu}  |  process: {process_cpu}"
-                    f"  |  sql loop: {sql_loop_line(loop_cpu, loop_busy)}"
-                    f"  |  {cpu_bound_line(noop_seconds, args.events, noop, loop_cpu)}",
+                    f"  |  sql loop: {loop_cpu.line(args.events)}"
+                    f"  |  {cpu_bound_line(noop_seconds, loop_cpu.seconds, args.events, noop)}",
                     flush=True,
                 )
             e2e, client = measure_e2e(port, factory, folder, f"e{number}", args.events)

@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
 import psycopg
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.sql.compiler import Compiled
 from sqlalchemy.sql.elements import ClauseElement
 
+from bench.service_processes import CpuMeter
 from models.ids import cuid
 from models.locks import _TRY_LOCK, inbox_row_lock, user_lock
 from worker.credits.ledger import signup_params
@@ -35,7 +35,7 @@ from worker.users.clerk_user_events import _CLAIM_VERSION, _UPSERT_USER, display
 @dataclass(frozen=True)
 class LoopResult:
     events_per_second: float
-    client_cpu_seconds: float  # the loop processes' own CPU time, all together
+    cpu: CpuMeter  # the loops' stretch: CPU of the loop processes ("loop"), PostgreSQL and Redis
 
 
 @dataclass(frozen=True)
@@ -54,16 +54,10 @@ class Statement:
         return {**self.fixed, **values}
 
 
-def run_loop(
-    engine: Engine,
-    database_url: str,
-    inbox_ids: list[int],
-    processes: int,
-    measuring: Callable[[], AbstractContextManager[Any]],
-) -> LoopResult:
+def run_loop(engine: Engine, database_url: str, inbox_ids: list[int], processes: int) -> LoopResult:
     """Process `inbox_ids` (pending Clerk `user.created` rows) with the worker's statements,
-    split across `processes` processes started together. `measuring()` is entered around the
-    loops, while their connections (and so PostgreSQL's backends serving them) are open."""
+    split across `processes` processes started together. The CPU is read while the loop
+    processes and their connections (PostgreSQL's backends serving them) are still alive."""
     statements = {
         "lock": Statement.of(engine, _TRY_LOCK),
         "start": Statement.of(engine, _START),
@@ -73,17 +67,19 @@ def run_loop(
     }
     libpq_url = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
     context = multiprocessing.get_context("fork")
-    ready, go, done, results = context.Barrier(processes + 1), context.Event(), context.Event(), context.Queue()
+    ready, go, done, finished = context.Barrier(processes + 1), context.Event(), context.Event(), context.Queue()
     shares = [inbox_ids[number::processes] for number in range(processes)]
-    signals = (ready, go, done, results)
+    signals = (ready, go, done, finished)
     children = [context.Process(target=_child, args=(libpq_url, statements, share, *signals)) for share in shares]
     for child in children:
         child.start()
+    cpu = CpuMeter(lambda: {psutil.Process(child.pid): "loop" for child in children}, ("loop",))
     ready.wait()  # every child connected and warmed up
-    with measuring():
+    with cpu.measuring():
         started = time.perf_counter()
         go.set()
-        cpu = sum(results.get(timeout=600) for _ in children)
+        for _ in children:
+            finished.get(timeout=600)
         elapsed = time.perf_counter() - started
     done.set()
     for child in children:
@@ -99,7 +95,7 @@ def _child(
     ready: Any,
     go: Any,
     done: Any,
-    results: Any,
+    finished: Any,
 ) -> None:
     options = "-c timezone=UTC"
     with (
@@ -110,11 +106,10 @@ def _child(
         work.commit()
         ready.wait()
         go.wait()
-        cpu_before = time.process_time()
         for inbox_id in inbox_ids:
             _one_event(work, bookkeeping, statements, inbox_id)
-        results.put(time.process_time() - cpu_before)
-        done.wait()
+        finished.put(True)
+        done.wait()  # alive, connections open, until the CPU is read
 
 
 def _one_event(
