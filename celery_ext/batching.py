@@ -149,7 +149,9 @@ def batching_strategy(
     Flower as one task named `monitor_name` (`BatchMonitor`)."""
     group = f"{apply_batch.__module__}.{apply_batch.__qualname__}"
     kind = _report_batches(apply_batch)
-    return _strategy(group, kind, max_batch, max_held_per_process, sole_queue, monitor_name)
+    return _strategy(
+        group, kind, max_batch, max_held=max_held_per_process, sole_queue=sole_queue, monitor_name=monitor_name
+    )
 
 
 def traced_batching_strategy(*, max_batch: int) -> Callable[..., Any]:
@@ -160,13 +162,15 @@ def traced_batching_strategy(*, max_batch: int) -> Callable[..., Any]:
 
     def strategy(task: Task, app: Celery, consumer: Any, **kwargs: Any) -> Any:
         group = f"traced:{task.name}"
-        return _strategy(group, _TRACED, max_batch, 0, "", None)(task, app, consumer, **kwargs)
+        return _strategy(group, _TRACED, max_batch, max_held=0, sole_queue="", monitor_name=None)(
+            task, app, consumer, **kwargs
+        )
 
     return strategy
 
 
 def _strategy(
-    group: str, kind: _JobKind, max_batch: int, max_held: int, sole_queue: str, monitor_name: str | None
+    group: str, kind: _JobKind, max_batch: int, *, max_held: int, sole_queue: str, monitor_name: str | None
 ) -> Callable[..., Any]:
     def strategy(task: Task, app: Celery, consumer: Any, **kwargs: Any) -> Any:
         batchers = consumer.__dict__.setdefault(_BATCHERS, {})
