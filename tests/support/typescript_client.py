@@ -220,12 +220,15 @@ def main(node_options: list[str]) -> int:
         return 1 if done.returncode != 0 or problems else 0
 
 
+_TOTALS = {"tests", "pass", "fail", "cancelled", "skipped", "todo"}
+
+
 def details(done: subprocess.CompletedProcess) -> dict[str, Any]:
     """The totals node's test runner prints last (`# pass N` ...)."""
     totals = {}
     for line in done.stdout.splitlines():
         parts = line.split()
-        if len(parts) == 3 and parts[0] == "#" and parts[1] in {"tests", "pass", "fail", "cancelled", "skipped"}:
+        if len(parts) == 3 and parts[0] == "#" and parts[1] in _TOTALS:
             totals[parts[1]] = int(float(parts[2]))
     return totals
 
